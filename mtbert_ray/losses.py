@@ -1,0 +1,143 @@
+"""MT-BERT losses as pure functions (no state, no Ray): Eq. 1–3 of Wu, Wu & Huang (2021).
+
+Conventions (ARCHITECTURE.md decisions d–g): teacher tensors are detached inside every
+function, so no gradient ever reaches a teacher; soft cross-entropy sums over classes and
+averages over the batch; the distillation weight is computed at temperature 1.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EnsembleMode = Literal["average", "weighted"]
+ProjectSide = Literal["teacher", "student"]
+
+
+def task_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """L_Task = mean_b CE(y_b, y_s,b) = mean_b −log softmax(y_s,b)[y_b]."""
+    return F.cross_entropy(student_logits, labels)
+
+
+def teacher_weights(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """w_ib = 1 / (1 + CE(y_b, softmax(y_i,b))) for teacher logits [N, B, C] → [N, B], detached (Eq. 2).
+
+    A teacher that is confidently right on sample b gets a weight near 1; a confidently
+    wrong one a weight near 0. Computed at temperature 1.
+    """
+    logits = teacher_logits.detach()
+    log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+    index = labels.long().view(1, -1, 1).expand(logits.shape[0], -1, 1)
+    ce = -log_probs.gather(-1, index).squeeze(-1)
+    return 1.0 / (1.0 + ce)
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, soft_targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-sample CE(p, y_s/t) = −Σ_c p_c · log_softmax(y_s/t)_c → [B]."""
+    return -(soft_targets * torch.log_softmax(student_logits / temperature, dim=-1)).sum(dim=-1)
+
+
+def mt_distill_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    temperature: float = 1.0,
+    weighted: bool = True,
+    t2_scale: bool = False,
+) -> torch.Tensor:
+    """L_MT-Dis = Σ_i mean_b w_ib · Σ_c −softmax(y_i,b/t)_c · log_softmax(y_s,b/t)_c   (Eq. 2).
+
+    ``w = teacher_weights(teacher_logits, labels)`` when ``weighted`` and labels are given,
+    otherwise 1. ``t2_scale`` multiplies by t² (Hinton et al.; not in the paper).
+    student_logits [B, C], teacher_logits [N, B, C], labels [B].
+    """
+    _check_temperature(temperature)
+    teacher_logits = teacher_logits.detach()
+    targets = torch.softmax(teacher_logits / temperature, dim=-1)  # [N, B, C]
+    per_sample = soft_cross_entropy(student_logits.unsqueeze(0), targets, temperature)  # [N, B]
+    if weighted and labels is not None:
+        per_sample = per_sample * teacher_weights(teacher_logits, labels)
+    loss = per_sample.mean(dim=1).sum()
+    return loss * temperature**2 if t2_scale else loss
+
+
+def ensemble_distill_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    temperature: float = 1.0,
+    mode: EnsembleMode = "average",
+    t2_scale: bool = False,
+) -> torch.Tensor:
+    """Distillation from one ensembled soft label (the baselines of the paper's Fig. 3).
+
+    average:  p_b = (1/N) Σ_i softmax(y_i,b/t)
+    weighted: p_b = Σ_i α_ib softmax(y_i,b/t),  α_ib = w_ib / Σ_k w_kb,  w = teacher_weights
+    loss = mean_b Σ_c −p_b,c · log_softmax(y_s,b/t)_c
+    """
+    _check_temperature(temperature)
+    teacher_logits = teacher_logits.detach()
+    probs = torch.softmax(teacher_logits / temperature, dim=-1)  # [N, B, C]
+    if mode == "average":
+        targets = probs.mean(dim=0)
+    elif mode == "weighted":
+        if labels is None:
+            raise ValueError("ensemble_distill_loss: mode='weighted' needs labels")
+        w = teacher_weights(teacher_logits, labels)
+        alpha = w / w.sum(dim=0, keepdim=True)
+        targets = (alpha.unsqueeze(-1) * probs).sum(dim=0)
+    else:
+        raise ValueError(f"ensemble_distill_loss: mode must be 'average' or 'weighted', got {mode!r}")
+    loss = soft_cross_entropy(student_logits, targets, temperature).mean()
+    return loss * temperature**2 if t2_scale else loss
+
+
+def masked_mse(a: torch.Tensor, b: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of (a − b)² over real tokens and features: Σ_{b,l,h} m_bl (a − b)² / (H · Σ_{b,l} m_bl)."""
+    sq = (a - b).pow(2)
+    if attention_mask is None:
+        return sq.mean()
+    mask = attention_mask.to(sq.dtype).unsqueeze(-1)
+    return (sq * mask).sum() / (mask.sum().clamp(min=1.0) * sq.shape[-1])
+
+
+def mt_hidden_loss(
+    student_states: Sequence[torch.Tensor],
+    teacher_states: Sequence[Sequence[torch.Tensor]],
+    projections: Sequence[Sequence[nn.Module]],
+    attention_mask: torch.Tensor | None = None,
+    project: ProjectSide = "teacher",
+) -> torch.Tensor:
+    """L_MT-Hid = Σ_i Σ_j MSE(H^s_j, W_ij H^i_j)   (Eq. 1), masked mean over real tokens and features.
+
+    ``student_states[j]`` is [B, L, Hs] (student layer j+1); ``teacher_states[i][j]`` is
+    [B, L, Ht_i], already taken from the teacher layer mapped to student layer j+1 and
+    aligned to the student's tokens; ``projections[i][j]`` is W_ij (``nn.Linear(Ht_i, Hs)``).
+    With ``project="student"`` the map goes the other way: MSE(W_ij H^s_j, H^i_j), W_ij: Hs → Ht_i.
+    """
+    if len(teacher_states) != len(projections):
+        raise ValueError(f"mt_hidden_loss: {len(teacher_states)} teachers' states but {len(projections)} projection sets")
+    total = student_states[0].new_zeros(())
+    for states_i, proj_i in zip(teacher_states, projections):
+        if len(states_i) != len(student_states) or len(proj_i) != len(student_states):
+            raise ValueError(
+                f"mt_hidden_loss: {len(student_states)} student layers but a teacher has "
+                f"{len(states_i)} states and {len(proj_i)} projections"
+            )
+        for h_s, h_t, w in zip(student_states, states_i, proj_i):
+            h_t = h_t.detach()
+            if project == "teacher":
+                total = total + masked_mse(h_s, w(h_t), attention_mask)
+            elif project == "student":
+                total = total + masked_mse(w(h_s), h_t, attention_mask)
+            else:
+                raise ValueError(f"mt_hidden_loss: project must be 'teacher' or 'student', got {project!r}")
+    return total
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")

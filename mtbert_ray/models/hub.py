@@ -1,0 +1,104 @@
+"""Loading encoders and tokenizers the Hugging Face way (hub id or local folder), safely.
+
+Works offline with ``HF_HUB_OFFLINE=1`` and a populated ``HF_HUB_CACHE``; never enables
+``trust_remote_code`` unless the caller asks for it.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer could not be loaded (bad id, not in the offline cache, no fast tokenizer)."""
+
+
+def _warn_remote_code(name: str, trust_remote_code: bool) -> None:
+    if trust_remote_code:
+        warnings.warn(f"trust_remote_code=True: code shipped with {name!r} will run on this machine", stacklevel=3)
+
+
+def load_config(name_or_path: str, *, trust_remote_code: bool = False, **overrides: Any):
+    """``AutoConfig.from_pretrained`` with a one-line error when the model cannot be found."""
+    _warn_remote_code(name_or_path, trust_remote_code)
+    try:
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **overrides)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"model {name_or_path!r}: cannot load its config ({_first_line(exc)}); "
+            "expected a hub id (in HF_HUB_CACHE when HF_HUB_OFFLINE=1) or a folder with config.json"
+        ) from exc
+
+
+def load_encoder(name_or_path: str, *, num_layers: int | None = None, trust_remote_code: bool = False) -> PreTrainedModel:
+    """A pretrained encoder without its task head (and without BERT's unused pooler where possible).
+
+    ``num_layers=K`` keeps the embeddings and the first K Transformer layers: the config is
+    loaded with ``num_hidden_layers=K`` and the checkpoint's layers 0..K-1 fill it (the deeper
+    layers' weights are simply not loaded). This works for every encoder whose layers are a
+    numbered stack (BERT, RoBERTa, MPNet, ELECTRA, DeBERTa, DistilBERT, …).
+    """
+    config = load_config(name_or_path, trust_remote_code=trust_remote_code)
+    depth = _depth(config, name_or_path)
+    if num_layers is not None:
+        if num_layers < 1:
+            raise ModelLoadError(f"student.num_layers must be >= 1, got {num_layers}")
+        if num_layers > depth:
+            raise ModelLoadError(
+                f"student.num_layers={num_layers} is deeper than {name_or_path!r}, which has {depth} layers"
+            )
+        config.num_hidden_layers = num_layers
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report lists the truncated layers / unused pooler as "unexpected"
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        try:
+            return AutoModel.from_pretrained(
+                name_or_path, config=config, add_pooling_layer=False, trust_remote_code=trust_remote_code
+            )
+        except TypeError:  # architectures without a pooler do not take add_pooling_layer
+            return AutoModel.from_pretrained(name_or_path, config=config, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelLoadError(f"model {name_or_path!r}: cannot load its weights ({_first_line(exc)})") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A *fast* tokenizer (character offsets are needed for cross-tokenizer alignment)."""
+    _warn_remote_code(name_or_path, trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"tokenizer of {name_or_path!r}: cannot load it ({_first_line(exc)})") from exc
+    if not tokenizer.is_fast:
+        raise ModelLoadError(
+            f"tokenizer of {name_or_path!r}: a fast (Rust) tokenizer is required for character offsets, got {type(tokenizer).__name__}"
+        )
+    return tokenizer
+
+
+def encoder_depth(model: PreTrainedModel) -> int:
+    """Number of Transformer layers of a loaded encoder."""
+    return _depth(model.config, getattr(model.config, "name_or_path", "model"))
+
+
+def _depth(config, name: str) -> int:
+    depth = getattr(config, "num_hidden_layers", None)
+    if not isinstance(depth, int):
+        raise ModelLoadError(f"model {name!r}: its config has no num_hidden_layers; expected a Transformer encoder")
+    return depth
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtbert_ray.models.head import SharedHead
+from mtbert_ray.models.layer_map import layer_map
+from mtbert_ray.models.pooling import AttentivePooling
+
+
+@pytest.mark.parametrize(
+    "k,l,expected",
+    [
+        (6, 12, [2, 4, 6, 8, 10, 12]),  # the paper: T = 2
+        (4, 12, [3, 6, 9, 12]),  # T = 3
+        (3, 6, [2, 4, 6]),
+        (2, 3, [2, 3]),  # 1.5 rounds half up
+        (3, 12, [4, 8, 12]),
+        (2, 6, [3, 6]),
+        (4, 2, [1, 1, 2, 2]),  # K > L: a shallow teacher teaches several student layers
+        (6, 3, [1, 1, 2, 2, 3, 3]),
+        (3, 1, [1, 1, 1]),
+    ],
+)
+def test_layer_map(k, l, expected):
+    assert layer_map(k, l) == expected
+
+
+@pytest.mark.parametrize("k,l", [(k, l) for k in range(1, 13) for l in range(1, 25)])
+def test_layer_map_properties(k, l):
+    m = layer_map(k, l)
+    assert len(m) == k and m[-1] == l and min(m) >= 1
+    assert all(a <= b for a, b in zip(m, m[1:]))
+    if l % k == 0:
+        assert m == [(l // k) * j for j in range(1, k + 1)]
+
+
+def test_layer_map_rejects_zero():
+    with pytest.raises(ValueError, match="student_layers"):
+        layer_map(0, 12)
+
+
+def test_pooling_ignores_appended_padding():
+    torch.manual_seed(0)
+    pool = AttentivePooling(16, query_dim=8)
+    hidden = torch.randn(3, 5, 16)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    out = pool(hidden, mask)
+    padded = torch.cat([hidden, 1e4 * torch.randn(3, 7, 16)], dim=1)  # huge garbage in the padding
+    padded_mask = torch.cat([mask, torch.zeros(3, 7, dtype=torch.long)], dim=1)
+    assert out.shape == (3, 16)
+    assert torch.allclose(pool(padded, padded_mask), out, atol=1e-6)
+    # Row 2 has one real token: the output is exactly that token's state.
+    assert torch.allclose(out[2], hidden[2, 0], atol=1e-6)
+
+
+def test_pooling_weights_sum_to_one_and_are_stable_for_large_scores():
+    pool = AttentivePooling(4, query_dim=3)
+    with torch.no_grad():
+        pool.query.weight.fill_(1e6)  # scores of order 1e6: a naive exp overflows
+    hidden = torch.randn(2, 6, 4)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    w = pool.attention_weights(hidden, mask)
+    assert torch.isfinite(w).all()
+    assert torch.allclose(w.sum(-1), torch.ones(2))
+    assert (w[0, 4:] == 0).all()
+
+
+def test_pooling_fully_masked_row_is_an_error():
+    pool = AttentivePooling(4, query_dim=3)
+    with pytest.raises(ValueError, match="no real token"):
+        pool(torch.randn(2, 3, 4), torch.tensor([[1, 1, 0], [0, 0, 0]]))
+
+
+def test_shared_head_adapters_only_where_width_differs():
+    head = SharedHead(8, 3, query_dim=4, input_sizes=[8, 12, 8])
+    assert set(head.adapters.keys()) == {"1"}
+    assert head(torch.randn(2, 5, 12), torch.ones(2, 5), source=1).shape == (2, 3)
+    assert head(torch.randn(2, 5, 8), torch.ones(2, 5), source=2).shape == (2, 3)
+    with pytest.raises(ValueError, match="width 12"):
+        head(torch.randn(2, 5, 12), torch.ones(2, 5), source=0)
