@@ -12,10 +12,12 @@ from typing import Any
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from mtbert_ray.errors import MTBertError
+
 log = logging.getLogger(__name__)
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(MTBertError, ValueError):
     """A model or tokenizer could not be loaded (bad id, not in the offline cache, no fast tokenizer)."""
 
 

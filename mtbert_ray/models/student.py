@@ -73,3 +73,15 @@ def build_student(
     """
     encoder = load_encoder(init_from, num_layers=num_layers, trust_remote_code=trust_remote_code)
     return StudentModel(encoder, num_labels, query_dim)
+
+
+def init_head_from(student: StudentModel, head_states: list[dict[str, torch.Tensor]]) -> bool:
+    """Copy attentive pooling + dense weights from the first co-finetuned head whose width and classes
+    match the student's (ARCHITECTURE.md decision i). Returns False (head left as initialised) otherwise."""
+    target = student.head.state_dict()
+    wanted = [k for k in target if k.startswith(("pooling.", "dense."))]
+    for state in head_states:
+        if all(k in state and state[k].shape == target[k].shape for k in wanted):
+            student.head.load_state_dict({**target, **{k: state[k] for k in wanted}})
+            return True
+    return False

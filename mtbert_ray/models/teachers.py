@@ -138,3 +138,28 @@ class TeacherEnsemble(nn.Module):
         model.names = list(meta["names"])
         load_model(model.head if model.shared_head else model.heads, str(folder / HEADS_FILE))
         return model
+
+
+def read_ensemble_meta(folder: str | Path) -> dict:
+    """``ensemble.json`` of a saved ensemble plus each teacher's width and depth (no weights loaded)."""
+    folder = Path(folder)
+    meta = json.loads((folder / ENSEMBLE_FILE).read_text())
+    widths, depths = [], []
+    for i in range(len(meta["names"])):
+        config = json.loads((folder / f"teacher_{i}" / "config.json").read_text())
+        widths.append(int(config["hidden_size"]))
+        depths.append(int(config.get("num_hidden_layers", config.get("n_layers", 0))))
+    return {**meta, "widths": widths, "depths": depths}
+
+
+def load_head_states(folder: str | Path) -> list[dict[str, torch.Tensor]]:
+    """The saved head state dict(s) of an ensemble, one per teacher (the same dict for a shared head)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta = json.loads((folder / ENSEMBLE_FILE).read_text())
+    state = load_file(str(folder / HEADS_FILE))
+    n = len(meta["names"])
+    if meta["shared_head"]:
+        return [state] * n
+    return [{k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"{i}.")} for i in range(n)]

@@ -1,0 +1,431 @@
+"""Dataset sources → validated raw splits (text, optional second text, integer label, stable example id).
+
+Sources (``data.source``):
+- ``glue``: a GLUE task, from a local folder of the original TSVs (``train.tsv``, ``dev.tsv``, ``test.tsv``),
+  from a local copy of the hub repository (``<task>/train-*.parquet``), or with ``datasets.load_dataset``
+  (hub, or the local HF cache when offline). GLUE test labels are hidden, so an unlabelled test split is skipped.
+- ``mind``: a MIND folder with ``MIND{small,large}_{train,dev,test}/news.tsv``; topic = Category.
+- ``files``: ``train`` / ``validation`` (or ``dev``) / ``test`` files in Parquet, CSV, TSV or JSON Lines.
+
+Every problem is a ``DataError`` naming the file, the row (1-based, header excluded) and the column.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from mtbert_ray.config import DataConfig
+from mtbert_ray.data.glue_tasks import GLUE_FOLDERS, GLUE_TASKS, GlueTask
+from mtbert_ray.errors import DataError
+from mtbert_ray.hashing import file_sha256, stable_hash
+
+SPLITS = ("train", "validation", "test")
+FILE_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl")
+SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "dev", "val"), "test": ("test",)}
+MIND_COLUMNS = ("NewsID", "Category", "SubCategory", "Title", "Abstract", "URL", "TitleEntities", "AbstractEntities")
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+@dataclass
+class RawSplit:
+    """One split: ``frame`` has columns example_id (int64), text_a (str), [text_b (str),] label (int64)."""
+
+    name: str
+    origin: str
+    frame: pd.DataFrame
+
+
+@dataclass
+class RawDataset:
+    splits: dict[str, RawSplit]
+    label_names: list[str]
+    pair: bool
+    fingerprint: str  # content hash of the source files (or hub dataset fingerprint) and loading options
+    metrics: tuple[str, ...] = ("accuracy", "macro_f1")
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+@dataclass
+class _Table:
+    """A split as read from its file, before validation: raw text and label columns."""
+
+    split: str
+    origin: str
+    frame: pd.DataFrame
+    text_columns: list[str]
+    label_column: str | None
+
+
+def load_source(cfg: DataConfig) -> RawDataset:
+    """Read, validate, label-map and subsample the configured source."""
+    if cfg.source == "files":
+        tables, fingerprint = _read_files(cfg)
+        dataset = _build(tables, cfg, known_labels=None, fingerprint=fingerprint)
+    elif cfg.source == "glue":
+        task = _glue_task(cfg.task)
+        tables, fingerprint = _read_glue(cfg, task)
+        dataset = _build(tables, cfg, known_labels=list(task.labels), fingerprint=fingerprint)
+    else:
+        tables, fingerprint = _read_mind(cfg)
+        dataset = _build(tables, cfg, known_labels=None, fingerprint=fingerprint)
+    return _subsample(dataset, cfg)
+
+
+# ---- validation and label mapping ---------------------------------------------------------------
+
+def _build(tables: list[_Table], cfg: DataConfig, known_labels: list[str] | None, fingerprint: str) -> RawDataset:
+    by_split = {t.split: t for t in tables}
+    if "train" not in by_split:
+        raise DataError(f"{_where(cfg)}: no train split found")
+    if "validation" not in by_split:
+        raise DataError(f"{_where(cfg)}: no validation split found (expected a validation or dev file)")
+    pair = len(by_split["train"].text_columns) == 2
+    train = by_split["train"]
+    raw_train_labels = _label_values(train)
+    label_names, as_ids = _label_space(raw_train_labels, train, cfg, known_labels)
+
+    notes: list[str] = []
+    splits: dict[str, RawSplit] = {}
+    for table in tables:
+        texts = [_text_column(table, col) for col in table.text_columns]
+        labels = _label_values(table)
+        ids = []
+        keep = []
+        for row, value in enumerate(labels):
+            label_id = as_ids(value, table, row)
+            if label_id is None:  # unseen evaluation label with data.unseen_labels: drop
+                continue
+            ids.append(label_id)
+            keep.append(row)
+        dropped = len(labels) - len(keep)
+        if dropped:
+            notes.append(f"{table.origin}: dropped {dropped} rows whose label does not occur in training")
+        frame = pd.DataFrame({"example_id": pd.Series(keep, dtype="int64"), "text_a": [texts[0][i] for i in keep]})
+        if pair:
+            frame["text_b"] = [texts[1][i] for i in keep]
+        frame["label"] = pd.Series(ids, dtype="int64")
+        splits[table.split] = RawSplit(table.split, table.origin, frame)
+    return RawDataset(splits, label_names, pair, fingerprint, notes=notes)
+
+
+def _text_column(table: _Table, column: str) -> list[str]:
+    values = table.frame[column].tolist()
+    for row, value in enumerate(values):
+        if value is None or (isinstance(value, float) and value != value):
+            raise DataError(f"{table.origin} row {row + 1}, column {column!r}: missing text (null)")
+        if not isinstance(value, str):
+            raise DataError(f"{table.origin} row {row + 1}, column {column!r}: expected text, got {type(value).__name__} {value!r}")
+        if not value.strip():
+            raise DataError(f"{table.origin} row {row + 1}, column {column!r}: empty text")
+    return values
+
+
+def _label_values(table: _Table) -> list:
+    if table.label_column is None:
+        raise DataError(f"{table.origin}: has no label column")
+    values = table.frame[table.label_column].tolist()
+    for row, value in enumerate(values):
+        if value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value.strip()):
+            raise DataError(f"{table.origin} row {row + 1}, column {table.label_column!r}: missing label")
+    return values
+
+
+def _as_int(value) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INT.match(value.strip()):
+        return int(value.strip())
+    try:  # numpy integer scalars
+        import numpy as np
+
+        if isinstance(value, np.integer):
+            return int(value)
+    except ImportError:  # pragma: no cover
+        pass
+    return None
+
+
+def _label_space(train_labels: list, train: _Table, cfg: DataConfig, known: list[str] | None):
+    """(label names, value → id) from the training labels. Three cases:
+
+    - known names (GLUE): a name maps to its index; an integer id in range is taken as is;
+    - integer ids (every training label is an integer): ids 0..C−1, C = data.num_labels or max + 1;
+    - names: the sorted distinct training labels; anything else is a label never seen in training.
+    """
+    column = train.label_column
+    ints = [_as_int(v) for v in train_labels]
+    if known is not None:
+        names, index = list(known), {name: i for i, name in enumerate(known)}
+    elif all(i is not None for i in ints):
+        if min(ints) < 0:
+            row = ints.index(min(ints))
+            raise DataError(f"{train.origin} row {row + 1}, column {column!r}: label {ints[row]} is negative; expected ids 0..C-1 or names")
+        names, index = [str(i) for i in range(cfg.num_labels or max(ints) + 1)], None
+    else:
+        names = sorted({str(v).strip() for v in train_labels})
+        index = {name: i for i, name in enumerate(names)}
+    if cfg.num_labels is not None and cfg.num_labels != len(names):
+        raise DataError(
+            f"data.num_labels={cfg.num_labels} disagrees with {train.origin}, whose labels give {len(names)} classes ({_preview(names)})"
+        )
+    if known is not None:
+        why = "not one of the task's labels"
+    elif index is None and cfg.num_labels is not None:
+        why = f"out of range for data.num_labels={cfg.num_labels}"
+    else:
+        why = "never seen in training"
+
+    def as_id(value, table: _Table, row: int) -> int | None:
+        label_id = index.get(str(value).strip()) if index is not None else None
+        if label_id is None and (index is None or known is not None):
+            number = _as_int(value)
+            if number is not None and 0 <= number < len(names):
+                label_id = number
+            elif number is None and index is None:
+                raise DataError(
+                    f"{table.origin} row {row + 1}, column {table.label_column!r}: label {value!r} is not a class id; "
+                    f"the training labels are ids 0..{len(names) - 1}"
+                )
+        if label_id is not None:
+            return label_id
+        if table.split != "train" and cfg.unseen_labels == "drop":
+            return None
+        raise DataError(
+            f"{table.origin} row {row + 1}, column {table.label_column!r}: label {value!r} is {why} (labels: {_preview(names)})"
+        )
+
+    return names, as_id
+
+
+def _preview(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (", …" if len(names) > limit else "")
+
+
+def _subsample(dataset: RawDataset, cfg: DataConfig) -> RawDataset:
+    for name, split in dataset.splits.items():
+        limit = cfg.limit_train if name == "train" else cfg.limit_eval
+        if limit is not None and len(split.frame) > limit:
+            split.frame = split.frame.sample(n=limit, random_state=cfg.seed).sort_index().reset_index(drop=True)
+    return dataset
+
+
+def _where(cfg: DataConfig) -> str:
+    return cfg.path or f"glue/{cfg.task}"
+
+
+# ---- readers ------------------------------------------------------------------------------------
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); expected UTF-8 text"
+        ) from None
+
+
+def read_table(path: Path, header: bool = True, names: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """One data file (Parquet, CSV, TSV, JSON Lines) as a DataFrame; text files must be UTF-8."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        text = _read_text(path)
+        if suffix == ".jsonl":
+            return pd.read_json(io.StringIO(text), lines=True, dtype=False)
+        if suffix in (".csv", ".tsv"):
+            return pd.read_csv(
+                io.StringIO(text),
+                sep="\t" if suffix == ".tsv" else ",",
+                quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL,
+                dtype=str,
+                keep_default_na=False,
+                na_filter=False,
+                header=0 if header else None,
+                names=list(names) if names else None,
+            )
+    except DataError:
+        raise
+    except Exception as exc:  # pyarrow / pandas parse errors
+        raise DataError(f"{path}: cannot parse it as {suffix[1:]} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    raise DataError(f"{path}: unsupported file type; expected one of {', '.join(FILE_SUFFIXES)}")
+
+
+def _find_split_file(folder: Path, split: str) -> Path | None:
+    found = [folder / f"{stem}{suffix}" for stem in SPLIT_STEMS[split] for suffix in FILE_SUFFIXES]
+    found = [p for p in found if p.is_file()]
+    if len(found) > 1:
+        raise DataError(f"{folder}: several files for the {split} split ({', '.join(p.name for p in found)}); keep one")
+    return found[0] if found else None
+
+
+def _folder(cfg: DataConfig) -> Path:
+    folder = Path(cfg.path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"data.path: {folder} is not a folder")
+    return folder
+
+
+def _require_columns(table: _Table, cfg: DataConfig) -> None:
+    columns = list(table.frame.columns)
+    for col in table.text_columns:
+        if col not in columns:
+            hint = " (data.text_fields asks for a sentence pair)" if len(table.text_columns) == 2 else " (data.text_fields)"
+            raise DataError(f"{table.origin}: no column {col!r}{hint}; columns are {columns}")
+    if table.label_column is not None and table.label_column not in columns:
+        raise DataError(f"{table.origin}: no column {table.label_column!r} (data.label_field); columns are {columns}")
+
+
+def _read_files(cfg: DataConfig) -> tuple[list[_Table], str]:
+    folder = _folder(cfg)
+    tables, hashes = [], {}
+    for split in SPLITS:
+        path = _find_split_file(folder, split)
+        if path is None:
+            if split == "test":
+                continue
+            expected = " or ".join(f"{s}{{{','.join(FILE_SUFFIXES)}}}" for s in SPLIT_STEMS[split])
+            raise DataError(f"{folder}: no {split} file (expected {expected})")
+        frame = read_table(path)
+        label = cfg.label_field if (split != "test" or cfg.label_field in frame.columns) else None
+        if split == "test" and label is None:
+            continue  # an unlabelled test file cannot be evaluated
+        table = _Table(split, str(path), frame, list(cfg.text_fields or []), label)
+        _require_columns(table, cfg)
+        tables.append(table)
+        hashes[split] = file_sha256(path)
+    return tables, stable_hash({"source": "files", "files": hashes})
+
+
+def _glue_task(name: str | None) -> GlueTask:
+    key = (name or "").lower().replace("-", "")
+    if key == "stsb":
+        raise DataError("data.task: stsb is a regression task; mtbert-ray distils classifiers")
+    if key not in GLUE_TASKS:
+        raise DataError(f"data.task: unknown GLUE task {name!r}; expected one of {', '.join(GLUE_TASKS)}")
+    return GLUE_TASKS[key]
+
+
+def _read_glue(cfg: DataConfig, task: GlueTask) -> tuple[list[_Table], str]:
+    if cfg.path is None:
+        return _read_glue_hub(cfg, task)
+    folder = _folder(cfg)
+    for candidate in (folder, folder / GLUE_FOLDERS[task.name], folder / task.name):
+        if (candidate / "train.tsv").is_file():
+            return _read_glue_tsv(candidate, task)
+        if list((candidate).glob("train-*.parquet")) or list((candidate / task.name).glob("train-*.parquet")):
+            return _read_glue_parquet(candidate if list(candidate.glob("train-*.parquet")) else candidate / task.name, task)
+    raise DataError(
+        f"data.path: {folder} holds no GLUE {task.name} data (expected train.tsv and {task.dev_file}, "
+        f"or the hub layout {task.name}/train-*.parquet)"
+    )
+
+
+def _read_glue_tsv(folder: Path, task: GlueTask) -> tuple[list[_Table], str]:
+    tables, hashes = [], {}
+    for split, filename in (("train", "train.tsv"), ("validation", task.dev_file), ("test", "test.tsv")):
+        path = folder / filename
+        if not path.is_file():
+            if split == "test":
+                continue
+            raise DataError(f"{folder}: no {filename} (the GLUE {task.name} {split} split)")
+        frame = read_table(path, header=task.tsv_header, names=task.tsv_columns)
+        if split == "test" and task.tsv_label not in frame.columns:
+            continue  # GLUE test labels are hidden: evaluate on dev
+        table = _Table(split, str(path), frame, list(task.tsv_fields), task.tsv_label)
+        _require_columns(table, DataConfig(source="glue", task=task.name))
+        tables.append(table)
+        hashes[split] = file_sha256(path)
+    return tables, stable_hash({"source": "glue-tsv", "task": task.name, "files": hashes})
+
+
+def _read_glue_parquet(folder: Path, task: GlueTask) -> tuple[list[_Table], str]:
+    tables, hashes = [], {}
+    for split, prefix in (("train", "train"), ("validation", task.hub_validation), ("test", "test")):
+        files = sorted(folder.glob(f"{prefix}-*.parquet"))
+        if not files:
+            if split == "test":
+                continue
+            raise DataError(f"{folder}: no {prefix}-*.parquet (the GLUE {task.name} {split} split)")
+        frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        if split == "test" and (frame["label"] < 0).all():
+            continue  # hidden test labels (-1)
+        table = _Table(split, str(files[0]) if len(files) == 1 else f"{folder}/{prefix}-*.parquet", frame, list(task.hub_fields), "label")
+        _require_columns(table, DataConfig(source="glue", task=task.name))
+        tables.append(table)
+        hashes[split] = [file_sha256(f) for f in files]
+    return tables, stable_hash({"source": "glue-parquet", "task": task.name, "files": hashes})
+
+
+def _read_glue_hub(cfg: DataConfig, task: GlueTask) -> tuple[list[_Table], str]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset("nyu-mll/glue", task.name, revision=cfg.revision)
+    except Exception as exc:  # offline without a cached copy, unknown revision, …
+        raise DataError(
+            f"glue/{task.name}: cannot load nyu-mll/glue from the hub or the local HF cache ({str(exc).splitlines()[0]}); "
+            "set data.path to a folder with the GLUE TSV files when offline"
+        ) from None
+    tables, prints = [], {}
+    for split, hub_split in (("train", "train"), ("validation", task.hub_validation), ("test", "test")):
+        if hub_split not in ds:
+            continue
+        frame = ds[hub_split].to_pandas()
+        if split == "test" and (frame["label"] < 0).all():
+            continue
+        tables.append(_Table(split, f"nyu-mll/glue/{task.name}:{hub_split}", frame, list(task.hub_fields), "label"))
+        prints[split] = ds[hub_split]._fingerprint
+    return tables, stable_hash({"source": "glue-hub", "task": task.name, "revision": cfg.revision, "fingerprints": prints})
+
+
+def _read_mind(cfg: DataConfig) -> tuple[list[_Table], str]:
+    folder = _folder(cfg)
+    found: dict[str, Path] = {}
+    for split, suffix in (("train", "train"), ("validation", "dev"), ("test", "test")):
+        candidates = sorted(folder.glob(f"MIND*_{suffix}/news.tsv"))
+        if len(candidates) > 1:
+            raise DataError(f"{folder}: several MIND {suffix} folders ({', '.join(str(c.parent.name) for c in candidates)}); keep one size")
+        if candidates:
+            found[split] = candidates[0]
+    for split in ("train", "validation"):
+        if split not in found:
+            name = "train" if split == "train" else "dev"
+            raise DataError(f"{folder}: no MIND{{small,large}}_{name}/news.tsv (the MIND {split} split)")
+    tables, hashes = [], {}
+    seen_ids: set[str] = set()
+    for split in ("train", "validation", "test"):
+        if split not in found:
+            continue
+        path = found[split]
+        frame = read_table(path, header=False, names=MIND_COLUMNS)
+        if frame.shape[1] != len(MIND_COLUMNS):
+            raise DataError(f"{path}: expected {len(MIND_COLUMNS)} tab-separated columns ({', '.join(MIND_COLUMNS)})")
+        # The same news item appears in several MIND splits: keep each in the first split only (no leakage).
+        if split != "train":
+            frame = frame[~frame["NewsID"].isin(seen_ids)]
+        seen_ids.update(frame["NewsID"].tolist())
+        frame = frame.reset_index(drop=True)
+        if cfg.mind_text == "title_abstract":
+            frame["Text"] = (frame["Title"].str.strip() + " " + frame["Abstract"].str.strip()).str.strip()
+            text_col = "Text"
+        else:
+            text_col = "Title"
+        tables.append(_Table(split, str(path), frame, [text_col], "Category"))
+        hashes[split] = file_sha256(path)
+    return tables, stable_hash({"source": "mind", "files": hashes, "text": cfg.mind_text})

@@ -1,0 +1,114 @@
+"""The exported student: a folder that loads with plain ``transformers`` plus the MT-BERT head.
+
+Layout (``StudentClassifier.save_pretrained`` / ``from_pretrained``)::
+
+    config.json, model.safetensors   the K-layer encoder (``AutoModel.from_pretrained(folder)`` loads it)
+    tokenizer files                   the student's tokenizer (``AutoTokenizer.from_pretrained(folder)``)
+    head.safetensors                  attentive pooling + dense layer
+    mtbert_student.json               label names, query dim, max length, sentence pairs or not
+    experiment.yaml                   the resolved experiment config that produced it (when exported by a run)
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from mtbert_ray.models.hub import load_encoder, load_tokenizer
+from mtbert_ray.models.student import StudentModel
+
+HEAD_FILE = "head.safetensors"
+META_FILE = "mtbert_student.json"
+
+
+def save_student(student: StudentModel, folder: Path, label_names: Sequence[str], **extra) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    student.encoder.save_pretrained(folder)
+    save_model(student.head, str(folder / HEAD_FILE))
+    meta = {
+        "format": 1,
+        "num_labels": student.num_labels,
+        "label_names": list(label_names),
+        "query_dim": student.head.pooling.query_dim,
+        "num_layers": student.num_layers,
+        **extra,
+    }
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def load_student_weights(student: StudentModel, folder: Path) -> None:
+    """Load a saved student's encoder and head weights into an existing ``StudentModel``."""
+    from safetensors.torch import load_file
+
+    encoder_state = load_file(str(folder / "model.safetensors"))
+    missing, unexpected = student.encoder.load_state_dict(encoder_state, strict=False)
+    if unexpected or [m for m in missing if "position_ids" not in m]:
+        raise ValueError(f"{folder}: student weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    load_model(student.head, str(folder / HEAD_FILE))
+
+
+@dataclass
+class Prediction:
+    label: str
+    label_id: int
+    probabilities: dict[str, float]
+
+
+class StudentClassifier:
+    """An exported MT-BERT student, ready to classify text."""
+
+    def __init__(self, model: StudentModel, tokenizer, meta: dict) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.label_names: list[str] = list(meta["label_names"])
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "StudentClassifier":
+        folder = Path(folder)
+        if not (folder / META_FILE).is_file():
+            from mtbert_ray.errors import MTBertError
+
+            raise MTBertError(f"{folder}: not an exported mtbert-ray student (no {META_FILE})")
+        meta = json.loads((folder / META_FILE).read_text())
+        encoder = load_encoder(str(folder))
+        model = StudentModel(encoder, meta["num_labels"], meta["query_dim"])
+        load_model(model.head, str(folder / HEAD_FILE))
+        return cls(model.to(device), load_tokenizer(str(folder)), meta)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        extra = {k: v for k, v in self.meta.items() if k not in ("format", "num_labels", "label_names", "query_dim", "num_layers")}
+        save_student(self.model, folder, self.label_names, **extra)
+        self.tokenizer.save_pretrained(folder)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def predict_proba(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 32) -> torch.Tensor:
+        """Class probabilities [len(texts), C]."""
+        if isinstance(texts, str):
+            texts = [texts]
+        max_length = int(self.meta.get("max_length", 512))
+        out = []
+        for start in range(0, len(texts), batch_size):
+            pair = list(text_pairs[start : start + batch_size]) if text_pairs is not None else None
+            enc = self.tokenizer(list(texts[start : start + batch_size]), pair, truncation=True, max_length=max_length,
+                                 padding=True, return_tensors="pt")
+            feed = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            out.append(torch.softmax(self.model(**feed).logits, dim=-1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(self.label_names))
+
+    def predict(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 32) -> list[Prediction]:
+        probs = self.predict_proba(texts, text_pairs, batch_size)
+        result = []
+        for row in probs:
+            i = int(row.argmax())
+            result.append(Prediction(self.label_names[i], i, {n: float(p) for n, p in zip(self.label_names, row)}))
+        return result

@@ -1,0 +1,193 @@
+"""Stage 3 — distillation of the K-layer student, the per-worker loop for Ray Train's ``TorchTrainer``.
+
+Student = embeddings + first K layers of ``student.init_from`` (pretrained) with a head copied
+from the co-finetuned shared head; loss L_MT-Hid + L_MT-Dis + L_Task (``train.objective``);
+W_ij in their own Adam parameter group; teacher outputs from the stage-2 cache when present,
+from the frozen teachers on the fly otherwise; evaluation after every epoch; a checkpoint per
+epoch (Ray keeps the best by the selection metric, and the latest for resuming).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from mtbert_ray.cache import LOGITS, hidden_column, teacher_targets
+from mtbert_ray.config import ExperimentConfig
+from mtbert_ray.data.loader import PadCollate, inputs_for
+from mtbert_ray.data.shards import PreparedData
+from mtbert_ray.models.projection import build_projections
+from mtbert_ray.models.student import StudentModel, build_student, init_head_from
+from mtbert_ray.models.teachers import TeacherEnsemble, load_head_states, read_ensemble_meta
+from mtbert_ray.train.common import (
+    checkpoint_dir,
+    device_for_worker,
+    evaluate,
+    iterate_batches,
+    load_training_state,
+    maybe_inject_fault,
+    named_metrics,
+    save_training_state,
+    seed_everything,
+    unwrap,
+    world,
+)
+from mtbert_ray.train.objective import mt_bert_objective
+
+log = logging.getLogger(__name__)
+
+STUDENT_DIR = "student"
+PROJECTIONS_FILE = "projections.safetensors"
+
+
+class DistillModule(nn.Module):
+    """The trainable parts of stage 3 in one module (so DDP wraps them together): student and W_ij."""
+
+    def __init__(self, student: StudentModel, projections: nn.ModuleList | None) -> None:
+        super().__init__()
+        self.student = student
+        self.projections = projections
+
+    def forward(self, batch: dict[str, torch.Tensor], output_hidden_states: bool = False):
+        """The student's forward (through the DDP wrapper, so gradients are synchronised)."""
+        return self.student.forward_batch(batch, output_hidden_states=output_hidden_states)
+
+
+def distill_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    cfg = ExperimentConfig.model_validate(loop_config["experiment"])
+    data = PreparedData.from_dict(loop_config["data"])
+    use_cache: bool = loop_config["use_cache"]
+    layer_maps = loop_config["layer_maps"]
+    rank, _ = world()
+    seed_everything(cfg.seed)
+    device = device_for_worker()
+    teachers_ckpt = ray.train.Checkpoint(loop_config["teachers_checkpoint"])
+
+    student = build_student(
+        cfg.student.init_from, cfg.student.num_layers, data.num_labels, cfg.student.query_dim, cfg.trust_remote_code
+    )
+    ensemble = None
+    with teachers_ckpt.as_directory() as folder:
+        meta = read_ensemble_meta(folder)
+        head_from_teachers = cfg.student.head_init == "shared_head" and init_head_from(student, load_head_states(folder))
+        if not use_cache:
+            ensemble = TeacherEnsemble.from_pretrained(folder, cfg.trust_remote_code).to(device).eval()
+            for p in ensemble.parameters():
+                p.requires_grad_(False)
+    projections = (
+        build_projections(meta["widths"], student.width, student.num_layers, cfg.loss.project) if cfg.loss.hidden else None
+    )
+    module = DistillModule(student, projections)
+    groups = [{"params": list(student.parameters()), "lr": cfg.distill.lr}]
+    if projections is not None:
+        groups.append({"params": list(projections.parameters()), "lr": cfg.distill.projection_lr or cfg.distill.lr})
+    optimizer = torch.optim.Adam(groups, weight_decay=cfg.distill.weight_decay)
+
+    start_epoch, best = 0, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            load_student_checkpoint(module, Path(folder))
+            state = load_training_state(Path(folder), optimizer)
+        start_epoch, best = int(state["epoch"]) + 1, state.get("best")
+        log.info("distillation resumes after epoch %d", start_epoch)
+    unused = not (cfg.loss.task or cfg.loss.distill)  # hidden-only: the head gets no gradient
+    module = ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": unused})
+    student_module = unwrap(module).student
+
+    teacher_aliases = [data.model_tokenizer[t] for t in cfg.teachers]
+    student_alias = data.model_tokenizer[cfg.student.init_from]
+    pads = {a: data.tokenizers[a].pad_token_id for a in {*teacher_aliases, student_alias}}
+    floats = {}
+    if use_cache:
+        floats[LOGITS] = 0
+        if cfg.loss.hidden:
+            floats.update({hidden_column(i, j): w for i, w in enumerate(meta["widths"]) for j in range(1, student.num_layers + 1)})
+    train_collate = PadCollate(pads if not use_cache else {student_alias: pads[student_alias]}, floats)
+    eval_collate = PadCollate({student_alias: pads[student_alias]})
+    train_shard = ray.train.get_dataset_shard("train")
+    eval_shard = ray.train.get_dataset_shard("validation")
+    n_teachers, num_labels = len(teacher_aliases), data.num_labels
+    select = loop_config.get("select_metric", "val_accuracy")
+
+    for epoch in range(start_epoch, cfg.distill.epochs):
+        module.train()
+        started, sums, steps = time.time(), {}, 0
+        for step, batch in enumerate(iterate_batches(train_shard, cfg.distill.batch_size, train_collate, device, cfg.seed + 1000 + epoch)):
+            maybe_inject_fault("distill", epoch, step)
+            s_in = inputs_for(batch, student_alias)
+            out = module(s_in, output_hidden_states=cfg.loss.hidden)
+            t_logits, t_states = None, None
+            if cfg.loss.distill or cfg.loss.hidden:
+                if use_cache:
+                    t_logits = batch[LOGITS].view(-1, n_teachers, num_labels).permute(1, 0, 2)
+                    if cfg.loss.hidden:
+                        t_states = [[batch[hidden_column(i, j)] for j in range(1, student.num_layers + 1)] for i in range(n_teachers)]
+                else:
+                    t_logits, t_states = teacher_targets(
+                        ensemble, batch, teacher_aliases, student_alias, layer_maps if cfg.loss.hidden else None
+                    )
+            terms = mt_bert_objective(
+                out.logits, batch["label"], t_logits, cfg.loss, cfg.distill,
+                student_states=out.hidden_states[1:] if cfg.loss.hidden else None,
+                teacher_states=t_states,
+                projections=unwrap(module).projections,
+                attention_mask=s_in["attention_mask"],
+            )
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            steps += 1
+            if rank == 0 and step % 50 == 0:
+                shown = " ".join(f"{k} {float(v):.4f}" for k, v in terms.items())
+                print(f"[distill] epoch {epoch + 1}/{cfg.distill.epochs} step {step} {shown}", flush=True)
+        module.eval()
+        cms = evaluate(
+            lambda b: student_module.forward_batch(inputs_for(b, student_alias)).logits,
+            iterate_batches(eval_shard, cfg.distill.batch_size, eval_collate, device),
+            num_labels,
+            device=device,
+        )
+        metrics = {
+            "epoch": epoch + 1,
+            "epoch_seconds": time.time() - started,
+            **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()},
+            **named_metrics(cms, ["val_"]),
+        }
+        best = metrics[select] if best is None else max(best, metrics[select])
+        metrics["best_" + select] = best
+        metrics["student_head_from_teachers"] = bool(head_from_teachers)
+        if rank == 0:
+            with checkpoint_dir() as folder:
+                save_student_checkpoint(unwrap(module), folder, data.label_names)
+                save_training_state(folder, optimizer, {"epoch": epoch, "best": best, "metrics": metrics})
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)
+    return None
+
+
+def save_student_checkpoint(module: DistillModule, folder: Path, label_names: list[str]) -> None:
+    """``student/`` (encoder ``save_pretrained`` + head) and the W_ij, all safetensors."""
+    from mtbert_ray.export import save_student
+
+    save_student(module.student, folder / STUDENT_DIR, label_names)
+    if module.projections is not None:
+        save_model(module.projections, str(folder / PROJECTIONS_FILE))
+
+
+def load_student_checkpoint(module: DistillModule, folder: Path) -> None:
+    from mtbert_ray.export import load_student_weights
+
+    load_student_weights(module.student, folder / STUDENT_DIR)
+    if module.projections is not None:
+        load_model(module.projections, str(folder / PROJECTIONS_FILE))

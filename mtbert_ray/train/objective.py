@@ -1,0 +1,45 @@
+"""The student's training objective L = L_MT-Hid + L_MT-Dis + L_Task (Eq. 3), each term switchable."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mtbert_ray.config import DistillConfig, LossConfig
+from mtbert_ray.losses import ensemble_distill_loss, mt_distill_loss, mt_hidden_loss, task_loss
+
+
+def mt_bert_objective(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    loss: LossConfig,
+    distill: DistillConfig,
+    student_states: Sequence[torch.Tensor] | None = None,
+    teacher_states: Sequence[Sequence[torch.Tensor]] | None = None,
+    projections: Sequence[Sequence[nn.Module]] | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The enabled terms and their sum under ``"loss"``.
+
+    hidden:  mt_hidden_loss(student layers 1..K, mapped + aligned teacher states, W_ij)
+    distill: mt_distill_loss (``loss.ensemble == "none"``) or ensemble_distill_loss (Fig. 3 baselines)
+    task:    task_loss (cross-entropy with the gold labels)
+    """
+    terms: dict[str, torch.Tensor] = {}
+    if loss.task:
+        terms["task"] = task_loss(student_logits, labels)
+    if loss.distill:
+        if loss.ensemble == "none":
+            terms["distill"] = mt_distill_loss(
+                student_logits, teacher_logits, labels, distill.temperature, loss.weighted, distill.t2_scale
+            )
+        else:
+            terms["distill"] = ensemble_distill_loss(
+                student_logits, teacher_logits, labels, distill.temperature, loss.ensemble, distill.t2_scale
+            )
+    if loss.hidden:
+        terms["hidden"] = mt_hidden_loss(student_states, teacher_states, projections, attention_mask, loss.project)
+    terms["loss"] = sum(terms.values())
+    return terms
