@@ -67,6 +67,27 @@ def teacher_targets(
     return out.logits, states
 
 
+def cached_targets(
+    batch: dict[str, torch.Tensor], n_teachers: int, num_labels: int, num_student_layers: int, hidden: bool
+) -> tuple[torch.Tensor, list[list[torch.Tensor]] | None]:
+    """The same (logits [N, B, C], states) as ``teacher_targets``, read from a collated cache batch."""
+    logits = batch[LOGITS].view(-1, n_teachers, num_labels).permute(1, 0, 2)
+    if not hidden:
+        return logits, None
+    states = [[batch[hidden_column(i, j)] for j in range(1, num_student_layers + 1)] for i in range(n_teachers)]
+    return logits, states
+
+
+def cache_float_columns(teacher_widths: Sequence[int], num_student_layers: int, hidden: bool) -> dict[str, int]:
+    """Float columns of a cache and their row width, for ``PadCollate`` (0 = a flat vector per example)."""
+    columns = {LOGITS: 0}
+    if hidden:
+        columns.update(
+            {hidden_column(i, j): w for i, w in enumerate(teacher_widths) for j in range(1, num_student_layers + 1)}
+        )
+    return columns
+
+
 def teacher_cache_loop(loop_config: dict[str, Any]) -> None:
     """Per-worker loop: frozen teachers over this worker's share of every split → Parquet parts."""
     cfg = ExperimentConfig.model_validate(loop_config["experiment"])
@@ -83,22 +104,28 @@ def teacher_cache_loop(loop_config: dict[str, Any]) -> None:
     with checkpoint_dir() as out:
         parts = []
         for split in loop_config["splits"]:
-            rows = _cache_split(
-                ensemble, ray.train.get_dataset_shard(split), collate, device, teacher_aliases, student_alias,
-                layer_maps, cfg.distill.batch_size,
-            )
+            batches = iterate_batches(ray.train.get_dataset_shard(split), cfg.distill.batch_size, collate, device)
+            rows = cache_rows(ensemble, batches, teacher_aliases, student_alias, layer_maps)
             (out / split).mkdir()
             path = out / split / f"part-{rank:05d}.parquet"
-            pq.write_table(_to_table(rows, student_alias, len(teacher_aliases), layer_maps), path, row_group_size=1024)
+            pq.write_table(rows_to_table(rows, student_alias), path, row_group_size=1024)
             parts.append({**file_entry(path, len(rows["example_id"])), "name": f"{split}/{path.name}"})
         (out / f"parts-{rank:05d}.json").write_text(json.dumps(parts))
         ray.train.report({"rank": rank, "rows": sum(p["rows"] for p in parts)}, checkpoint=ray.train.Checkpoint.from_directory(out))
 
 
-def _cache_split(ensemble, shard, collate, device, teacher_aliases, student_alias, layer_maps, batch_size) -> dict[str, list]:
+def cache_rows(
+    ensemble: TeacherEnsemble,
+    batches,
+    teacher_aliases: Sequence[str],
+    student_alias: str,
+    layer_maps: Sequence[Sequence[int]] | None,
+) -> dict[str, list]:
+    """Cache columns for the given collated batches: ids, labels, the student's token columns
+    (unpadded), teacher logits [N·C], weights [N] and, with ``layer_maps``, every aligned state [Ls·Ht_i]."""
     rows: dict[str, list] = {"example_id": [], "label": [], LOGITS: [], WEIGHTS: []}
     token_cols = {k: [] for k in TOKEN_KEYS}
-    for batch in iterate_batches(shard, batch_size, collate, device):
+    for batch in batches:
         logits, states = teacher_targets(ensemble, batch, teacher_aliases, student_alias, layer_maps)
         weights = teacher_weights(logits, batch["label"])
         student = inputs_for(batch, student_alias)
@@ -126,7 +153,7 @@ def _cache_split(ensemble, shard, collate, device, teacher_aliases, student_alia
     return rows
 
 
-def _to_table(rows: dict[str, list], student_alias: str, n_teachers: int, layer_maps) -> pa.Table:
+def rows_to_table(rows: dict[str, list], student_alias: str) -> pa.Table:
     columns: dict[str, pa.Array] = {}
     for key, values in rows.items():
         if key in ("example_id", "label"):

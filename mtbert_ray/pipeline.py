@@ -31,7 +31,7 @@ from mtbert_ray.errors import ConfigError
 from mtbert_ray.export import META_FILE
 from mtbert_ray.hashing import stable_hash
 from mtbert_ray.models.layer_map import layer_map
-from mtbert_ray.ray_runtime import data_config, init_ray, scaling_config
+from mtbert_ray.ray_runtime import data_config, init_ray, runtime_env_vars, scaling_config
 from mtbert_ray.storage import (
     atomic_write_text,
     ensure_writable_dir,
@@ -191,12 +191,18 @@ def _stage_json(stage: StageOutcome) -> dict[str, Any]:
 
 def _teacher_metrics(teachers: Sequence[str], metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
     return {
-        name: {m: metrics[f"val_teacher{i}_{m}"] for m in ("accuracy", "macro_f1")} for i, name in enumerate(teachers)
+        name: {m: metrics[f"val_teacher{i}_{m}"] for m in ("accuracy", "macro_f1", "examples")}
+        for i, name in enumerate(teachers)
     }
 
 
 def _student_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {"accuracy": metrics["val_accuracy"], "macro_f1": metrics["val_macro_f1"], "epoch": metrics["epoch"]}
+    return {
+        "accuracy": metrics["val_accuracy"],
+        "macro_f1": metrics["val_macro_f1"],
+        "examples": metrics["val_examples"],
+        "epoch": metrics["epoch"],
+    }
 
 
 def _read_marker(folder: Path) -> dict[str, Any] | None:
@@ -236,13 +242,15 @@ def _trainer(loop, loop_config, cfg: ExperimentConfig, name: str, storage_path: 
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0),
             checkpoint_config=checkpoint_config or ray.train.CheckpointConfig(num_to_keep=1),
             callbacks=list(callbacks),
+            worker_runtime_env={"env_vars": runtime_env_vars()},  # as the driver sees them now
         ),
     )
 
 
-def _datasets(data: PreparedData, aliases: Sequence[str], splits: Sequence[str] = ("train", "validation"), offsets: bool = True):
+def _datasets(data: PreparedData, aliases: Sequence[str], splits: Sequence[str] = ("train", "validation"),
+              offsets: bool = True, materialize: bool | str = "auto"):
     columns = view_columns(aliases, with_offsets=offsets)
-    return {split: read_split(data.splits[split], columns) for split in splits}
+    return {split: read_split(data.splits[split], columns, materialize) for split in splits}
 
 
 def ensure_cofinetuned(cfg: ExperimentConfig, data: PreparedData, stages: Path) -> StageOutcome:
@@ -312,7 +320,7 @@ def ensure_teacher_cache(
                     cfg,
                     f"run-{uuid.uuid4().hex[:8]}",  # never resume a half-written cache
                     folder,
-                    _datasets(data, [*aliases, student_alias], splits),
+                    _datasets(data, [*aliases, student_alias], splits, materialize=False),  # one pass only
                 )
                 result = trainer.fit()
                 checkpoint = Path(result.checkpoint.path)
@@ -348,7 +356,6 @@ def run_distillation(
     callbacks: Sequence[Any] = (),
 ) -> StageOutcome:
     """Stage 3 in ``<run_dir>/distill`` (a rerun of the same run folder resumes from its latest checkpoint)."""
-    import ray.data
     import ray.train
 
     from mtbert_ray.train.distill import distill_loop
@@ -357,7 +364,7 @@ def run_distillation(
     student_alias = data.model_tokenizer[cfg.student.init_from]
     teacher_aliases = [data.model_tokenizer[t] for t in cfg.teachers]
     if cache is not None:
-        train = ray.data.read_parquet(cache_files(cache, "train"), ray_remote_args={"num_cpus": 0.5})
+        train = read_split(cache_files(cache, "train"))
         datasets = {"train": train, **_datasets(data, [student_alias], ["validation"], offsets=False)}
     else:
         datasets = _datasets(data, [*teacher_aliases, student_alias])

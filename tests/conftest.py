@@ -39,3 +39,39 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
 def rt_polarity() -> Path:
     """The vendored rt_polarity Parquet folder (train/validation/test)."""
     return RT_POLARITY
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One embedded Ray for the whole test run (4 logical CPUs: Train workers + Ray Data on 2 cores)."""
+    import ray
+
+    from mtbert_ray.ray_runtime import init_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    init_ray(required_cpus=3, object_store_memory=400 * 2**20, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def tiny_experiment(tiny_models: dict[str, str], tmp_path: Path, **sections) -> dict:
+    """A tiny, fast experiment config (dict): tiny BERT + tiny RoBERTa teachers, 1-layer student, 128 sentences."""
+    config = {
+        "name": "tiny",
+        "seed": 0,
+        "teachers": [tiny_models["bert"], tiny_models["roberta"]],
+        "student": {"init_from": tiny_models["bert"], "num_layers": 1, "query_dim": 16},
+        "data": {
+            "source": "files", "path": str(RT_POLARITY), "text_fields": ["sentence"],
+            "limit_train": 128, "limit_eval": 64, "max_length": 32, "cache_dir": str(tmp_path / "data-cache"),
+        },
+        "cofinetune": {"epochs": 1, "lr": 1e-3, "head_lr": 1e-3, "batch_size": 32, "query_dim": 16},
+        "distill": {"epochs": 2, "lr": 1e-3, "batch_size": 32},
+        "resources": {"num_workers": 1, "cpus_per_worker": 1},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config

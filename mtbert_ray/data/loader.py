@@ -1,7 +1,7 @@
 """Ray Data readers for the tokenized views, and the collate function that pads each batch.
 
-Driver side: ``ray_datasets(prepared, columns)`` → {"train": Dataset, "validation": Dataset}
-(``ray.data.read_parquet``), handed to ``TorchTrainer(datasets=...)``.
+Driver side: ``read_split(files, columns)`` → a Ray Dataset per split (``ray.data.read_parquet``,
+or in-memory blocks for splits that fit the object store), handed to ``TorchTrainer(datasets=...)``.
 Worker side: ``ray.train.get_dataset_shard(split).iter_torch_batches(collate_fn=PadCollate(...))``
 yields flat dicts of tensors — ``label``, ``example_id`` and ``<alias>.<column>`` per tokenizer —
 padded to the longest example of the batch (dynamic padding). ``inputs_for`` regroups one
@@ -14,6 +14,7 @@ workers + driver leave one free; on a cluster, leave at least one CPU per node u
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -40,14 +41,36 @@ def view_columns(aliases: Iterable[str], with_offsets: bool = True) -> list[str]
     return cols
 
 
-def read_split(files: Sequence[str], columns: Sequence[str] | None = None):
-    """``ray.data.read_parquet`` of a view split, keeping only the columns that exist and are asked for."""
+def read_split(files: Sequence[str], columns: Sequence[str] | None = None, materialize: bool | str = "auto"):
+    """A Ray Dataset of a view (or teacher-cache) split, projected to the columns asked for.
+
+    ``materialize=False``: ``ray.data.read_parquet`` — streamed from Parquet by read tasks,
+    again every epoch (for splits larger than the object store). ``True``: the split is read
+    once on the driver with pyarrow and handed to Ray Data as in-memory blocks
+    (``ray.data.from_arrow``). ``"auto"``: ``True`` when it fits comfortably in the object store.
+    Measured on 2 cores: a lazy Parquet read costs ~8 s per split per epoch (read tasks
+    scheduled anew each time) and ``read_parquet().materialize()`` ~8 s per split up front;
+    the driver-side read takes well under a second for the demo's splits.
+    """
     import pyarrow.parquet as pq
     import ray.data
 
     available = set(pq.read_schema(files[0]).names)
     keep = [c for c in columns if c in available] if columns is not None else None
-    return ray.data.read_parquet(list(files), columns=keep, ray_remote_args={"num_cpus": 0.5})
+    if materialize == "auto":
+        materialize = fits_in_object_store(files)
+    if materialize:
+        return ray.data.from_arrow(pq.read_table(list(files), columns=keep))
+    return ray.data.read_parquet(list(files), columns=keep)
+
+
+def fits_in_object_store(files: Sequence[str], expansion: float = 4.0, share: float = 0.25) -> bool:
+    """Parquet bytes × ``expansion`` (decompressed) within ``share`` of the cluster's object store."""
+    import ray
+
+    size = sum(os.path.getsize(f) for f in files if os.path.exists(f))
+    capacity = ray.cluster_resources().get("object_store_memory", 0)
+    return size * expansion <= share * capacity
 
 
 class PadCollate(_CollateBase):
@@ -61,7 +84,7 @@ class PadCollate(_CollateBase):
         self.float_columns = dict(float_columns or {})  # column → row width of a flattened [L, width] state (0 = flat vector)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {k: torch.as_tensor(np.asarray(batch[k], dtype=np.int64)) for k in META_COLUMNS if k in batch}
+        out: dict[str, torch.Tensor] = {k: torch.tensor(np.asarray(batch[k], dtype=np.int64)) for k in META_COLUMNS if k in batch}
         for alias, pad in self.pad_ids.items():
             cols = {k.split(".", 1)[1]: batch[k] for k in batch if k.startswith(alias + ".")}
             if cols:

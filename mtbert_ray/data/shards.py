@@ -5,7 +5,8 @@ Layout under ``data.cache_dir`` (default ``~/.cache/mtbert_ray``)::
     shards/<key>/manifest.json            key = hash(source content, options, tokenizer files, max_length)
     shards/<key>/<split>/part-00000.parquet   example_id, label, input_ids, attention_mask,
                                               [token_type_ids,] special_tokens_mask, offset_start, offset_end
-    views/<key>/<split>/part-*.parquet    the shard sets an experiment needs, joined by example_id;
+    views/<key>/<split>/part-*.parquet    the shard sets an experiment needs, joined by example_id
+                                          (sorted, checked equal, columns side by side);
                                           token columns prefixed ``<tokenizer alias>.``
 
 Every folder is written under a temporary name and renamed into place with a manifest of
@@ -262,14 +263,14 @@ def ensure_view(shard_dirs: dict[str, Path], cache: Path) -> Path:
             joined = None
             for alias, folder in shard_dirs.items():
                 table = pq.read_table([folder / f["name"] for f in manifests[alias]["files"] if f["name"].startswith(f"{split}/")])
-                renamed = table.rename_columns(
-                    [c if c in ("example_id", "label") else f"{alias}.{c}" for c in table.column_names]
-                )
+                table = table.sort_by("example_id")
                 if joined is None:
-                    joined = renamed
-                else:
-                    joined = joined.join(renamed.drop_columns(["label"]), keys="example_id", join_type="inner")
-            joined = joined.sort_by("example_id")
+                    joined = table.select(["example_id", "label"])
+                elif not table["example_id"].equals(joined["example_id"]):
+                    raise RuntimeError(f"shard sets {sorted(shard_dirs)} disagree on the {split} example ids")
+                for name in table.column_names:
+                    if name not in ("example_id", "label"):
+                        joined = joined.append_column(f"{alias}.{name}", table[name])
             (tmp / split).mkdir()
             for part, start in enumerate(range(0, max(joined.num_rows, 1), ROWS_PER_PART)):
                 chunk = joined.slice(start, ROWS_PER_PART)

@@ -173,7 +173,12 @@ def _label_space(train_labels: list, train: _Table, cfg: DataConfig, known: list
         if min(ints) < 0:
             row = ints.index(min(ints))
             raise DataError(f"{train.origin} row {row + 1}, column {column!r}: label {ints[row]} is negative; expected ids 0..C-1 or names")
-        names, index = [str(i) for i in range(cfg.num_labels or max(ints) + 1)], None
+        if cfg.num_labels is not None and max(ints) >= cfg.num_labels:
+            row = ints.index(max(ints))
+            raise DataError(
+                f"{train.origin} row {row + 1}, column {column!r}: label {ints[row]} is out of range for data.num_labels={cfg.num_labels}"
+            )
+        names, index = [str(i) for i in range(max(ints) + 1)], None
     else:
         names = sorted({str(v).strip() for v in train_labels})
         index = {name: i for i, name in enumerate(names)}

@@ -108,6 +108,7 @@ def cofinetune_loop(loop_config: dict[str, Any]) -> None:
         )
         metrics = {
             "epoch": epoch + 1,
+            "start_epoch": start_epoch,  # > 0 when this attempt resumed from a checkpoint
             "train_loss": total / max(steps, 1),
             "epoch_seconds": time.time() - started,
             **named_metrics(cms, [f"val_{n}" for n in names]),

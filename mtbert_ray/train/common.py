@@ -125,6 +125,9 @@ def maybe_inject_fault(stage: str, epoch: int, step: int) -> None:
     """Test hook: ``MTBERT_FAULT=stage:rank:epoch:step[:marker]`` makes that rank exit there, once.
 
     The optional marker file records that the fault fired, so the restarted run continues.
+    The rank waits ``MTBERT_FAULT_DELAY`` seconds (default 5) before exiting: Ray Train's
+    controller collects reports at its 2 s health checks, and a worker that dies sooner
+    after reporting takes its last checkpoint with it (a real crash comes much later).
     """
     spec = os.environ.get("MTBERT_FAULT")
     if not spec:
@@ -138,5 +141,8 @@ def maybe_inject_fault(stage: str, epoch: int, step: int) -> None:
         if marker.exists():
             return
         marker.write_text("fired")
+    import time
+
+    time.sleep(float(os.environ.get("MTBERT_FAULT_DELAY", "5")))
     os._exit(17)
 

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from mtbert_ray.cache import LOGITS, hidden_column, teacher_targets
+from mtbert_ray.cache import cache_float_columns, cached_targets, teacher_targets
 from mtbert_ray.config import ExperimentConfig
 from mtbert_ray.data.loader import PadCollate, inputs_for
 from mtbert_ray.data.shards import PreparedData
@@ -105,11 +105,7 @@ def distill_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     teacher_aliases = [data.model_tokenizer[t] for t in cfg.teachers]
     student_alias = data.model_tokenizer[cfg.student.init_from]
     pads = {a: data.tokenizers[a].pad_token_id for a in {*teacher_aliases, student_alias}}
-    floats = {}
-    if use_cache:
-        floats[LOGITS] = 0
-        if cfg.loss.hidden:
-            floats.update({hidden_column(i, j): w for i, w in enumerate(meta["widths"]) for j in range(1, student.num_layers + 1)})
+    floats = cache_float_columns(meta["widths"], student.num_layers, cfg.loss.hidden) if use_cache else {}
     train_collate = PadCollate(pads if not use_cache else {student_alias: pads[student_alias]}, floats)
     eval_collate = PadCollate({student_alias: pads[student_alias]})
     train_shard = ray.train.get_dataset_shard("train")
@@ -127,9 +123,7 @@ def distill_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             t_logits, t_states = None, None
             if cfg.loss.distill or cfg.loss.hidden:
                 if use_cache:
-                    t_logits = batch[LOGITS].view(-1, n_teachers, num_labels).permute(1, 0, 2)
-                    if cfg.loss.hidden:
-                        t_states = [[batch[hidden_column(i, j)] for j in range(1, student.num_layers + 1)] for i in range(n_teachers)]
+                    t_logits, t_states = cached_targets(batch, n_teachers, num_labels, student.num_layers, cfg.loss.hidden)
                 else:
                     t_logits, t_states = teacher_targets(
                         ensemble, batch, teacher_aliases, student_alias, layer_maps if cfg.loss.hidden else None
@@ -159,6 +153,7 @@ def distill_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         )
         metrics = {
             "epoch": epoch + 1,
+            "start_epoch": start_epoch,  # > 0 when this attempt resumed from a checkpoint
             "epoch_seconds": time.time() - started,
             **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()},
             **named_metrics(cms, ["val_"]),

@@ -1,0 +1,43 @@
+# Two entry points, each doing its own set-up on a fresh machine:
+#   make demo   — the main job (a small real sweep on the offline models and the vendored data)
+#   make test   — the test suite
+# Set-up: a virtualenv in .venv with torch pinned to the CPU wheel (constraints.txt).
+# If ../shared/hf-home/hub exists (this project's development machines), it is used as an
+# offline Hugging Face cache; elsewhere models come from the hub as usual.
+
+PYTHON ?= python3
+VENV ?= .venv
+SHARED ?= ../shared
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+ifneq ($(wildcard $(SHARED)/hf-home/hub),)
+HF_HUB_CACHE ?= $(abspath $(SHARED)/hf-home/hub)
+HF_HUB_OFFLINE ?= 1
+export HF_HUB_CACHE HF_HUB_OFFLINE
+export MTBERT_SHARED ?= $(abspath $(SHARED))
+endif
+export RAY_USAGE_STATS_ENABLED ?= 0
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo run test test-fast clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m mtbert_ray.run --config examples/rt_polarity.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) .pytest_cache

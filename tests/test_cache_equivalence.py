@@ -1,0 +1,71 @@
+"""Cached and on-the-fly teacher outputs give the same loss (no Ray: the same functions the loops call)."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from mtbert_ray.cache import cache_float_columns, cache_rows, cached_targets, rows_to_table, teacher_targets
+from mtbert_ray.config import DataConfig, DistillConfig, LossConfig
+from mtbert_ray.data.loader import PadCollate, inputs_for
+from mtbert_ray.data.shards import prepare_data
+from mtbert_ray.models.layer_map import layer_map
+from mtbert_ray.models.projection import build_projections
+from mtbert_ray.models.student import build_student
+from mtbert_ray.models.teachers import TeacherEnsemble
+from mtbert_ray.train.objective import mt_bert_objective
+from tests.conftest import RT_POLARITY
+
+
+def _batches(table, collate, batch_size, order=None):
+    rows = np.arange(table.num_rows) if order is None else order
+    for start in range(0, len(rows), batch_size):
+        sub = table.take(rows[start : start + batch_size])
+        yield collate({c: sub[c].to_numpy(zero_copy_only=False) for c in sub.column_names})
+
+
+@pytest.mark.parametrize("weighted,mode", [(True, "none"), (False, "none"), (True, "average"), (True, "weighted")])
+def test_cache_and_on_the_fly_give_the_same_loss(tiny_models, tmp_path, weighted, mode):
+    teachers = [tiny_models["bert"], tiny_models["roberta"]]  # the RoBERTa teacher needs cross-tokenizer alignment
+    data = prepare_data(
+        DataConfig(source="files", path=str(RT_POLARITY), text_fields=["sentence"], limit_train=48, limit_eval=16,
+                   max_length=24, cache_dir=str(tmp_path)),
+        [*teachers, tiny_models["bert"]],
+    )
+    torch.manual_seed(0)
+    ensemble = TeacherEnsemble(teachers, data.num_labels, query_dim=8).eval()
+    student = build_student(tiny_models["bert"], 1, data.num_labels, query_dim=8)
+    maps = [layer_map(1, d) for d in ensemble.depths]
+    projections = build_projections(ensemble.widths, student.width, 1)
+    t_alias = [data.model_tokenizer[t] for t in teachers]
+    s_alias = data.model_tokenizer[tiny_models["bert"]]
+    view = pq.read_table(data.splits["train"])
+    collate = PadCollate({a: data.tokenizers[a].pad_token_id for a in set(t_alias)})
+
+    # Write the cache the way the stage-2 loop does (batches of 16), read it back in different batches.
+    rows = cache_rows(ensemble, _batches(view, collate, 16), t_alias, s_alias, maps)
+    path = tmp_path / "cache.parquet"
+    pq.write_table(rows_to_table(rows, s_alias), path)
+    cache = pq.read_table(path)
+    assert cache["example_id"].to_pylist() == view["example_id"].to_pylist()
+
+    loss_cfg = LossConfig(weighted=weighted, ensemble=mode)
+    distill_cfg = DistillConfig(temperature=2.0)
+    order = np.random.default_rng(0).permutation(view.num_rows)
+    cache_collate = PadCollate({s_alias: data.tokenizers[s_alias].pad_token_id}, cache_float_columns(ensemble.widths, 1, True))
+    compared = 0
+    for fly, cached in zip(_batches(view, collate, 12, order), _batches(cache, cache_collate, 12, order)):
+        s_in = inputs_for(fly, s_alias)
+        out = student.forward_batch(s_in, output_hidden_states=True)
+        losses = []
+        for logits, states in (
+            teacher_targets(ensemble, fly, t_alias, s_alias, maps),
+            cached_targets(cached, len(teachers), data.num_labels, 1, hidden=True),
+        ):
+            losses.append(mt_bert_objective(out.logits, fly["label"], logits, loss_cfg, distill_cfg,
+                                            out.hidden_states[1:], states, projections, s_in["attention_mask"]))
+        for term in ("task", "distill", "hidden", "loss"):
+            assert losses[0][term].item() == pytest.approx(losses[1][term].item(), rel=1e-5, abs=1e-6), term
+        compared += 1
+    assert compared == 4

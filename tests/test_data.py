@@ -1,0 +1,231 @@
+"""The data layer: sources in their real formats, tokenized shards and their reuse, bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from mtbert_ray.config import DataConfig
+from mtbert_ray.data import shards as shards_module
+from mtbert_ray.data.shards import prepare_data
+from mtbert_ray.data.sources import load_source
+from mtbert_ray.errors import DataError
+from tests import data_fixtures as fx
+from tests.conftest import MINILM_L3, MINILM_L6, REPO
+
+
+def _files(path, **kw):
+    return DataConfig(source="files", path=str(path), text_fields=kw.pop("text_fields", ["text"]), **kw)
+
+
+def test_rt_polarity_rows_and_labels(rt_polarity):
+    raw = load_source(DataConfig(source="files", path=str(rt_polarity), text_fields=["sentence"]))
+    assert {s: len(v.frame) for s, v in raw.splits.items()} == {"train": 11059, "validation": 802, "test": 891}
+    assert raw.label_names == ["0", "1"] and not raw.pair
+    val = raw.splits["validation"].frame
+    assert val["label"].value_counts().to_dict() == {1: 453, 0: 349}
+    source = pd.read_parquet(rt_polarity / "validation.parquet")
+    assert val["text_a"].tolist() == source["sentence"].tolist()
+    assert val["label"].tolist() == source["label"].tolist()
+
+
+def test_limit_is_a_seeded_subsample(rt_polarity):
+    cfg = DataConfig(source="files", path=str(rt_polarity), text_fields=["sentence"], limit_train=100, limit_eval=50, seed=3)
+    a, b = load_source(cfg), load_source(cfg)
+    assert len(a.splits["train"].frame) == 100 and len(a.splits["validation"].frame) == 50
+    assert a.splits["train"].frame["example_id"].tolist() == b.splits["train"].frame["example_id"].tolist()
+    other = load_source(cfg.model_copy(update={"seed": 4}))
+    assert a.splits["train"].frame["example_id"].tolist() != other.splits["train"].frame["example_id"].tolist()
+
+
+def test_glue_sst2_tsv(tmp_path):
+    folder = fx.write_sst2_tsv(tmp_path / "SST-2")
+    raw = load_source(DataConfig(source="glue", task="sst2", path=str(tmp_path)))  # finds the SST-2 subfolder
+    assert raw.label_names == ["negative", "positive"]
+    assert len(raw.splits["train"].frame) == 12 and len(raw.splits["validation"].frame) == 6
+    assert "test" not in raw.splits  # hidden GLUE test labels: evaluate on dev
+    assert raw.splits["train"].frame["label"].tolist() == [i % 2 for i in range(12)]
+    assert folder.exists()
+
+
+def test_glue_rte_tsv_string_labels_and_pairs(tmp_path):
+    fx.write_rte_tsv(tmp_path)
+    raw = load_source(DataConfig(source="glue", task="rte", path=str(tmp_path)))
+    assert raw.pair and raw.label_names == ["entailment", "not_entailment"]
+    train = raw.splits["train"].frame
+    assert train["label"].tolist() == [i % 2 for i in range(10)]
+    assert train["text_b"].iloc[0] == "The film won awards."
+
+
+def test_glue_hub_parquet_layout(tmp_path):
+    fx.write_glue_hub_parquet(tmp_path, "rte")
+    raw = load_source(DataConfig(source="glue", task="rte", path=str(tmp_path)))
+    assert raw.pair and len(raw.splits["train"].frame) == 8 and "test" not in raw.splits
+
+
+def test_mind_topics_from_training_split(tmp_path):
+    fx.write_mind(tmp_path)
+    raw = load_source(DataConfig(source="mind", path=str(tmp_path)))
+    assert raw.label_names == ["finance", "news", "sports"]
+    dev = raw.splits["validation"].frame
+    assert len(dev) == 2, "N2 is in train too: kept only there"
+    assert dev["label"].tolist() == [2, 0] and dev["text_a"].iloc[0].startswith("Headline about golf")
+    both = load_source(DataConfig(source="mind", path=str(tmp_path), mind_text="title_abstract"))
+    assert both.splits["train"].frame["text_a"].iloc[0] == "Headline about soccer number 1 An abstract on soccer."
+
+
+def test_mind_unseen_category_error_or_drop(tmp_path):
+    fx.write_mind(tmp_path, dev_rows=[("N9", "kids", "Games"), ("N7", "sports", "Golf")])
+    with pytest.raises(DataError, match=r"MINDsmall_dev/news.tsv row 1, column 'Category': label 'kids' is never seen in training"):
+        load_source(DataConfig(source="mind", path=str(tmp_path)))
+    raw = load_source(DataConfig(source="mind", path=str(tmp_path), unseen_labels="drop"))
+    assert len(raw.splits["validation"].frame) == 1 and raw.notes
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "tsv", "jsonl"])
+def test_files_formats_and_string_labels(tmp_path, fmt):
+    fx.write_files(tmp_path, fmt, string_labels=True)
+    raw = load_source(_files(tmp_path))
+    assert raw.label_names == ["neg", "pos"]
+    assert raw.splits["train"].frame["label"].tolist() == [i % 2 for i in range(12)]
+    assert len(raw.splits["test"].frame) == 4
+
+
+def test_pairs_are_encoded_as_pairs(tmp_path, tiny_models):
+    fx.write_files(tmp_path / "d", "csv", pair=True)
+    cfg = _files(tmp_path / "d", text_fields=["text", "hypothesis"], cache_dir=str(tmp_path / "cache"), max_length=32)
+    prepared = prepare_data(cfg, [MINILM_L6, tiny_models["roberta"]])
+    table = pq.read_table(prepared.splits["train"])
+    bert = prepared.model_tokenizer[MINILM_L6]
+    roberta = prepared.model_tokenizer[tiny_models["roberta"]]
+    assert bert != roberta and len(prepared.tokenizers) == 2
+    ids = table[f"{bert}.input_ids"][0].as_py()
+    assert ids.count(102) == 2, "[CLS] a [SEP] b [SEP]"
+    assert 1 in table[f"{bert}.token_type_ids"][0].as_py()
+    assert f"{roberta}.token_type_ids" not in table.column_names  # RoBERTa does not use them
+    specials = table[f"{roberta}.special_tokens_mask"][0].as_py()
+    assert sum(specials) == 4, "<s> a </s></s> b </s>"
+    assert table["example_id"].to_pylist() == list(range(12))
+
+
+def test_shards_are_reused_not_retokenized(tmp_path, rt_polarity, monkeypatch):
+    cfg = DataConfig(source="files", path=str(rt_polarity), text_fields=["sentence"], limit_train=64, limit_eval=32,
+                     max_length=32, cache_dir=str(tmp_path))
+    first = prepare_data(cfg, [MINILM_L6, MINILM_L3])
+    assert len(first.tokenizers) == 1, "the two MiniLMs share one tokenizer: tokenized once"
+    assert first.summary["tokenizers"][next(iter(first.tokenizers))]["train"]["rows"] == 64
+
+    def boom(*a, **k):
+        raise AssertionError("re-tokenized a cached dataset")
+
+    monkeypatch.setattr(shards_module, "encode", boom)
+    second = prepare_data(cfg, [MINILM_L6, MINILM_L3])
+    assert second.view_dir == first.view_dir and second.splits == first.splits
+    # A different max_length is a different key: it must tokenize again.
+    with pytest.raises(AssertionError, match="re-tokenized"):
+        prepare_data(cfg.model_copy(update={"max_length": 16}), [MINILM_L6])
+
+
+def test_altered_shard_is_detected_and_rebuilt(tmp_path, rt_polarity):
+    cfg = DataConfig(source="files", path=str(rt_polarity), text_fields=["sentence"], limit_train=64, limit_eval=32,
+                     max_length=32, cache_dir=str(tmp_path))
+    first = prepare_data(cfg, [MINILM_L6])
+    shard = next((tmp_path / "shards").iterdir())
+    part = shard / "train" / "part-00000.parquet"
+    part.write_bytes(part.read_bytes()[:-100])  # truncated
+    view_part = Path(first.splits["train"][0])
+    view_part.write_bytes(view_part.read_bytes().replace(b"PAR1", b"PAR2", 1))  # altered
+    second = prepare_data(cfg, [MINILM_L6])
+    assert pq.read_table(second.splits["train"]).num_rows == 64
+    assert pq.read_table(part).num_rows == 64
+
+
+def test_token_stats_and_truncation(tmp_path, rt_polarity):
+    cfg = DataConfig(source="files", path=str(rt_polarity), text_fields=["sentence"], limit_train=200, limit_eval=50,
+                     max_length=16, cache_dir=str(tmp_path))
+    prepared = prepare_data(cfg, [MINILM_L6])
+    stats = next(iter(prepared.summary["tokenizers"].values()))["train"]
+    assert stats["truncation_rate"] > 0.5 and stats["length_max"] > 16
+    lengths = [len(x) for x in pq.read_table(prepared.splits["train"])[f"{next(iter(prepared.tokenizers))}.input_ids"].to_pylist()]
+    assert max(lengths) == 16
+
+
+# ---- bad input: one line naming the file, row and column ------------------------------------------
+
+def _bad(tmp_path, name, frame_or_text, split="train", fmt="csv"):
+    folder = fx.write_files(tmp_path / name, "csv")
+    target = folder / f"{split}.{fmt}"
+    if fmt != "csv":
+        (folder / f"{split}.csv").unlink()
+    if isinstance(frame_or_text, bytes):
+        target.write_bytes(frame_or_text)
+    elif isinstance(frame_or_text, str):
+        target.write_text(frame_or_text)
+    else:
+        frame_or_text.to_parquet(target) if fmt == "parquet" else frame_or_text.to_csv(target, index=False)
+    return folder
+
+
+BAD_CASES = {
+    "missing split": (lambda p: (fx.write_files(p, "csv"), (p / "validation.csv").unlink(), p)[-1], {},
+                      r"no validation file \(expected validation"),
+    "missing column": (lambda p: fx.write_files(p, "csv"), {"text_fields": ["sentence"]},
+                       r"train.csv: no column 'sentence' \(data.text_fields\)"),
+    "pair asked of one-field set": (lambda p: fx.write_files(p, "csv"), {"text_fields": ["text", "hypothesis"]},
+                                    r"train.csv: no column 'hypothesis' \(data.text_fields asks for a sentence pair\)"),
+    "missing label column": (lambda p: fx.write_files(p, "csv"), {"label_field": "y"}, r"train.csv: no column 'y' \(data.label_field\)"),
+    "empty text": (lambda p: _bad(p.parent, p.name, "text,label\ngood film,1\n  ,0\n"), {},
+                   r"train.csv row 2, column 'text': empty text"),
+    "null text": (lambda p: _bad(p.parent, p.name, pd.DataFrame({"text": ["ok", None], "label": [0, 1]}), fmt="parquet"), {},
+                  r"train.parquet row 2, column 'text': missing text \(null\)"),
+    "null label": (lambda p: _bad(p.parent, p.name, "text,label\ngood film,1\nbad film,\n"), {},
+                   r"train.csv row 2, column 'label': missing label"),
+    "unseen validation label": (lambda p: _bad(p.parent, p.name, "text,label\ngood film,1\nbad film,2\n", split="validation"), {},
+                                r"validation.csv row 2, column 'label': label '2' is never seen in training"),
+    "label out of num_labels": (lambda p: _bad(p.parent, p.name, "text,label\ngood film,1\nbad film,0\n", split="validation"),
+                                {"num_labels": 3}, r"data.num_labels=3 disagrees with .*train.csv"),
+    "unreadable encoding": (lambda p: _bad(p.parent, p.name, "text,label\ncaf\xe9,1\n".encode("latin-1")), {},
+                            r"train.csv: not valid UTF-8 \(byte 0xe9 at offset 14\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_gives_one_clear_line(tmp_path, case):
+    make, extra, pattern = BAD_CASES[case]
+    folder = make(tmp_path / "data")
+    cfg = _files(folder, cache_dir=str(tmp_path / "cache"), **extra)
+    with pytest.raises(DataError, match=pattern) as info:
+        prepare_data(cfg, [MINILM_L6])
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "cache" / "shards").exists(), "nothing is written for bad input"
+
+
+def test_out_of_range_label_with_num_labels(tmp_path):
+    folder = fx.write_files(tmp_path / "d", "csv")
+    (folder / "validation.csv").write_text("text,label\ngood film,1\nbad film,4\n")
+    with pytest.raises(DataError, match=r"validation.csv row 2, column 'label': label '4' is out of range for data.num_labels=2"):
+        load_source(_files(folder, num_labels=2))
+
+
+def test_cli_prepare_summary_and_exit_status(tmp_path, rt_polarity):
+    config = tmp_path / "exp.yaml"
+    config.write_text(
+        f"teachers: [{MINILM_L6}]\nstudent: {{init_from: {MINILM_L6}, num_layers: 2}}\n"
+        f"data: {{source: files, path: {rt_polarity}, text_fields: [sentence], limit_train: 100, limit_eval: 40,"
+        f" max_length: 32, cache_dir: {tmp_path / 'cache'}}}\n"
+    )
+    run = lambda *extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "mtbert_ray.data", "prepare", "--config", str(config), *extra],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    ok = run()
+    assert ok.returncode == 0, ok.stderr
+    assert "train           100 rows" in ok.stdout and "truncated" in ok.stdout and "p90" in ok.stdout
+    bad = run("--set", "data.text_fields=[review]")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]  # exactly one line
+    assert "no column 'review'" in bad.stderr and "Traceback" not in bad.stderr

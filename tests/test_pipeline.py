@@ -1,0 +1,118 @@
+"""All three stages on Ray Train with tiny models on CPU: results, export, reuse, resume, N = 1, two workers."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mtbert_ray.config import validate_config
+from mtbert_ray.export import StudentClassifier
+from mtbert_ray.pipeline import run_experiment
+from tests.conftest import REPO, RT_POLARITY, tiny_experiment
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory):
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_session, tiny_models, storage, tmp_path_factory):
+    """Cross-tokenizer teachers, hidden loss from the cache (hidden states cached)."""
+    cfg = validate_config(tiny_experiment(tiny_models, storage, cache={"enabled": True, "hidden": True}))
+    return run_experiment(cfg, storage=storage)
+
+
+def test_three_stages_write_results_and_export(first_run, tiny_models):
+    s = json.loads((first_run.run_dir / "result.json").read_text())
+    assert (first_run.run_dir / "config.yaml").is_file()
+    assert set(s["stages"]) == {"cofinetune", "teacher_cache", "distill"}
+    assert not s["stages"]["cofinetune"]["reused"] and not s["stages"]["teacher_cache"]["reused"]
+    for name in (tiny_models["bert"], tiny_models["roberta"]):
+        m = s["stages"]["cofinetune"]["teachers"][name]
+        assert 0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1
+        assert s["params"]["teachers"][name] > 0
+    student = s["stages"]["distill"]["metrics"]
+    assert 0 <= student["accuracy"] <= 1 and student["epoch"] in (1, 2)
+    assert s["params"]["student"] < min(s["params"]["teachers"].values())
+    assert s["layer_maps"] == [[2], [2]]
+    assert s["stages"]["teacher_cache"]["checkpoint"]
+
+
+def test_exported_student_reloads_and_predicts_the_reported_labels(first_run, tmp_path):
+    model = StudentClassifier.from_pretrained(first_run.student_dir)
+    s = json.loads((first_run.run_dir / "result.json").read_text())
+    val = pd.read_parquet(RT_POLARITY / "validation.parquet")
+    val = val.sample(n=64, random_state=0).sort_index()  # the same seeded subsample the run evaluated on
+    preds = model.predict(val["sentence"].tolist())
+    accuracy = sum(int(p.label) == y for p, y in zip(preds, val["label"])) / len(val)
+    assert accuracy == pytest.approx(s["stages"]["distill"]["metrics"]["accuracy"], abs=1e-9)
+    # save_pretrained → from_pretrained gives identical probabilities
+    model.save_pretrained(tmp_path / "copy")
+    again = StudentClassifier.from_pretrained(tmp_path / "copy")
+    texts = ["a gorgeous movie", "boring and far too long"]
+    assert (model.predict_proba(texts) - again.predict_proba(texts)).abs().max() < 1e-6
+    # the command line does the same
+    out = subprocess.run([sys.executable, "-m", "mtbert_ray.predict", "--model", str(first_run.student_dir), *texts],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert [x["label"] for x in lines] == [p.label for p in model.predict(texts)]
+    assert abs(sum(lines[0]["probabilities"].values()) - 1) < 1e-5
+
+
+def test_later_experiment_reuses_stages_and_on_the_fly_matches_cache(first_run, tiny_models, storage):
+    """Same teachers/data/co-finetune config: stage 1 is reused; without the cache the teachers run on the
+    fly, and the student trains to the same result as from the cache."""
+    cfg = validate_config(tiny_experiment(tiny_models, storage, cache={"enabled": False}))
+    result = run_experiment(cfg, storage=storage)
+    s = result.summary
+    assert s["stages"]["cofinetune"]["reused"]
+    assert s["stages"]["cofinetune"]["key"] == first_run.summary["stages"]["cofinetune"]["key"]
+    assert s["stages"]["teacher_cache"] is None
+    assert s["stages"]["distill"]["metrics"]["accuracy"] == pytest.approx(
+        first_run.summary["stages"]["distill"]["metrics"]["accuracy"], abs=2 / 64
+    )
+
+
+def test_cofinetuning_resumes_from_its_checkpoint(ray_session, tiny_models, tmp_path, monkeypatch):
+    """A co-finetuning run stopped in epoch 2 continues from its epoch-1 checkpoint when run again."""
+    import ray.train
+
+    from mtbert_ray.data.shards import prepare_data
+    from mtbert_ray.pipeline import ensure_cofinetuned, worker_config
+
+    cfg = worker_config(validate_config(tiny_experiment(tiny_models, tmp_path, teachers=[tiny_models["bert"]],
+                                                        cofinetune={"epochs": 2})))
+    data = prepare_data(cfg.data, [tiny_models["bert"]])
+    monkeypatch.setenv("MTBERT_FAULT", "cofinetune:0:1:1")  # rank 0 exits at epoch 2, step 2
+    with pytest.raises(ray.train.TrainingFailedError):
+        ensure_cofinetuned(cfg, data, tmp_path / "stages")
+    monkeypatch.delenv("MTBERT_FAULT")
+    stage = ensure_cofinetuned(cfg, data, tmp_path / "stages")
+    assert not stage.reused
+    state = json.loads((Path(stage.checkpoint) / "training_state.json").read_text())
+    assert state["epoch"] == 1 and state["metrics"]["start_epoch"] == 1, "epoch 2 ran alone: the run resumed"
+    again = ensure_cofinetuned(cfg, data, tmp_path / "stages")
+    assert again.reused and again.checkpoint == stage.checkpoint
+
+
+def test_single_teacher_on_two_workers(ray_session, tiny_models, tmp_path):
+    """N = 1 (a teacher subset), data parallel over two gloo workers, teachers on the fly."""
+    raw = tiny_experiment(tiny_models, tmp_path, teachers=[tiny_models["roberta"]], cache={"enabled": False},
+                          resources={"num_workers": 2, "cpus_per_worker": 1}, distill={"epochs": 1})
+    result = run_experiment(validate_config(raw), storage=tmp_path / "results")
+    s = result.summary
+    assert list(s["stages"]["cofinetune"]["teachers"]) == [tiny_models["roberta"]]
+    assert s["stages"]["teacher_cache"] is None
+    assert s["stages"]["distill"]["metrics"]["accuracy"] > 0
+    # each worker evaluated its half; the summed confusion matrices cover the whole validation subsample
+    assert s["stages"]["cofinetune"]["teachers"][tiny_models["roberta"]]["examples"] == 64
+    assert s["stages"]["distill"]["metrics"]["examples"] == 64
+    assert StudentClassifier.from_pretrained(result.student_dir).predict(["fine"])[0].label in ("0", "1")
