@@ -25,6 +25,7 @@ from mtbert_ray.models.teachers import TeacherEnsemble
 from mtbert_ray.train.common import (
     checkpoint_dir,
     device_for_worker,
+    TimedBatches,
     evaluate,
     iterate_batches,
     load_training_state,
@@ -87,7 +88,8 @@ def cofinetune_loop(loop_config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.cofinetune.epochs):
         model.train()
         started, total, steps = time.time(), 0.0, 0
-        for step, batch in enumerate(iterate_batches(train_shard, batch_size, collate, device, cfg.seed + epoch)):
+        batches = TimedBatches(iterate_batches(train_shard, batch_size, collate, device, cfg.seed + epoch))
+        for step, batch in enumerate(batches):
             maybe_inject_fault("cofinetune", epoch, step)
             logits = model([inputs_for(batch, a) for a in aliases]).logits
             loss = cofinetune_loss(logits, batch["label"])
@@ -98,6 +100,7 @@ def cofinetune_loop(loop_config: dict[str, Any]) -> None:
             steps += 1
             if rank == 0 and step % 50 == 0:
                 print(f"[co-finetune] epoch {epoch + 1}/{cfg.cofinetune.epochs} step {step} loss {float(loss):.4f}", flush=True)
+        train_seconds = time.time() - started
         model.eval()
         cms = evaluate(
             lambda b: model([inputs_for(b, a) for a in aliases]).logits,
@@ -110,7 +113,9 @@ def cofinetune_loop(loop_config: dict[str, Any]) -> None:
             "epoch": epoch + 1,
             "start_epoch": start_epoch,  # > 0 when this attempt resumed from a checkpoint
             "train_loss": total / max(steps, 1),
-            "epoch_seconds": time.time() - started,
+            "train_seconds": train_seconds,  # the training pass of this epoch (no evaluation)
+            "eval_seconds": time.time() - started - train_seconds,
+            "data_wait_seconds": batches.wait_seconds,  # of train_seconds, waiting for input batches
             **named_metrics(cms, [f"val_{n}" for n in names]),
         }
         metrics["val_mean_accuracy"] = sum(metrics[f"val_{n}accuracy"] for n in names) / len(names)

@@ -5,6 +5,7 @@ import json
 import os
 import random
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +62,24 @@ def iterate_batches(
     if shuffle_seed is not None:
         kwargs.update(local_shuffle_buffer_size=shuffle_buffer(batch_size), local_shuffle_seed=shuffle_seed)
     yield from shard.iter_torch_batches(**kwargs)
+
+
+class TimedBatches:
+    """Wraps a batch iterator and adds up the seconds spent waiting for batches (input pipeline)."""
+
+    def __init__(self, batches) -> None:
+        self._it = iter(batches)
+        self.wait_seconds = 0.0
+
+    def __iter__(self) -> "TimedBatches":
+        return self
+
+    def __next__(self):
+        started = time.perf_counter()
+        try:
+            return next(self._it)
+        finally:
+            self.wait_seconds += time.perf_counter() - started
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ from mtbert_ray.models.teachers import TeacherEnsemble, load_head_states, read_e
 from mtbert_ray.train.common import (
     checkpoint_dir,
     device_for_worker,
+    TimedBatches,
     evaluate,
     iterate_batches,
     load_training_state,
@@ -116,7 +117,8 @@ def distill_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     for epoch in range(start_epoch, cfg.distill.epochs):
         module.train()
         started, sums, steps = time.time(), {}, 0
-        for step, batch in enumerate(iterate_batches(train_shard, cfg.distill.batch_size, train_collate, device, cfg.seed + 1000 + epoch)):
+        batches = TimedBatches(iterate_batches(train_shard, cfg.distill.batch_size, train_collate, device, cfg.seed + 1000 + epoch))
+        for step, batch in enumerate(batches):
             maybe_inject_fault("distill", epoch, step)
             s_in = inputs_for(batch, student_alias)
             out = module(s_in, output_hidden_states=cfg.loss.hidden)
@@ -144,6 +146,7 @@ def distill_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             if rank == 0 and step % 50 == 0:
                 shown = " ".join(f"{k} {float(v):.4f}" for k, v in terms.items())
                 print(f"[distill] epoch {epoch + 1}/{cfg.distill.epochs} step {step} {shown}", flush=True)
+        train_seconds = time.time() - started
         module.eval()
         cms = evaluate(
             lambda b: student_module.forward_batch(inputs_for(b, student_alias)).logits,
@@ -154,7 +157,9 @@ def distill_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         metrics = {
             "epoch": epoch + 1,
             "start_epoch": start_epoch,  # > 0 when this attempt resumed from a checkpoint
-            "epoch_seconds": time.time() - started,
+            "train_seconds": train_seconds,  # the training pass of this epoch (no evaluation)
+            "eval_seconds": time.time() - started - train_seconds,
+            "data_wait_seconds": batches.wait_seconds,  # of train_seconds, waiting for input batches
             **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()},
             **named_metrics(cms, ["val_"]),
         }

@@ -1,0 +1,285 @@
+"""Space files: a base experiment + a search space + search settings (``tune_spaces/*.yaml``).
+
+    name: demo                          # default sweep name
+    experiment: {...}                   # the base experiment config (or `base: other.yaml`, relative to this file)
+    overrides: {distill.epochs: 3}      # dotted keys set on the base
+    teacher_pool: {minilm6: <hub id>}   # aliases for teacher subsets (space key `teachers`)
+    variants: {mt-bert: {}, w/o weighting: {loss.weighted: false}}   # named override sets (space key `variant`)
+    space:
+      distill.temperature: {loguniform: [0.5, 8]}    # uniform, loguniform, randint [lo, hi), choice, grid
+      teachers: {grid: subsets}                      # every non-empty subset of teacher_pool ("a+b" strings)
+      variant: {grid: all}                           # every variant
+    search: {searcher: optuna, scheduler: asha, metric: val_accuracy, mode: max, num_samples: 8, seeds: [0]}
+
+Dotted space keys address the experiment config; each is checked against the config schema
+when the space is loaded, so a typo fails before any trial starts.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mtbert_ray.config import (
+    ExperimentConfig,
+    apply_overrides,
+    format_validation_error,
+    parse_override,
+    read_yaml,
+    set_dotted,
+    validate_config,
+)
+from mtbert_ray.errors import ConfigError
+
+DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
+SPECIAL_KEYS = ("teachers", "variant", "seed")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchSettings(_Strict):
+    searcher: Literal["optuna", "grid", "random"] = "grid"
+    scheduler: Literal["none", "asha", "median"] = "none"
+    metric: str = "val_accuracy"
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(default=1, ge=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    max_concurrent_trials: int = Field(default=1, ge=1)
+    trial_cpus: float = Field(default=0.5, gt=0)  # the trial driver (waits on its TorchTrainer)
+    grace_period: int = Field(default=1, ge=1)  # ASHA: epochs before a trial can be stopped
+    reduction_factor: float = Field(default=2, gt=1)
+    optuna_seed: int = 0
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("duplicated seed")
+        return value
+
+
+class AnalysisSettings(_Strict):
+    rows: str = "auto"  # auto, trial, or a space key (teachers, variant, student.num_layers, …)
+    metrics: list[str] = Field(default_factory=lambda: ["accuracy", "macro_f1"])
+
+
+class Dimension(_Strict):
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+    choice: list[Any] | None = None
+    grid: list[Any] | str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Dimension":
+        given = [k for k in DISTRIBUTIONS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"expected exactly one of {', '.join(DISTRIBUTIONS)}; got {given or 'none'}")
+        for kind in ("uniform", "loguniform", "randint"):
+            bounds = getattr(self, kind)
+            if bounds is not None:
+                lo, hi = bounds
+                if not lo < hi:
+                    raise ValueError(f"{kind}: low {lo} must be < high {hi}")
+                if kind == "loguniform" and lo <= 0:
+                    raise ValueError(f"loguniform: low {lo} must be > 0")
+        for kind in ("choice", "grid"):
+            values = getattr(self, kind)
+            if isinstance(values, list) and not values:
+                raise ValueError(f"{kind}: expected at least one value")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in DISTRIBUTIONS if getattr(self, k) is not None)
+
+    @property
+    def values(self) -> Any:
+        return getattr(self, self.kind)
+
+    def examples(self) -> list[Any]:
+        """Values to check against the config schema (the bounds, or every listed value)."""
+        values = self.values
+        return list(values) if isinstance(values, (list, tuple)) else [values]
+
+
+class SpaceFile(_Strict):
+    name: str = "sweep"
+    description: str = ""
+    experiment: dict[str, Any] | None = None
+    base: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)  # dotted keys set on the base experiment
+    teacher_pool: dict[str, str] | None = None
+    variants: dict[str, dict[str, Any]] | None = None
+    space: dict[str, Dimension] = Field(default_factory=dict)
+    search: SearchSettings = SearchSettings()
+    analysis: AnalysisSettings = AnalysisSettings()
+
+    @model_validator(mode="after")
+    def _one_base(self) -> "SpaceFile":
+        if (self.experiment is None) == (self.base is None):
+            raise ValueError("give the base experiment either inline (experiment:) or as a file (base:)")
+        if self.teacher_pool and any("+" in alias for alias in self.teacher_pool):
+            raise ValueError("teacher_pool: aliases must not contain '+'")
+        return self
+
+
+class Space:
+    """A loaded, validated space file with its overrides applied."""
+
+    def __init__(self, spec: SpaceFile, base: dict[str, Any], source: str) -> None:
+        self.spec = spec
+        self.base = base
+        self.source = source
+        self._check()
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def search(self) -> SearchSettings:
+        return self.spec.search
+
+    def teacher_subsets(self) -> list[str]:
+        pool = list(self.spec.teacher_pool or {})
+        return ["+".join(c) for r in range(1, len(pool) + 1) for c in itertools.combinations(pool, r)]
+
+    def dimension_values(self, key: str, dim: Dimension) -> list[Any] | None:
+        if key == "teachers" and dim.values == "subsets":
+            return self.teacher_subsets()
+        if key == "variant" and dim.values == "all":
+            return list(self.spec.variants or {})
+        return dim.values if isinstance(dim.values, list) else None
+
+    @property
+    def row_key(self) -> str:
+        rows = self.spec.analysis.rows
+        if rows != "auto":
+            return rows
+        if "variant" in self.spec.space:
+            return "variant"
+        if "teachers" in self.spec.space:
+            return "teachers"
+        return "trial"
+
+    def trial_config(self, params: Mapping[str, Any]) -> ExperimentConfig:
+        """The experiment config of one trial: base + variant overrides + sampled values."""
+        data = apply_overrides(self.base, [])
+        for key, value in params.items():
+            if key == "variant":
+                for k, v in (self.spec.variants or {})[value].items():
+                    set_dotted(data, k.split("."), v)
+            elif key == "teachers":
+                data["teachers"] = self.decode_teachers(value)
+            else:
+                set_dotted(data, key.split("."), value)
+        return validate_config(data, source=f"{self.source} (trial {dict(params)})")
+
+    def decode_teachers(self, value: str) -> list[str]:
+        pool = self.spec.teacher_pool or {}
+        aliases = value.split("+")
+        unknown = [a for a in aliases if a not in pool]
+        if unknown:
+            raise ConfigError(f"{self.source}: space.teachers: {unknown[0]!r} is not in teacher_pool ({', '.join(pool)})")
+        return [pool[a] for a in aliases]
+
+    def param_space(self) -> dict[str, Any]:
+        """Ray Tune's ``param_space`` (grid_search / distributions), seeds included."""
+        from ray import tune
+
+        out: dict[str, Any] = {}
+        for key, dim in self.spec.space.items():
+            values = self.dimension_values(key, dim)
+            if dim.kind == "grid":
+                out[key] = tune.grid_search(values)
+            elif dim.kind == "choice":
+                out[key] = tune.choice(values)
+            elif dim.kind == "uniform":
+                out[key] = tune.uniform(*dim.uniform)
+            elif dim.kind == "loguniform":
+                out[key] = tune.loguniform(*dim.loguniform)
+            else:
+                out[key] = tune.randint(*dim.randint)
+        seeds = self.search.seeds
+        if "seed" not in out:
+            out["seed"] = tune.grid_search(seeds) if len(seeds) > 1 else seeds[0]
+        return out
+
+    # ---- validation ----------------------------------------------------------------------
+    def _check(self) -> None:
+        spec, src = self.spec, self.source
+        validate_config(self.base, source=f"{src}: experiment")
+        if spec.search.searcher == "optuna":
+            grids = [k for k, d in spec.space.items() if d.kind == "grid"]
+            if grids:
+                raise ConfigError(f"{src}: space.{grids[0]}: grid values need search.searcher: grid (Optuna samples)")
+            if len(spec.search.seeds) > 1:
+                raise ConfigError(f"{src}: search.seeds: Optuna studies take one seed; repeat with num_samples or a grid study")
+            if not spec.space:
+                raise ConfigError(f"{src}: space: an Optuna study needs at least one dimension")
+        if spec.search.scheduler != "none" and spec.search.searcher == "grid":
+            pass  # allowed: early stopping of grid trials
+        for key, dim in spec.space.items():
+            where = f"{src}: space.{key}"
+            if key == "teachers":
+                if not spec.teacher_pool:
+                    raise ConfigError(f"{where}: needs a teacher_pool of aliases")
+                values = self.dimension_values(key, dim)
+                if values is None or not all(isinstance(v, str) for v in values):
+                    raise ConfigError(f"{where}: expected grid or choice of '+'-joined teacher_pool aliases, or grid: subsets")
+                for value in values:
+                    self.decode_teachers(value)
+            elif key == "variant":
+                if not spec.variants:
+                    raise ConfigError(f"{where}: needs a variants mapping")
+                values = self.dimension_values(key, dim)
+                unknown = [v for v in values or [None] if v not in spec.variants]
+                if unknown:
+                    raise ConfigError(f"{where}: {unknown[0]!r} is not a variant ({', '.join(spec.variants)})")
+            else:
+                for value in dim.examples():
+                    self._check_value(key, value, where)
+        rows = spec.analysis.rows
+        if rows not in ("auto", "trial") and rows not in spec.space:
+            raise ConfigError(f"{src}: analysis.rows: expected auto, trial or a space key ({', '.join(spec.space)}), got {rows!r}")
+        for name, overrides in (spec.variants or {}).items():
+            for k, v in overrides.items():
+                self._check_value(k, v, f"{src}: variants.{name}.{k}")
+
+    def _check_value(self, key: str, value: Any, where: str) -> None:
+        data = apply_overrides(self.base, [])
+        try:
+            set_dotted(data, key.split("."), value)
+        except ConfigError:
+            raise ConfigError(f"{where}: {key!r} is not a config key") from None
+        try:
+            ExperimentConfig.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, where)) from None
+
+
+def load_space(path: str | Path, overrides: Iterable[str] = ()) -> Space:
+    """Read a space file; ``--set search.x=…`` sets search settings, any other key the base experiment."""
+    path = Path(path)
+    raw = read_yaml(path)
+    experiment_sets, search_sets = [], []
+    for text in overrides:
+        parts, _ = parse_override(text)
+        (search_sets if parts[0] in ("search", "analysis", "name") else experiment_sets).append(text)
+    raw = apply_overrides(raw, search_sets)
+    try:
+        spec = SpaceFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
+    if spec.base is not None:
+        base_path = (path.parent / spec.base).resolve()
+        base = read_yaml(base_path)
+    else:
+        base = dict(spec.experiment or {})
+    for key, value in spec.overrides.items():
+        set_dotted(base, key.split("."), value, label=f"{path}: overrides.{key}")
+    base = apply_overrides(base, experiment_sets)
+    return Space(spec, base, str(path))

@@ -1,0 +1,253 @@
+"""``python -m mtbert_ray.sweep --space tune_spaces/NAME.yaml [--set k=v ...] [--storage DIR] [--name NAME]
+[--num-samples N] [--resume]`` — the Ray Tune driver.
+
+Tune-over-Train as Ray 2.60 supports it: every trial is a Tune *function* (the trial driver,
+``tune.with_resources``) that runs one experiment (``pipeline.run_experiment``), whose
+distillation ``TorchTrainer`` reports each epoch to Tune through ``TuneReportCallback``; schedulers
+(ASHA, median stopping) act on those per-epoch reports. Co-finetuning and the teacher cache are
+keyed stages shared by all trials with the same key, so teachers are trained once per distinct
+(teacher set, data, co-finetune config, seed), not once per trial.
+
+Layout under ``--storage`` (default ``~/mtbert_results``)::
+
+    sweeps/<name>/                Tune's experiment folder (resumable with --resume)
+    sweeps/<name>/mtbert_sweep.json   the space, resolved base experiment and search settings
+    sweeps/<name>/runs/<trial id>/    each trial's run folder (result.json, student/)
+    sweeps/<name>/analysis/       tables (Markdown, CSV), plots (PNG), best trial
+    stages/                       co-finetuned teachers and teacher caches, shared across runs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mtbert_ray.errors import ConfigError, ResultsError
+from mtbert_ray.space import Space, SpaceFile, load_space
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "mtbert_sweep.json"
+RUNS_DIR = "runs"
+ANALYSIS_DIR = "analysis"
+
+
+def absolutize_paths(base: dict[str, Any]) -> dict[str, Any]:
+    """Local paths in the base experiment made absolute (trial drivers run in their own folders)."""
+    base = json.loads(json.dumps(base))
+    data = base.get("data") or {}
+    for key in ("path", "cache_dir"):
+        if data.get(key):
+            data[key] = str(Path(data[key]).expanduser().resolve())
+    for section, key in (("student", "init_from"),):
+        value = (base.get(section) or {}).get(key)
+        if value and Path(value).expanduser().exists():
+            base[section][key] = str(Path(value).expanduser().resolve())
+    base["teachers"] = [
+        str(Path(t).expanduser().resolve()) if isinstance(t, str) and Path(t).expanduser().exists() else t
+        for t in base.get("teachers") or []
+    ]
+    return base
+
+
+def trial_driver(params: dict[str, Any], sweep: dict[str, Any]) -> None:
+    """One trial: the experiment for ``params``, its distillation epochs reported to Tune, then a final summary."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from mtbert_ray.pipeline import run_experiment
+
+    space = Space(SpaceFile.model_validate(sweep["spec"]), sweep["base"], sweep["source"])
+    config = space.trial_config(params)
+    trial_id = tune.get_context().get_trial_id()
+    run_dir = Path(sweep["experiment_dir"]) / RUNS_DIR / trial_id
+    result = run_experiment(config, storage=sweep["storage"], run_dir=run_dir, distill_callbacks=[TuneReportCallback()])
+    s = result.summary
+    teachers = s["stages"]["cofinetune"]["teachers"]
+    student = s["stages"]["distill"]["metrics"]
+    tune.report(
+        {
+            "epoch": config.distill.epochs,
+            "val_accuracy": student["accuracy"],
+            "val_macro_f1": student["macro_f1"],
+            "best_epoch": student["epoch"],
+            "teacher_mean_accuracy": sum(t["accuracy"] for t in teachers.values()) / len(teachers),
+            "student_params": s["params"]["student"],
+            "student_dir": str(result.student_dir),
+            "run_dir": str(result.run_dir),
+            "cofinetune_reused": s["stages"]["cofinetune"]["reused"],
+            "done": True,
+        }
+    )
+
+
+def _searcher(space: Space):
+    s = space.search
+    if s.searcher == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.optuna_seed))
+    return None  # grid / random: Tune's variant generator
+
+
+def _scheduler(space: Space, max_epochs: int):
+    s = space.search
+    if s.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(time_attr="epoch", max_t=max(max_epochs, 1), grace_period=min(s.grace_period, max_epochs),
+                             reduction_factor=s.reduction_factor)
+    if s.scheduler == "median":
+        from ray.tune.schedulers import MedianStoppingRule
+
+        return MedianStoppingRule(time_attr="epoch", grace_period=s.grace_period, min_samples_required=2)
+    return None
+
+
+def trial_resources(space: Space, base_config) -> dict[str, float]:
+    """What Tune reserves for one trial driver (its TorchTrainer's workers reserve their own)."""
+    return {"cpu": space.search.trial_cpus}
+
+
+def cluster_cpus_needed(space: Space, base_config) -> float:
+    r = base_config.resources
+    return space.search.max_concurrent_trials * (space.search.trial_cpus + r.num_workers * r.cpus_per_worker)
+
+
+def run_sweep(
+    space_path: str,
+    overrides: list[str] = (),
+    storage: str | None = None,
+    name: str | None = None,
+    num_samples: int | None = None,
+    resume: bool = False,
+):
+    """Start (or ``resume``) a sweep; returns (ResultGrid, experiment folder)."""
+    from ray import tune
+
+    from mtbert_ray.config import validate_config
+    from mtbert_ray.pipeline import resolve_storage
+    from mtbert_ray.ray_runtime import init_ray
+    from mtbert_ray.storage import atomic_write_text
+
+    root = resolve_storage(storage)
+    if resume:
+        if not name:
+            raise ConfigError("--resume needs --name (the sweep folder under <storage>/sweeps) or --space's default name")
+        experiment_dir = root / "sweeps" / name
+        saved = experiment_dir / SWEEP_FILE
+        if not saved.is_file() or not tune.Tuner.can_restore(str(experiment_dir)):
+            raise ResultsError(f"--resume: {experiment_dir} holds no sweep to resume")
+        sweep = json.loads(saved.read_text())
+        space = Space(SpaceFile.model_validate(sweep["spec"]), sweep["base"], sweep["source"])
+    else:
+        space = load_space(space_path, overrides)
+        if num_samples is not None:
+            space.spec.search.num_samples = num_samples
+        name = name or space.spec.name
+        experiment_dir = root / "sweeps" / name
+        if experiment_dir.exists() and any(experiment_dir.iterdir()):
+            raise ResultsError(
+                f"--name {name}: {experiment_dir} already holds a sweep; use --resume to continue it, or another --name"
+            )
+        space = Space(space.spec, absolutize_paths(space.base), space.source)
+        sweep = {
+            "name": name,
+            "source": space.source,
+            "spec": space.spec.model_dump(mode="json"),
+            "base": space.base,
+            "row_key": space.row_key,
+            "storage": str(root),
+            "experiment_dir": str(experiment_dir),
+            "created": time.time(),
+        }
+        experiment_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(experiment_dir / SWEEP_FILE, json.dumps(sweep, indent=2))
+
+    base_config = validate_config(space.base, source=f"{space.source}: experiment")
+    init_ray(required_cpus=cluster_cpus_needed(space, base_config))
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), trial_resources(space, base_config))
+    if resume:
+        print(f"[mtbert] resuming sweep {experiment_dir}", flush=True)
+        tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        s = space.search
+        reporter = tune.CLIReporter(
+            metric_columns=["epoch", s.metric, "val_macro_f1"],
+            parameter_columns=list(space.param_space()),
+            metric=s.metric,
+            mode=s.mode,
+            sort_by_metric=True,
+            max_report_frequency=30,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space.param_space(),
+            tune_config=tune.TuneConfig(
+                metric=s.metric,
+                mode=s.mode,
+                search_alg=_searcher(space),
+                scheduler=_scheduler(space, base_config.distill.epochs),
+                num_samples=s.num_samples,
+                max_concurrent_trials=s.max_concurrent_trials,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(root / "sweeps"),
+                progress_reporter=reporter,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+    grid = tuner.fit()
+    return grid, experiment_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mtbert_ray.sweep", description="Run an MT-BERT study with Ray Tune.")
+    parser.add_argument("--space", help="space file (tune_spaces/*.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override: search.* / analysis.* / name set the study, any other key the base experiment")
+    parser.add_argument("--storage", default=None, help="results root (default $MTBERT_RAY_STORAGE or ~/mtbert_results)")
+    parser.add_argument("--name", default=None, help="sweep name (default: the space file's name)")
+    parser.add_argument("--num-samples", type=int, default=None, help="trials to sample (grid: repeats of the grid)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep (finished trials are kept)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+    from mtbert_ray.errors import run_cli
+
+    def body() -> int:
+        if not args.space and not args.resume:
+            raise ConfigError("--space: a space file is required (or --resume --name NAME)")
+        if args.num_samples is not None and args.num_samples < 1:
+            raise ConfigError(f"--num-samples: expected a positive integer, got {args.num_samples}")
+        name = args.name
+        if args.resume and not name and args.space:
+            name = load_space(args.space, args.set).spec.name
+        grid, experiment_dir = run_sweep(args.space, args.set, args.storage, name, args.num_samples, args.resume)
+        from mtbert_ray.analysis import write_report
+
+        report = write_report(experiment_dir, experiment_dir / ANALYSIS_DIR)
+        print(report.table_markdown)
+        errored = sum(1 for r in grid if r.error is not None)
+        best = report.best
+        print(
+            f"[mtbert] sweep finished: {len(grid)} trials ({errored} errored); results {experiment_dir}; "
+            f"tables and plots {report.out_dir}; best student {best.get('student_dir') if best else 'none'}",
+            flush=True,
+        )
+        return 1 if errored else 0
+
+    run_cli(body, args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Every space file in tune_spaces/ loads and validates; malformed spaces fail with one clear line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mtbert_ray.errors import ConfigError
+from mtbert_ray.space import load_space
+from tests.conftest import REPO
+
+SPACES = sorted(p for p in (REPO / "tune_spaces").glob("*.yaml") if not p.name.startswith("_"))
+
+
+def test_the_paper_studies_are_all_there():
+    names = {p.stem for p in SPACES}
+    assert {"demo", "teachers", "ablations", "ensembles", "temperature_lr", "paper_glue", "paper_mind"} <= names
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
+def test_space_loads_and_every_trial_config_validates(path):
+    space = load_space(path)
+    params = space.param_space()
+    assert "seed" in params
+    # One trial config per grid point / a sample of each distribution validates as an experiment.
+    grid_keys = [k for k, d in space.spec.space.items() if d.kind == "grid"]
+    if grid_keys:
+        import itertools
+
+        values = [space.dimension_values(k, space.spec.space[k]) for k in grid_keys]
+        for combo in itertools.product(*values):
+            space.trial_config(dict(zip(grid_keys, combo)))
+    else:
+        sample = {k: (d.examples()[0]) for k, d in space.spec.space.items()}
+        space.trial_config(sample)
+
+
+def test_teacher_subsets_are_every_non_empty_subset():
+    space = load_space(REPO / "tune_spaces" / "teachers.yaml")
+    assert space.teacher_subsets() == ["minilm6", "minilm3", "minilm6+minilm3"]
+    cfg = space.trial_config({"teachers": "minilm3", "seed": 1})
+    assert cfg.teachers == ["sentence-transformers/paraphrase-MiniLM-L3-v2"] and cfg.seed == 1
+
+
+def test_variants_apply_their_overrides():
+    space = load_space(REPO / "tune_spaces" / "ablations.yaml")
+    cfg = space.trial_config({"variant": "w/o multi-teacher co-finetuning"})
+    assert cfg.cofinetune.shared_head is False and cfg.loss.weighted is True
+    ens = load_space(REPO / "tune_spaces" / "ensembles.yaml").trial_config({"variant": "Weighted Ensemble"})
+    assert ens.loss.ensemble == "weighted" and ens.loss.hidden is False
+
+
+def test_overrides_from_the_command_line():
+    space = load_space(REPO / "tune_spaces" / "demo.yaml", ["data.limit_train=100", "search.num_samples=2"])
+    assert space.base["data"]["limit_train"] == 100 and space.search.num_samples == 2
+    assert load_space(REPO / "tune_spaces" / "temperature_lr.yaml").base["distill"]["epochs"] == 3
+
+
+BAD = {
+    "unknown top-level key": ("name: x\nbase: _rt_polarity_base.yaml\nserach: {}\n", r"serach: unknown key"),
+    "unknown search key": ("base: _rt_polarity_base.yaml\nsearch: {num_sample: 3}\n", r"search.num_sample: unknown key"),
+    "low > high": ("base: _rt_polarity_base.yaml\nspace: {distill.lr: {loguniform: [1.0e-3, 1.0e-5]}}\nsearch: {searcher: optuna}\n",
+                   r"space.distill.lr: .*low 0.001 must be < high 1e-05"),
+    "loguniform at zero": ("base: _rt_polarity_base.yaml\nspace: {distill.temperature: {loguniform: [0, 2]}}\nsearch: {searcher: optuna}\n",
+                           r"loguniform: low 0.0 must be > 0"),
+    "two distributions": ("base: _rt_polarity_base.yaml\nspace: {distill.lr: {uniform: [0.1, 1], choice: [1]}}\n",
+                          r"expected exactly one of"),
+    "not a config key": ("base: _rt_polarity_base.yaml\nspace: {distill.temprature: {grid: [1, 2]}}\n",
+                         r"space.distill.temprature: distill.temprature: unknown key"),
+    "value out of the config's range": ("base: _rt_polarity_base.yaml\nspace: {distill.temperature: {grid: [1.0, -2.0]}}\n",
+                                        r"space.distill.temperature: distill.temperature: Input should be greater than 0"),
+    "grid in an optuna study": ("base: _rt_polarity_base.yaml\nspace: {distill.lr: {grid: [1.0e-4]}}\nsearch: {searcher: optuna}\n",
+                                r"grid values need search.searcher: grid"),
+    "unknown teacher alias": ("base: _rt_polarity_base.yaml\nteacher_pool: {a: x}\nspace: {teachers: {grid: [a, b]}}\n",
+                              r"'b' is not in teacher_pool"),
+    "unknown variant": ("base: _rt_polarity_base.yaml\nvariants: {A: {}}\nspace: {variant: {grid: [A, B]}}\n", r"'B' is not a variant"),
+    "bad variant override": ("base: _rt_polarity_base.yaml\nvariants: {A: {loss.weighed: false}}\nspace: {variant: {grid: all}}\n",
+                             r"variants.A.loss.weighed: loss.weighed: unknown key"),
+    "no base": ("space: {}\n", r"give the base experiment either inline"),
+    "bad base experiment": ("experiment: {teachers: [], student: {init_from: x, num_layers: 1}, data: {source: files, path: d, text_fields: [t]}}\n",
+                            r"experiment: teachers: expected at least one teacher"),
+    "duplicated seeds": ("base: _rt_polarity_base.yaml\nsearch: {seeds: [1, 1]}\n", r"search.seeds: duplicated seed"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_space_is_a_one_line_error(tmp_path, case):
+    text, pattern = BAD[case]
+    (tmp_path / "_rt_polarity_base.yaml").write_text((REPO / "tune_spaces" / "_rt_polarity_base.yaml").read_text())
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=pattern) as info:
+        load_space(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
