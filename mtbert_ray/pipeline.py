@@ -27,7 +27,7 @@ from typing import Any
 from mtbert_ray.config import ExperimentConfig, dump_config
 from mtbert_ray.data.loader import read_split, view_columns
 from mtbert_ray.data.shards import PreparedData, prepare_data
-from mtbert_ray.errors import ConfigError
+from mtbert_ray.errors import ConfigError, ResultsError
 from mtbert_ray.export import META_FILE
 from mtbert_ray.hashing import stable_hash
 from mtbert_ray.models.layer_map import layer_map
@@ -147,6 +147,10 @@ def run_experiment(
         run_dir = root / "runs" / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     run_dir = ensure_writable_dir(Path(run_dir).resolve(), "run folder")
     wcfg = worker_config(config)
+    finished = finished_run(run_dir, config)
+    if finished is not None:
+        print(f"[mtbert] {run_dir} already holds this finished run: reusing its results", flush=True)
+        return finished
     atomic_write_text(run_dir / CONFIG_FILE, dump_config(config))
 
     init_ray(required_cpus=config.resources.num_workers * config.resources.cpus_per_worker)
@@ -181,6 +185,22 @@ def run_experiment(
     }
     atomic_write_text(run_dir / RESULT_FILE, json.dumps(summary, indent=2))
     return ExperimentResult(run_dir, student_dir, summary)
+
+
+def finished_run(run_dir: Path, config: ExperimentConfig) -> ExperimentResult | None:
+    """The stored result when ``run_dir`` already holds a finished run of ``config`` (a restarted sweep
+    trial whose first attempt completed); ``None`` for a new or unfinished run of the same config.
+    A run folder that holds another config is never reused or overwritten."""
+    saved = run_dir / CONFIG_FILE
+    if not saved.is_file():
+        return None
+    if saved.read_text() != dump_config(config):
+        raise ResultsError(f"run folder {run_dir} holds a run of another config ({saved}); choose another folder")
+    try:
+        summary = json.loads((run_dir / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return ExperimentResult(run_dir, Path(summary["student_dir"]), summary)
 
 
 # ---- stages -------------------------------------------------------------------------------------

@@ -54,6 +54,13 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def shared_storage(tmp_path_factory) -> Path:
+    """One results root for the test session: tests whose experiments share teachers, data and
+    co-finetuning config reuse the co-finetuned teachers instead of training them again."""
+    return tmp_path_factory.mktemp("shared-results")
+
+
 def tiny_experiment(tiny_models: dict[str, str], tmp_path: Path, **sections) -> dict:
     """A tiny, fast experiment config (dict): tiny BERT + tiny RoBERTa teachers, 1-layer student, 128 sentences."""
     config = {

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def storage(tmp_path_factory):
-    return tmp_path_factory.mktemp("results")
+def storage(shared_storage):
+    return shared_storage
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_three_stages_write_results_and_export(first_run, tiny_models):
     s = json.loads((first_run.run_dir / "result.json").read_text())
     assert (first_run.run_dir / "config.yaml").is_file()
     assert set(s["stages"]) == {"cofinetune", "teacher_cache", "distill"}
-    assert not s["stages"]["cofinetune"]["reused"] and not s["stages"]["teacher_cache"]["reused"]
+    assert s["stages"]["cofinetune"]["key"] and not s["stages"]["teacher_cache"]["reused"]
     for name in (tiny_models["bert"], tiny_models["roberta"]):
         m = s["stages"]["cofinetune"]["teachers"][name]
         assert 0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1

@@ -1,0 +1,140 @@
+"""Sweeps end to end with tiny models: a 2-trial grid, analysis of the stored study, --resume after SIGKILL."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from mtbert_ray.analysis import load_study, study_table, write_report
+from mtbert_ray.errors import ResultsError
+from mtbert_ray.sweep import run_sweep
+from tests.conftest import REPO, tiny_experiment
+
+pytestmark = pytest.mark.slow
+
+
+def _space_file(tmp_path: Path, tiny_models, **extra) -> Path:
+    """Teachers and co-finetuning as in the pipeline tests (so the session's co-finetuned teachers are
+    reused), teachers on the fly, logits only, one distillation epoch."""
+    base = tiny_experiment(tiny_models, tmp_path, loss={"hidden": False}, cache={"enabled": False},
+                           distill={"epochs": 1})
+    spec = {"name": "tiny", "experiment": base, **extra}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(ray_session, tiny_models, tmp_path_factory, shared_storage):
+    tmp = tmp_path_factory.mktemp("sweep")
+    space = _space_file(
+        tmp, tiny_models,
+        variants={"MT-BERT": {}, "w/o weighting": {"loss.weighted": False}},
+        space={"variant": {"grid": "all"}},
+        search={"searcher": "grid", "seeds": [0]},
+    )
+    grid, experiment_dir = run_sweep(str(space), storage=str(shared_storage), name="tiny-grid")
+    return grid, experiment_dir
+
+
+def test_grid_sweep_runs_every_trial_and_cofinetunes_once(grid_sweep):
+    grid, experiment_dir = grid_sweep
+    assert len(grid) == 2 and all(r.error is None for r in grid)
+    variants = sorted(r.config["variant"] for r in grid)
+    assert variants == ["MT-BERT", "w/o weighting"]
+    trained = [not r.metrics["cofinetune_reused"] for r in grid]
+    assert sum(trained) <= 1, "the teachers are co-finetuned at most once (and not at all if an earlier test did)"
+    keys = {json.loads((Path(r.metrics["run_dir"]) / "result.json").read_text())["stages"]["cofinetune"]["key"] for r in grid}
+    assert len(keys) == 1
+    for r in grid:
+        run = json.loads((Path(r.metrics["run_dir"]) / "result.json").read_text())
+        assert run["stages"]["distill"]["metrics"]["accuracy"] == pytest.approx(r.metrics["val_accuracy"])
+        assert Path(r.metrics["student_dir"]).is_dir()
+    # Per-epoch reports reached Tune through TuneReportCallback (iteration 1) before the final summary.
+    assert all(r.metrics["training_iteration"] == 2 for r in grid)
+
+
+def test_analysis_reproduces_the_table_of_a_stored_study(grid_sweep, tmp_path):
+    grid, experiment_dir = grid_sweep
+    report = write_report(experiment_dir, tmp_path / "a")
+    again = write_report(grid, tmp_path / "b")  # from the ResultGrid, as in a notebook
+    pd.testing.assert_frame_equal(report.table, again.table)
+    assert (tmp_path / "a" / "table.md").read_text() == (tmp_path / "b" / "table.md").read_text()
+    table = report.table.set_index("row")
+    assert list(table.index) == ["MT-BERT", "w/o weighting"]  # the order of the variants
+    for r in grid:
+        assert table.loc[r.config["variant"], "accuracy_mean"] == pytest.approx(100 * r.metrics["val_accuracy"])
+        assert table.loc[r.config["variant"], "n"] == 1
+    for name in ("table.md", "table.csv", "trials.csv", "chart.png", "best.json"):
+        assert (tmp_path / "a" / name).stat().st_size > 0
+    best = json.loads((tmp_path / "a" / "best.json").read_text())
+    assert best["metrics"]["accuracy"] == max(r.metrics["val_accuracy"] for r in grid)
+    assert "MT-BERT" in report.table_markdown and "±" in report.table_markdown
+    csv = pd.read_csv(tmp_path / "a" / "table.csv")
+    assert csv["accuracy_mean"].tolist() == pytest.approx(report.table["accuracy_mean"].tolist())
+
+
+def test_analysis_of_a_folder_without_a_sweep_is_an_error(tmp_path):
+    with pytest.raises(ResultsError, match="not an mtbert-ray sweep folder"):
+        load_study(tmp_path)
+
+
+def _sweep_cmd(*args):
+    return [sys.executable, "-m", "mtbert_ray.sweep", *args]
+
+
+def test_resume_after_the_driver_is_killed(ray_session, tiny_models, tmp_path, shared_storage):
+    """SIGKILL the sweep driver after its first trial finished: --resume completes the others and
+    reruns nothing that finished."""
+    space = _space_file(tmp_path, tiny_models, space={"distill.temperature": {"grid": [1.0, 2.0]}},
+                        search={"searcher": "grid", "seeds": [0]})
+    storage = shared_storage
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(_sweep_cmd("--space", str(space), "--storage", str(storage), "--name", "tiny-resume"), cwd=REPO, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    runs = storage / "sweeps" / "tiny-resume" / "runs"
+    try:
+        deadline = time.time() + 420
+        while time.time() < deadline and not list(runs.glob("*/result.json")):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(1)
+        finished = list(runs.glob("*/result.json"))
+        assert finished, "no trial finished in time"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the killed driver's own Ray processes, and nothing else
+        except ProcessLookupError:
+            pass
+    before = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/result.json")}
+    assert len(before) == 1
+
+    out = subprocess.run(_sweep_cmd("--resume", "--name", "tiny-resume", "--storage", str(storage)), cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600, start_new_session=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "sweep finished: 2 trials (0 errored)" in out.stdout
+    after = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/result.json")}
+    assert len(after) == 2, "every requested trial completed, none duplicated"
+    for trial, mtime in before.items():
+        assert after[trial] == mtime, f"finished trial {trial} was rerun"
+    study = load_study(storage / "sweeps" / "tiny-resume")
+    assert sorted(study.trials["param:distill.temperature"]) == [1.0, 2.0] and study.trials["done"].all()
+    assert len(study_table(study)) == 2
+
+
+def test_resume_of_a_path_without_a_sweep_is_exit_2(tmp_path):
+    out = subprocess.run(_sweep_cmd("--resume", "--name", "nothing", "--storage", str(tmp_path)), cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"error: --resume: {tmp_path / 'sweeps' / 'nothing'} holds no sweep to resume"
