@@ -94,9 +94,9 @@ class LossConfig(_Strict):
     @model_validator(mode="after")
     def _at_least_one_term(self) -> "LossConfig":
         if not (self.hidden or self.distill or self.task):
-            raise ValueError("loss: at least one of hidden, distill, task must be true")
+            raise ValueError("at least one of hidden, distill, task must be true")
         if self.ensemble != "none" and not self.distill:
-            raise ValueError("loss.ensemble replaces the distillation term: it needs loss.distill: true")
+            raise ValueError("ensemble replaces the distillation term: it needs loss.distill: true")
         return self
 
 
@@ -145,9 +145,17 @@ class ExperimentConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        if not value or any(c in value for c in "/\\") or value in (".", "..") or value.startswith("."):
-            raise ValueError(f"expected a plain name (no path separators), got {value!r}")
-        return value
+        return check_plain_name(value)
+
+
+def check_plain_name(value: str) -> str:
+    """A name used as one folder under the results root: no separators, not hidden, not ``..``.
+
+    Names from configs, space files and ``--name`` pass here, so none can write outside the results root.
+    """
+    if not value or any(c in value for c in "/\\\0") or value.startswith("."):
+        raise ValueError(f"expected a plain name (no path separators, not starting with '.'), got {value!r}")
+    return value
 
 
 # ---- loading, overrides, errors -----------------------------------------------------------------
@@ -235,7 +243,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         message = "required key is missing"
     else:
         message = first["msg"].removeprefix("Value error, ")
-        if "input" in first and not isinstance(first["input"], (dict, list)):
+        if "input" in first and not isinstance(first["input"], (dict, list)) and f"got {first['input']!r}" not in message:
             message += f" (got {first['input']!r})"
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{source}: {where}: {message}{more}"

@@ -120,6 +120,23 @@ def cofinetune_key(cfg: ExperimentConfig, data: PreparedData) -> str:
     )
 
 
+def check_models(cfg: ExperimentConfig) -> None:
+    """Pre-flight: every teacher's and the student's config loads, and the student fits its checkpoint.
+
+    Reads only ``config.json`` files (hub cache or folder), so a missing model or a student
+    deeper than ``student.init_from`` is a one-line error before any Ray worker starts.
+    """
+    from mtbert_ray.models.hub import ModelLoadError, load_config, model_depth
+
+    for name in cfg.teachers:
+        model_depth(load_config(name, trust_remote_code=cfg.trust_remote_code), name)
+    depth = model_depth(load_config(cfg.student.init_from, trust_remote_code=cfg.trust_remote_code), cfg.student.init_from)
+    if cfg.student.num_layers > depth:
+        raise ModelLoadError(
+            f"student.num_layers={cfg.student.num_layers} is deeper than {cfg.student.init_from!r}, which has {depth} layers"
+        )
+
+
 def teacher_layer_maps(cfg: ExperimentConfig, teacher_depths: Sequence[int]) -> list[list[int]]:
     """For each teacher, the teacher layer that teaches student layer j = 1..K (ARCHITECTURE decision c)."""
     return [layer_map(cfg.student.num_layers, depth) for depth in teacher_depths]
@@ -145,16 +162,19 @@ def run_experiment(
     root = resolve_storage(storage)
     if run_dir is None:
         run_dir = root / "runs" / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    run_dir = ensure_writable_dir(Path(run_dir).resolve(), "run folder")
+    run_dir = Path(run_dir).resolve()
     wcfg = worker_config(config)
     finished = finished_run(run_dir, config)
     if finished is not None:
         print(f"[mtbert] {run_dir} already holds this finished run: reusing its results", flush=True)
         return finished
+    # Everything a user can get wrong is checked before a run folder is written or Ray starts.
+    data = prepare_data(config.data, [*config.teachers, config.student.init_from], config.trust_remote_code)
+    check_models(config)
+    ensure_writable_dir(run_dir, "run folder")
     atomic_write_text(run_dir / CONFIG_FILE, dump_config(config))
 
     init_ray(required_cpus=config.resources.num_workers * config.resources.cpus_per_worker)
-    data = prepare_data(config.data, [*config.teachers, config.student.init_from], config.trust_remote_code)
     stages = root / "stages"
 
     cofinetuned = ensure_cofinetuned(wcfg, data, stages)

@@ -34,10 +34,31 @@ ENV_PASSTHROUGH = (
 
 
 def runtime_env_vars() -> dict[str, str]:
-    """The variables workers need to find models and caches as the driver does."""
+    """The variables workers need to find models and caches as the driver does.
+
+    Inside a ``ray job submit`` driver, variables the job's own ``runtime_env`` already sets are
+    left out: the job's runtime env reaches every worker anyway, and Ray refuses a driver
+    ``runtime_env`` that repeats one of its keys.
+    """
     env = {k: os.environ[k] for k in ENV_PASSTHROUGH if k in os.environ}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return env
+    job_env = _job_runtime_env_vars()
+    return {k: v for k, v in env.items() if k not in job_env}
+
+
+def _job_runtime_env_vars() -> dict[str, str]:
+    """``env_vars`` of the submitted job's runtime env (empty outside ``ray job submit``)."""
+    import json
+
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    raw = os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR)
+    if not raw:
+        return {}
+    try:
+        return dict((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):
+        return {}
 
 
 def local_cpu_count(required: float) -> int:
@@ -52,11 +73,13 @@ def init_ray(required_cpus: float = 1.0, **kwargs: Any) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    runtime_env = {"env_vars": runtime_env_vars()}
+    env_vars = runtime_env_vars()
+    runtime_env = {"env_vars": env_vars} if env_vars else None
     address = os.environ.get("RAY_ADDRESS")
     if address:
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, **kwargs)
+        pin_ray_data_actors_here()
         return
     cpus = local_cpu_count(required_cpus)
     log.info("starting an embedded Ray with %d logical CPUs", cpus)
@@ -68,6 +91,27 @@ def init_ray(required_cpus: float = 1.0, **kwargs: Any) -> None:
         runtime_env=runtime_env,
         **kwargs,
     )
+
+
+def pin_ray_data_actors_here() -> None:
+    """Create Ray Data's two detached singleton actors (stats, autoscaling coordinator) on this node.
+
+    Ray Data creates them, detached and pinned to the calling node, the first time a dataset is
+    used. In a sweep that is inside a trial running on an autoscaled worker node, and a detached
+    actor keeps that node from ever becoming idle: it was never scaled down (measured with the
+    fake multi-node provider). Creating them from the driver first pins them to the head node.
+    Private Ray Data helpers, so a best effort: a Ray without them only loses the pinning.
+    """
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+        from ray.data._internal.stats import get_or_create_stats_actor
+
+        get_or_create_stats_actor()
+        get_or_create_autoscaling_coordinator()
+    except Exception as exc:  # noqa: BLE001 - optional optimisation, never fatal
+        log.warning("could not pin Ray Data's actors to the driver's node (%s)", exc)
 
 
 def scaling_config(resources) -> "ray.train.ScalingConfig":  # noqa: F821

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtbert_ray.config import (
+    check_plain_name,
     ExperimentConfig,
     apply_overrides,
     format_validation_error,
@@ -119,6 +120,11 @@ class SpaceFile(_Strict):
     space: dict[str, Dimension] = Field(default_factory=dict)
     search: SearchSettings = SearchSettings()
     analysis: AnalysisSettings = AnalysisSettings()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_plain_name(value)
 
     @model_validator(mode="after")
     def _one_base(self) -> "SpaceFile":

@@ -34,6 +34,8 @@ def default_cache_dir() -> Path:
 
 def ensure_writable_dir(path: Path, what: str) -> Path:
     """Create ``path`` if needed and check that files can be written there (one-line error otherwise)."""
+    if path.exists() and not path.is_dir():
+        raise ResultsError(f"{what}: {path} is a file; expected a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{uuid.uuid4().hex[:8]}"

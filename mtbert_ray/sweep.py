@@ -1,5 +1,5 @@
 """``python -m mtbert_ray.sweep --space tune_spaces/NAME.yaml [--set k=v ...] [--storage DIR] [--name NAME]
-[--num-samples N] [--resume]`` — the Ray Tune driver.
+[--num-samples N] [--resume] [--upload URI]`` — the Ray Tune driver.
 
 Tune-over-Train as Ray 2.60 supports it: every trial is a Tune *function* (the trial driver,
 ``tune.with_resources``) that runs one experiment (``pipeline.run_experiment``), whose
@@ -15,6 +15,8 @@ Layout under ``--storage`` (default ``~/mtbert_results``)::
     sweeps/<name>/runs/<trial id>/    each trial's run folder (result.json, student/)
     sweeps/<name>/analysis/       tables (Markdown, CSV), plots (PNG), best trial
     stages/                       co-finetuned teachers and teacher caches, shared across runs
+
+``--upload s3://BUCKET/PREFIX`` (or ``gs://``) copies ``sweeps/<name>/`` to object storage at the end.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from typing import Any
 
 from mtbert_ray.errors import ConfigError, ResultsError
 from mtbert_ray.space import Space, SpaceFile, load_space
+from mtbert_ray.upload import check_upload_uri, upload_sweep
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +134,16 @@ def run_sweep(
     """Start (or ``resume``) a sweep; returns (ResultGrid, experiment folder)."""
     from ray import tune
 
-    from mtbert_ray.config import validate_config
+    from mtbert_ray.config import check_plain_name, validate_config
     from mtbert_ray.pipeline import resolve_storage
     from mtbert_ray.ray_runtime import init_ray
     from mtbert_ray.storage import atomic_write_text
 
+    if name is not None:
+        try:
+            check_plain_name(name)
+        except ValueError as exc:
+            raise ConfigError(f"--name: {exc}") from None
     root = resolve_storage(storage)
     if resume:
         if not name:
@@ -217,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=None, help="sweep name (default: the space file's name)")
     parser.add_argument("--num-samples", type=int, default=None, help="trials to sample (grid: repeats of the grid)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep (finished trials are kept)")
+    parser.add_argument("--upload", default=None, metavar="URI",
+                        help="when the sweep ends, copy its folder and best student to URI/<name> (s3://, gs://, file://)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")
@@ -229,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError("--space: a space file is required (or --resume --name NAME)")
         if args.num_samples is not None and args.num_samples < 1:
             raise ConfigError(f"--num-samples: expected a positive integer, got {args.num_samples}")
+        if args.upload:
+            check_upload_uri(args.upload)
         name = args.name
         if args.resume and not name and args.space:
             name = load_space(args.space, args.set).spec.name
@@ -244,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
             f"tables and plots {report.out_dir}; best student {best.get('student_dir') if best else 'none'}",
             flush=True,
         )
+        if args.upload:
+            upload_sweep(experiment_dir, args.upload)
         return 1 if errored else 0
 
     run_cli(body, args.debug)

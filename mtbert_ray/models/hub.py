@@ -47,7 +47,7 @@ def load_encoder(name_or_path: str, *, num_layers: int | None = None, trust_remo
     numbered stack (BERT, RoBERTa, MPNet, ELECTRA, DeBERTa, DistilBERT, …).
     """
     config = load_config(name_or_path, trust_remote_code=trust_remote_code)
-    depth = _depth(config, name_or_path)
+    depth = model_depth(config, name_or_path)
     if num_layers is not None:
         if num_layers < 1:
             raise ModelLoadError(f"student.num_layers must be >= 1, got {num_layers}")
@@ -81,7 +81,10 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False) -> Pre
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"tokenizer of {name_or_path!r}: cannot load it ({_first_line(exc)})") from exc
+        raise ModelLoadError(
+            f"tokenizer of {name_or_path!r}: cannot load it ({_first_line(exc)}); "
+            "expected a hub id (in HF_HUB_CACHE when HF_HUB_OFFLINE=1) or a folder with tokenizer files"
+        ) from exc
     if not tokenizer.is_fast:
         raise ModelLoadError(
             f"tokenizer of {name_or_path!r}: a fast (Rust) tokenizer is required for character offsets, got {type(tokenizer).__name__}"
@@ -91,10 +94,11 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False) -> Pre
 
 def encoder_depth(model: PreTrainedModel) -> int:
     """Number of Transformer layers of a loaded encoder."""
-    return _depth(model.config, getattr(model.config, "name_or_path", "model"))
+    return model_depth(model.config, getattr(model.config, "name_or_path", "model"))
 
 
-def _depth(config, name: str) -> int:
+def model_depth(config, name: str) -> int:
+    """Number of Transformer layers a model config declares (one-line error when it declares none)."""
     depth = getattr(config, "num_hidden_layers", None)
     if not isinstance(depth, int):
         raise ModelLoadError(f"model {name!r}: its config has no num_hidden_layers; expected a Transformer encoder")

@@ -1,0 +1,218 @@
+"""The bad-input catalogue: every malformed config, data file, space file or argument a user can
+give gets exit status 2 and exactly one line naming the field or file and what was expected — no
+traceback — and leaves the results already in the storage folder untouched.
+
+Each case calls a command-line entry point in-process (``main(argv)``), as ``python -m ...`` does;
+``docs/errors.md`` lists the messages.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests import data_fixtures as fx
+from tests.conftest import REPO, tiny_experiment
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with its sha256 (the results a user already has)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class Case:
+    """One malformed input: ``setup(ws)`` writes files and returns argv for ``cli``; stderr must match ``expected``."""
+
+    def __init__(self, cli: str, setup: Callable[["Workspace"], list[str]], expected: str) -> None:
+        self.cli, self.setup, self.expected = cli, setup, expected
+
+
+class Workspace:
+    """A storage folder holding earlier results, a valid experiment YAML and a valid data folder."""
+
+    def __init__(self, tmp_path: Path, tiny_models: dict[str, str]) -> None:
+        self.tmp, self.models = tmp_path, tiny_models
+        self.storage = tmp_path / "results"
+        earlier = self.storage / "runs" / "earlier-run"
+        earlier.mkdir(parents=True)
+        (earlier / "result.json").write_text(json.dumps({"stages": {"distill": {"metrics": {"accuracy": 0.81}}}}))
+        (earlier / "config.yaml").write_text("name: earlier\n")
+        (self.storage / "sweeps" / "done").mkdir(parents=True)
+        (self.storage / "sweeps" / "done" / "mtbert_sweep.json").write_text("{}")
+        self.data = fx.write_files(tmp_path / "data", "csv")
+        self.config = self.write_experiment()
+
+    def experiment(self, **sections) -> dict:
+        cfg = tiny_experiment(self.models, self.tmp, **sections)
+        cfg["data"].update(path=str(self.data), text_fields=["text"], limit_train=None, limit_eval=None)
+        return cfg
+
+    def write_experiment(self, name: str = "exp.yaml", cfg: dict | None = None, **sections) -> Path:
+        path = self.tmp / name
+        path.write_text(yaml.safe_dump(cfg if cfg is not None else self.experiment(**sections)))
+        return path
+
+    def run(self, *sets: str, config: Path | None = None) -> list[str]:
+        argv = ["--config", str(config or self.config), "--storage", str(self.storage)]
+        for s in sets:
+            argv += ["--set", s]
+        return argv
+
+    def data_file(self, split: str, text: str | bytes) -> None:
+        target = self.data / f"{split}.csv"
+        target.write_bytes(text) if isinstance(text, bytes) else target.write_text(text)
+
+    def space(self, text: str, name: str = "space.yaml") -> Path:
+        (self.tmp / "_rt_polarity_base.yaml").write_text((REPO / "tune_spaces" / "_rt_polarity_base.yaml").read_text())
+        path = self.tmp / name
+        path.write_text(text)
+        return path
+
+    def sweep(self, *extra: str) -> list[str]:
+        return ["--storage", str(self.storage), *extra]
+
+
+def _missing_split(ws: Workspace) -> list[str]:
+    (ws.data / "validation.csv").unlink()
+    return ws.run()
+
+
+def _student_export_without_weights(ws: Workspace) -> list[str]:
+    folder = ws.tmp / "not-a-student"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    return ["--model", str(folder), "a fine film"]
+
+
+def _run_dir_of_another_experiment(ws: Workspace) -> list[str]:
+    return [*ws.run(), "--run-dir", str(ws.storage / "runs" / "earlier-run")]
+
+
+CATALOGUE: dict[str, Case] = {
+    # ---- experiment configs (python -m mtbert_ray.run) ----
+    "config file missing": Case("run", lambda ws: ["--config", str(ws.tmp / "nope.yaml")], r"nope.yaml: no such file"),
+    "config not YAML": Case("run", lambda ws: ["--config", str(ws.space("teachers: [a\n", "broken.yaml"))],
+                            r"broken.yaml: line \d+ invalid YAML"),
+    "config is a list": Case("run", lambda ws: ["--config", str(ws.space("- a\n- b\n", "list.yaml"))],
+                             r"list.yaml: expected a mapping of config keys at the top level, got list"),
+    "unknown config key": Case("run", lambda ws: ws.run("distill.temprature=2"), r"distill.temprature: unknown key"),
+    "wrong type": Case("run", lambda ws: ws.run("distill.epochs=two"), r"distill.epochs: .*integer.*\(got 'two'\)"),
+    "temperature <= 0": Case("run", lambda ws: ws.run("distill.temperature=0"), r"distill.temperature: Input should be greater than 0"),
+    "learning rate <= 0": Case("run", lambda ws: ws.run("cofinetune.lr=-1e-5"), r"cofinetune.lr: Input should be greater than 0"),
+    "empty teacher list": Case("run", lambda ws: ws.run("teachers=[]"), r"teachers: expected at least one teacher"),
+    "duplicated teacher": Case("run", lambda ws: ws.run(f"teachers=[{ws.models['bert']},{ws.models['bert']}]"),
+                               r"teachers: duplicated teacher"),
+    "required key missing": Case("run", lambda ws: ["--config", str(ws.space("teachers: [x]\n", "partial.yaml"))],
+                                 r"student: required key is missing"),
+    "unknown data source": Case("run", lambda ws: ws.run("data.source=csv"), r"data.source: Input should be"),
+    "unknown ensemble mode": Case("run", lambda ws: ws.run("loss.ensemble=median"), r"loss.ensemble: Input should be"),
+    "every loss switched off": Case("run", lambda ws: ws.run("loss.hidden=false", "loss.distill=false", "loss.task=false"),
+                                    r"loss: .*at least one"),
+    "zero workers": Case("run", lambda ws: ws.run("resources.num_workers=0"), r"resources.num_workers: Input should be greater than or equal to 1"),
+    "name with a path": Case("run", lambda ws: ws.run("name=../../etc"), r"name: expected a plain name"),
+    "override without =": Case("run", lambda ws: ws.run("distill.lr"), r"--set 'distill.lr': expected dotted.key=value"),
+    "student deeper than its checkpoint": Case("run", lambda ws: ws.run("student.num_layers=5"),
+                                               r"student.num_layers=5 is deeper than .*which has 2 layers"),
+    "model not in the offline cache": Case("run", lambda ws: ws.run("teachers=[nobody-here/no-such-model]"),
+                                           r"'nobody-here/no-such-model': cannot load"),
+    "num_labels disagrees with the data": Case("run", lambda ws: ws.run("data.num_labels=3"), r"data.num_labels=3 disagrees with"),
+    "run folder of another experiment": Case("run", _run_dir_of_another_experiment, r"earlier-run.* another"),
+    "storage is a file": Case("run", lambda ws: ["--config", str(ws.config), "--storage", str(ws.storage / "runs" / "earlier-run" / "result.json")],
+                              r"result.json is a file; expected a folder"),
+    # ---- data files (python -m mtbert_ray.run / python -m mtbert_ray.data prepare) ----
+    "data folder missing": Case("prepare", lambda ws: ["--config", str(ws.config), "--set", f"data.path={ws.tmp / 'nodata'}"],
+                                r"data.path: .*nodata"),
+    "missing split": Case("run", _missing_split, r"no validation file"),
+    "missing text column": Case("prepare", lambda ws: ["--config", str(ws.config), "--set", "data.text_fields=[review]"],
+                                r"train.csv: no column 'review' \(data.text_fields\)"),
+    "empty text": Case("run", lambda ws: (ws.data_file("train", "text,label\ngood film,1\n  ,0\n"), ws.run())[1],
+                       r"train.csv row 2, column 'text': empty text"),
+    "null label": Case("run", lambda ws: (ws.data_file("train", "text,label\ngood film,1\nbad film,\n"), ws.run())[1],
+                       r"train.csv row 2, column 'label': missing label"),
+    "label unseen in training": Case("run", lambda ws: (ws.data_file("validation", "text,label\ngood film,1\nbad film,7\n"), ws.run())[1],
+                                     r"validation.csv row 2, column 'label': label '7' is never seen in training"),
+    "not UTF-8": Case("run", lambda ws: (ws.data_file("train", "text,label\ncaf\xe9,1\n".encode("latin-1")), ws.run())[1],
+                      r"train.csv: not valid UTF-8"),
+    # ---- space files and sweep arguments (python -m mtbert_ray.sweep) ----
+    "space range low > high": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space(
+        "base: _rt_polarity_base.yaml\nspace: {distill.lr: {loguniform: [1.0e-3, 1.0e-5]}}\nsearch: {searcher: optuna}\n"))),
+        r"space.distill.lr: .*low 0.001 must be < high 1e-05"),
+    "space key not in the config": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space(
+        "base: _rt_polarity_base.yaml\nspace: {distill.temprature: {grid: [1, 2]}}\n"))), r"distill.temprature: unknown key"),
+    "space file missing": Case("sweep", lambda ws: ws.sweep("--space", str(ws.tmp / "nospace.yaml")), r"nospace.yaml: no such file"),
+    "resume of a path without a sweep": Case("sweep", lambda ws: ws.sweep("--resume", "--name", "never-ran"),
+                                             r"never-ran.*no sweep"),
+    "sweep name already used": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space("base: _rt_polarity_base.yaml\n")), "--name", "done"),
+                                    r"--name done: .* already holds a sweep"),
+    "sweep name with a path": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space("base: _rt_polarity_base.yaml\n")),
+                                                                "--name", "../../outside"), r"--name: expected a plain name"),
+    "num-samples < 1": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space("base: _rt_polarity_base.yaml\n")), "--num-samples", "0"),
+                            r"--num-samples: expected a positive integer"),
+    "upload URI without a scheme": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space("base: _rt_polarity_base.yaml\n")),
+                                                                     "--upload", "my-bucket/studies"),
+                                        r"--upload: expected a URI with one of the schemes"),
+    # ---- analysis and prediction ----
+    "analysis of a folder without a sweep": Case("analysis", lambda ws: [str(ws.storage / "runs")], r"runs.*no .*sweep"),
+    "predict with a folder that is no student": Case("predict", _student_export_without_weights, r"not-a-student"),
+}
+
+
+def _main(cli: str) -> Callable[[list[str]], None]:
+    if cli == "run":
+        from mtbert_ray.run import main
+    elif cli == "prepare":
+        from mtbert_ray.data.__main__ import main as data_main
+
+        return lambda argv: data_main(["prepare", *argv])
+    elif cli == "sweep":
+        from mtbert_ray.sweep import main
+    elif cli == "analysis":
+        from mtbert_ray.analysis import main
+    else:
+        from mtbert_ray.predict import main
+    return main
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_models, monkeypatch) -> Workspace:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return Workspace(tmp_path, tiny_models)
+
+
+def test_the_catalogue_is_large_enough():
+    assert len(CATALOGUE) >= 25
+
+
+@pytest.mark.parametrize("case", list(CATALOGUE))
+def test_bad_input_exits_2_with_one_line_and_keeps_results(case, workspace, capsys):
+    spec = CATALOGUE[case]
+    argv = spec.setup(workspace)
+    before = _snapshot(workspace.storage)
+    with pytest.raises(SystemExit) as exited:
+        _main(spec.cli)(argv)
+    err = capsys.readouterr().err.strip()
+    assert exited.value.code == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    assert re.search(spec.expected, lines[0]), lines[0]
+    assert _snapshot(workspace.storage) == before, "existing results were changed"
+
+
+def test_debug_flag_shows_the_traceback(workspace, capsys):
+    with pytest.raises(SystemExit) as exited:
+        _main("run")([*workspace.run("distill.temperature=0"), "--debug"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback (most recent call last)" in err and "ConfigError" in err
+
+
+def test_docs_list_every_catalogue_message():
+    doc = (REPO / "docs" / "errors.md").read_text()
+    missing = [case for case in CATALOGUE if f"| {case} |" not in doc]
+    assert not missing, f"docs/errors.md lacks: {missing}"

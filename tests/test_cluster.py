@@ -1,0 +1,201 @@
+"""cluster/: YAMLs valid under Ray's own schema; the GPU path configured; a sweep on an autoscaling cluster."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mtbert_ray.config import ResourcesConfig, validate_config
+from mtbert_ray.ray_runtime import scaling_config
+from tests.conftest import REPO, tiny_experiment
+
+CLUSTER_FILES = sorted((REPO / "cluster").glob("*.yaml"))
+
+
+def _validate(cfg: dict) -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config as ray_validate
+
+    ray_validate(prepare_config(copy.deepcopy(cfg)))
+
+
+@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.stem)
+def test_cluster_yaml_passes_rays_schema(path):
+    cfg = yaml.safe_load(path.read_text())
+    _validate(cfg)
+    text = path.read_text()
+    assert "0.0.0.0" not in text, "the dashboard must not listen on every interface"
+    assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
+    assert not re.search(r"(aws_secret|aws_access_key|private_key_id|BEGIN [A-Z ]*PRIVATE KEY)", text, re.I)
+    setup = " ".join(cfg.get("setup_commands", []))
+    assert "mtbert-ray==" in setup and " -e " not in setup, "install a pinned release, never an editable path"
+    for name, node in (cfg.get("available_node_types") or {}).items():
+        if name != cfg.get("head_node_type"):
+            assert node.get("min_workers", 0) == 0 and node["max_workers"] >= 1
+
+
+BROKEN = {
+    "wrong type": lambda c: c.__setitem__("max_workers", "eight"),
+    "unknown key": lambda c: c.__setitem__("max_worker", 3),
+    "undefined head type": lambda c: c.__setitem__("head_node_type", "no_such_type"),
+    "bad idle timeout": lambda c: c.__setitem__("idle_timeout_minutes", "soon"),
+}
+
+
+@pytest.mark.parametrize("path", [p for p in CLUSTER_FILES if "gpu" in p.stem], ids=lambda p: p.stem)
+@pytest.mark.parametrize("breakage", list(BROKEN))
+def test_broken_copy_fails_validation(path, breakage):
+    cfg = yaml.safe_load(path.read_text())
+    BROKEN[breakage](cfg)
+    with pytest.raises(Exception):
+        _validate(cfg)
+
+
+def test_gpu_settings_reach_the_scaling_config_and_trial_resources(tiny_models, tmp_path):
+    from mtbert_ray.pipeline import _trainer, worker_config
+    from mtbert_ray.space import load_space
+    from mtbert_ray.sweep import cluster_cpus_needed, trial_resources
+    from mtbert_ray.train.distill import distill_loop
+
+    sc = scaling_config(ResourcesConfig(num_workers=2, use_gpu=True, cpus_per_worker=4, gpus_per_worker=0.5))
+    assert sc.use_gpu and sc.num_workers == 2
+    assert sc.resources_per_worker == {"CPU": 4, "GPU": 0.5}
+    assert scaling_config(ResourcesConfig()).resources_per_worker == {"CPU": 1.0} and not scaling_config(ResourcesConfig()).use_gpu
+
+    space = load_space(REPO / "tune_spaces" / "paper_glue.yaml")
+    base = validate_config(space.base)
+    assert base.resources.use_gpu and base.resources.gpus_per_worker == 1
+    assert trial_resources(space, base) == {"cpu": 1}
+    assert cluster_cpus_needed(space, base) == 4 * (1 + 4)
+    trainer = _trainer(distill_loop, {}, worker_config(base), "t", tmp_path, datasets={})
+    assert trainer.scaling_config.use_gpu and trainer.scaling_config.resources_per_worker == {"CPU": 4, "GPU": 1}
+    # a global batch of 64 over 4 GPU workers is 16 per worker
+    wide = base.model_copy(update={"resources": base.resources.model_copy(update={"num_workers": 4})})
+    assert worker_config(wide).distill.batch_size == 16
+
+
+# ---- a sweep on an autoscaling cluster (Ray's fake multi-node provider) ----------------------------
+
+def _free_port(low: int = 20000, high: int = 29999) -> int:
+    for port in range(low, high):
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port")
+
+
+def _node_counts(address: str, env: dict) -> dict[str, int]:
+    out = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "status", f"--address={address}"],
+                         capture_output=True, text=True, env=env, timeout=60).stdout
+    active = out.split("Active:")[1].split("Pending:")[0] if "Active:" in out else ""
+    return {name: int(n) for n, name in re.findall(r"(\d+)\s+(\S+)", active)}
+
+
+def _job_status(dashboard: str, job_id: str) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    return str(JobSubmissionClient(dashboard).get_job_status(job_id).value)
+
+
+@pytest.mark.slow
+def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_path, shared_storage, monkeypatch):
+    from ray._private.services import get_node_ip_address
+
+    ip = get_node_ip_address()
+    gcs_port, dash_port, client_port = _free_port(), _free_port(), _free_port()
+    while len({gcs_port, dash_port, client_port}) < 3:
+        dash_port, client_port = _free_port(dash_port + 1), _free_port(client_port + 2)
+    provider = {
+        "cluster_name": "mtbert-fake", "max_workers": 3, "upscaling_speed": 1.0, "idle_timeout_minutes": 0.1,
+        "provider": {"type": "fake_multinode", "gcs_address": f"{ip}:{gcs_port}",
+                     "disable_node_updaters": True, "disable_launch_config_check": True,
+                     "use_node_id_as_ip": True},  # fake nodes share one IP
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            "cpu1": {"resources": {"CPU": 1, "object_store_memory": 200 * 2**20}, "node_config": {},
+                     "min_workers": 0, "max_workers": 3},
+        },
+        "head_node_type": "ray.head.default",
+        **{k: [] for k in ("cluster_synced_files", "rsync_exclude", "rsync_filter", "initialization_commands",
+                           "setup_commands", "head_setup_commands", "worker_setup_commands",
+                           "head_start_ray_commands", "worker_start_ray_commands")},
+        "file_mounts": {}, "file_mounts_sync_continuously": False,
+    }
+    config_file = tmp_path / "fake-cluster.yaml"
+    config_file.write_text(yaml.safe_dump(provider))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="disabled", RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_USAGE_STATS_ENABLED="0")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # for this test's job client
+    address, dashboard = f"{ip}:{gcs_port}", f"http://127.0.0.1:{dash_port}"
+    head = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={gcs_port}", "--num-cpus=0",
+         f"--autoscaling-config={config_file}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+         f"--ray-client-server-port={client_port}", "--object-store-memory=300000000", "--disable-usage-stats"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    group = head.pid  # every process of this cluster (head, autoscaler, fake nodes) is in this group
+    try:
+        out, _ = head.communicate(timeout=120)
+        assert head.returncode == 0, out
+        assert _node_counts(address, env).get("cpu1", 0) == 0
+
+        base = tiny_experiment(tiny_models, tmp_path, loss={"hidden": False}, cache={"enabled": False},
+                               distill={"epochs": 1})
+        space = tmp_path / "space.yaml"
+        space.write_text(yaml.safe_dump({
+            "name": "fake-cluster", "experiment": base,
+            "space": {"distill.temperature": {"grid": [1.0, 2.0]}},
+            "search": {"searcher": "grid", "max_concurrent_trials": 2, "trial_cpus": 0.5},
+        }))
+        job_env = {k: os.environ[k] for k in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "MTBERT_RAY_CACHE") if k in os.environ}
+        # The package reaches the job through PYTHONPATH, not --working-dir: fake nodes share this
+        # machine's session folder, and removing an idle fake node deletes the unpacked working_dir
+        # under the feet of the processes still running in it (a real node has its own disk).
+        job_env.update(RAY_DATA_DISABLE_PROGRESS_BARS="1", PYTHONPATH=str(REPO))
+        submitted = subprocess.run(
+            [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", f"--address={dashboard}", "--no-wait",
+             "--runtime-env-json", json.dumps({"env_vars": job_env}), "--",
+             "python", "-m", "mtbert_ray.sweep", "--space", str(space), "--storage", str(shared_storage),
+             "--upload", f"file://{tmp_path}/bucket/studies"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
+        peak, status = 0, None
+        deadline = time.time() + 480
+        while time.time() < deadline:
+            peak = max(peak, _node_counts(address, env).get("cpu1", 0))
+            status = _job_status(dashboard, job_id)
+            if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                break
+            time.sleep(3)
+        log = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "job", "logs", f"--address={dashboard}", job_id],
+                             env=env, capture_output=True, text=True, timeout=60).stdout
+        assert status == "SUCCEEDED", f"job {status}: {log[-4000:]}"
+        assert "sweep finished: 2 trials (0 errored)" in log
+        uploaded = tmp_path / "bucket" / "studies" / "fake-cluster"
+        assert (uploaded / "analysis" / "table.md").is_file() and (uploaded / "mtbert_sweep.json").is_file()
+        assert peak >= 2, f"the cluster never scaled up (peak {peak} one-CPU workers)"
+        # idle workers go away again (idle_timeout_minutes: 0.1)
+        deadline = time.time() + 120
+        while _node_counts(address, env).get("cpu1", 0) and time.time() < deadline:
+            time.sleep(3)
+        assert _node_counts(address, env).get("cpu1", 0) == 0, "idle nodes were not removed"
+    finally:
+        try:
+            os.killpg(group, signal.SIGKILL)  # only the processes this test started
+        except ProcessLookupError:
+            pass

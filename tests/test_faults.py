@@ -1,0 +1,144 @@
+"""Faults on tiny models (CPU): a worker dies, a cache is altered, two builders race, the disk fills,
+a run is repeated. Nothing finished is lost, nothing broken is trusted, the same seed gives the same numbers.
+
+(The sweep driver killed by SIGKILL and resumed is in ``test_sweep.py``.)
+"""
+from __future__ import annotations
+
+import errno
+import json
+import multiprocessing
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from mtbert_ray.config import validate_config
+from mtbert_ray.data.shards import prepare_data
+from mtbert_ray.errors import ResultsError
+from mtbert_ray.storage import atomic_write_text, verify_manifest
+from tests.conftest import tiny_experiment
+
+
+def _stage_inputs(tiny_models, root: Path, **sections):
+    from mtbert_ray.pipeline import worker_config
+
+    cfg = worker_config(validate_config(tiny_experiment(tiny_models, root, **sections)))
+    return cfg, prepare_data(cfg.data, [*cfg.teachers, cfg.student.init_from])
+
+
+@pytest.mark.slow
+def test_worker_death_restarts_from_the_checkpoint_and_the_epoch_counter_continues(ray_session, tiny_models, tmp_path, monkeypatch):
+    """Rank 0 exits mid-epoch 2; with max_failures=1 Ray Train restarts the workers from the epoch-1
+    checkpoint, and the run completes without a second call."""
+    from mtbert_ray.pipeline import ensure_cofinetuned
+
+    cfg, data = _stage_inputs(tiny_models, tmp_path, teachers=[tiny_models["bert"]], cofinetune={"epochs": 2}, max_failures=1)
+    fired = tmp_path / "fault-fired"
+    monkeypatch.setenv("MTBERT_FAULT", f"cofinetune:0:1:1:{fired}")  # rank 0, epoch index 1, step 1
+    stage = ensure_cofinetuned(cfg, data, tmp_path / "stages")
+    assert fired.exists(), "the worker did not die: the fault was not injected"
+    state = json.loads((Path(stage.checkpoint) / "training_state.json").read_text())
+    assert state["epoch"] == 1 and state["metrics"]["start_epoch"] == 1, "the restarted attempt began at epoch 2, not 1"
+    assert 0 <= state["metrics"]["val_teacher0_accuracy"] <= 1
+
+
+@pytest.mark.slow
+def test_altered_teacher_cache_is_detected_and_rebuilt(ray_session, tiny_models, shared_storage):
+    from mtbert_ray.pipeline import ensure_cofinetuned, ensure_teacher_cache
+
+    cfg, data = _stage_inputs(tiny_models, shared_storage, cache={"enabled": True})
+    stages = shared_storage / "stages"
+    teachers = ensure_cofinetuned(cfg, data, stages)
+    first = ensure_teacher_cache(cfg, data, stages, teachers, [[2], [2]])
+    again = ensure_teacher_cache(cfg, data, stages, teachers, [[2], [2]])
+    assert again.reused and again.checkpoint == first.checkpoint
+
+    part = sorted(Path(first.checkpoint).rglob("*.parquet"))[0]
+    rows = pq.read_metadata(part).num_rows
+    part.write_bytes(part.read_bytes()[:-64])  # truncated, as by a crash or a full disk
+    assert verify_manifest(Path(first.checkpoint)) is None
+    rebuilt = ensure_teacher_cache(cfg, data, stages, teachers, [[2], [2]])
+    assert not rebuilt.reused, "an altered cache was trusted"
+    assert verify_manifest(Path(rebuilt.checkpoint)) is not None
+    fresh = sorted(Path(rebuilt.checkpoint).rglob("*.parquet"))
+    assert sum(pq.read_metadata(p).num_rows for p in fresh) == rebuilt.metrics["rows"]["train"] + rebuilt.metrics["rows"]["validation"]
+    assert rows > 0
+
+
+def _prepare_in_child(config: dict, models: list[str], out: multiprocessing.Queue) -> None:
+    cfg = validate_config(config)
+    prepared = prepare_data(cfg.data, models)
+    out.put({"view": str(prepared.view_dir), "shards": sorted(str(p) for p in prepared.shard_dirs.values())})
+
+
+def test_two_processes_preparing_the_same_shards_build_one_valid_cache(tiny_models, tmp_path):
+    config = tiny_experiment(tiny_models, tmp_path)
+    models = [tiny_models["bert"], tiny_models["roberta"]]
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_prepare_in_child, args=(config, models, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=240) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert results[0] == results[1], "both builders must end with the same published folders"
+    cache = tmp_path / "data-cache"
+    shard_dirs = [d for d in (cache / "shards").iterdir()]
+    assert len(shard_dirs) == 2 and all(verify_manifest(d) is not None for d in shard_dirs)
+    leftovers = [p.name for p in cache.rglob(".*") if ".tmp-" in p.name or ".trash-" in p.name]
+    assert not leftovers, f"temporary folders left behind: {leftovers}"
+
+
+def test_a_full_disk_fails_the_write_cleanly_and_keeps_the_earlier_file(tmp_path, monkeypatch):
+    result = tmp_path / "run" / "result.json"
+    atomic_write_text(result, '{"accuracy": 0.81}')
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("mtbert_ray.storage.os.fsync", disk_full)
+    with pytest.raises(ResultsError, match=r"result.json: cannot write it \(No space left on device\)"):
+        atomic_write_text(result, '{"accuracy": 0.99}')
+    assert json.loads(result.read_text()) == {"accuracy": 0.81}, "the earlier result was damaged"
+    assert [p.name for p in result.parent.iterdir()] == ["result.json"], "a temporary file was left behind"
+
+
+def test_a_full_disk_while_tokenizing_publishes_nothing_and_keeps_earlier_shards(tiny_models, tmp_path, monkeypatch):
+    cfg = validate_config(tiny_experiment(tiny_models, tmp_path))
+    earlier = prepare_data(cfg.data, [tiny_models["bert"]])  # shards of one tokenizer already published
+    real_write = pq.write_table
+    calls = {"n": 0}
+
+    def fills_up(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr("mtbert_ray.data.shards.pq.write_table", fills_up)
+    with pytest.raises(ResultsError, match=r"No space left on device"):
+        prepare_data(cfg.data, [tiny_models["bert"], tiny_models["roberta"]])
+    monkeypatch.undo()
+    cache = tmp_path / "data-cache"
+    assert all(verify_manifest(Path(d)) is not None for d in earlier.shard_dirs.values()), "earlier shards were damaged"
+    leftovers = [p.name for p in cache.rglob(".*") if ".tmp-" in p.name]
+    assert not leftovers, f"half-written folders left behind: {leftovers}"
+    assert len(list((cache / "shards").iterdir())) == 1, "nothing new was published"
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_metrics(ray_session, tiny_models, tmp_path):
+    """Two single-worker CPU runs of one config in separate results folders (nothing reused): every
+    stage's metrics are identical."""
+    from mtbert_ray.pipeline import run_experiment
+
+    raw = tiny_experiment(tiny_models, tmp_path, teachers=[tiny_models["bert"]], distill={"epochs": 1},
+                          cache={"enabled": True}, loss={"hidden": False}, seed=7)
+    first = run_experiment(validate_config(raw), storage=tmp_path / "a")
+    second = run_experiment(validate_config(raw), storage=tmp_path / "b")
+    assert not second.summary["stages"]["cofinetune"]["reused"]
+    assert first.teacher_metrics == second.teacher_metrics
+    assert first.student_metrics == second.student_metrics
