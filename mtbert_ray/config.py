@@ -71,6 +71,7 @@ class CofinetuneConfig(_Strict):
     shared_head: bool = True  # false: each teacher finetuned alone (the paper's "w/o co-finetuning")
     weight_decay: float = Field(default=0.0, ge=0)
     query_dim: int = Field(default=200, ge=1)
+    reuse: bool = True  # false: train the teachers afresh for this run even when the stage exists (not part of the key)
 
 
 class DistillConfig(_Strict):
@@ -88,7 +89,7 @@ class LossConfig(_Strict):
     distill: bool = True  # L_MT-Dis (or an ensemble baseline, see `ensemble`)
     task: bool = True  # L_Task
     weighted: bool = True  # per-sample weights 1/(1+CE(y, y_i)) in L_MT-Dis
-    ensemble: Literal["none", "average", "weighted"] = "none"  # Fig. 3 baselines replace L_MT-Dis
+    ensemble: Literal["none", "average", "average_logits", "weighted"] = "none"  # Fig. 3 baselines replace L_MT-Dis
     project: Literal["teacher", "student"] = "teacher"  # side of W_ij in the hidden loss
 
     @model_validator(mode="after")

@@ -42,6 +42,11 @@ def run_cli(main: Callable[[], int | None], debug: bool) -> NoReturn:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except OSError as exc:  # a write the user's system refused (disk full, permissions) — not a bug report
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EnsembleMode = Literal["average", "weighted"]
+EnsembleMode = Literal["average", "average_logits", "weighted"]
 ProjectSide = Literal["teacher", "student"]
 
 
@@ -74,7 +74,8 @@ def ensemble_distill_loss(
 ) -> torch.Tensor:
     """Distillation from one ensembled soft label (the baselines of the paper's Fig. 3).
 
-    average:  p_b = (1/N) Σ_i softmax(y_i,b/t)
+    average:         p_b = (1/N) Σ_i softmax(y_i,b/t)          (the teachers' soft labels averaged)
+    average_logits:  p_b = softmax(((1/N) Σ_i y_i,b) / t)      (logits averaged: TextBrewer's MultiTeacherDistiller)
     weighted: p_b = Σ_i α_ib softmax(y_i,b/t),  α_ib = w_ib / Σ_k w_kb,  w = teacher_weights
     loss = mean_b Σ_c −p_b,c · log_softmax(y_s,b/t)_c
     """
@@ -83,6 +84,8 @@ def ensemble_distill_loss(
     probs = torch.softmax(teacher_logits / temperature, dim=-1)  # [N, B, C]
     if mode == "average":
         targets = probs.mean(dim=0)
+    elif mode == "average_logits":
+        targets = torch.softmax(teacher_logits.mean(dim=0) / temperature, dim=-1)
     elif mode == "weighted":
         if labels is None:
             raise ValueError("ensemble_distill_loss: mode='weighted' needs labels")
@@ -90,7 +93,7 @@ def ensemble_distill_loss(
         alpha = w / w.sum(dim=0, keepdim=True)
         targets = (alpha.unsqueeze(-1) * probs).sum(dim=0)
     else:
-        raise ValueError(f"ensemble_distill_loss: mode must be 'average' or 'weighted', got {mode!r}")
+        raise ValueError(f"ensemble_distill_loss: mode must be 'average', 'average_logits' or 'weighted', got {mode!r}")
     loss = soft_cross_entropy(student_logits, targets, temperature).mean()
     return loss * temperature**2 if t2_scale else loss
 

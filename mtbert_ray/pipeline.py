@@ -105,7 +105,11 @@ def worker_config(cfg: ExperimentConfig) -> ExperimentConfig:
     )
 
 
-def cofinetune_key(cfg: ExperimentConfig, data: PreparedData) -> str:
+def cofinetune_key(cfg: ExperimentConfig, data: PreparedData, nonce: str | None = None) -> str:
+    """Key of stage 1: (teachers, their tokenizers, dataset, max_length, co-finetune config, seed).
+
+    ``nonce`` (a run folder, with ``cofinetune.reuse: false``) makes the key private to one run.
+    """
     return stable_hash(
         {
             "stage": "cofinetune",
@@ -114,8 +118,9 @@ def cofinetune_key(cfg: ExperimentConfig, data: PreparedData) -> str:
             "tokenizers": [data.model_tokenizer[t] for t in cfg.teachers],
             "data": data.dataset_key,
             "max_length": cfg.data.max_length,
-            "cofinetune": cfg.cofinetune.model_dump(mode="json"),
+            "cofinetune": cfg.cofinetune.model_dump(mode="json", exclude={"reuse"}),
             "seed": cfg.seed,
+            **({"nonce": nonce} if nonce else {}),
         }
     )
 
@@ -177,7 +182,7 @@ def run_experiment(
     init_ray(required_cpus=config.resources.num_workers * config.resources.cpus_per_worker)
     stages = root / "stages"
 
-    cofinetuned = ensure_cofinetuned(wcfg, data, stages)
+    cofinetuned = ensure_cofinetuned(wcfg, data, stages, nonce=None if config.cofinetune.reuse else str(run_dir))
     from mtbert_ray.models.teachers import read_ensemble_meta
 
     meta = read_ensemble_meta(cofinetuned.checkpoint)
@@ -293,11 +298,11 @@ def _datasets(data: PreparedData, aliases: Sequence[str], splits: Sequence[str] 
     return {split: read_split(data.splits[split], columns, materialize) for split in splits}
 
 
-def ensure_cofinetuned(cfg: ExperimentConfig, data: PreparedData, stages: Path) -> StageOutcome:
+def ensure_cofinetuned(cfg: ExperimentConfig, data: PreparedData, stages: Path, nonce: str | None = None) -> StageOutcome:
     """Stage 1: reuse the co-finetuned teachers of this key, or train them (resuming a stopped attempt)."""
     from mtbert_ray.train.cofinetune import cofinetune_loop
 
-    key = cofinetune_key(cfg, data)
+    key = cofinetune_key(cfg, data, nonce)
     folder = stages / "cofinetune" / key
     started = time.time()
     marker = _read_marker(folder)

@@ -66,6 +66,25 @@ def temp_dir_for(final: Path) -> Path:
     return tmp
 
 
+@contextlib.contextmanager
+def building(final: Path) -> Iterator[Path]:
+    """A temporary folder beside ``final`` to build it in; removed again if the build fails.
+
+    A failed write (disk full, folder made read-only) becomes one ``ResultsError`` line; nothing
+    is published and folders published earlier are not touched.
+    """
+    tmp = temp_dir_for(final)
+    try:
+        yield tmp
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise ResultsError(
+                f"{final.parent}: writing failed ({exc.strerror or exc}); nothing was published, earlier results are untouched"
+            ) from exc
+        raise
+
+
 def file_entry(path: Path, rows: int | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
     if rows is not None:
@@ -131,16 +150,19 @@ def discard(folder: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temporary name + rename + fsync."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a text file through a temporary name + fsync + rename: the old file stays whole until the
+    new one is complete. A failed write (disk full, read-only folder) is one ``ResultsError`` line."""
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError):
+            raise ResultsError(f"{path}: cannot write it ({exc.strerror or exc})") from exc
         raise

@@ -83,6 +83,25 @@ def test_gpu_settings_reach_the_scaling_config_and_trial_resources(tiny_models, 
     assert worker_config(wide).distill.batch_size == 16
 
 
+def test_upload_copies_a_study_to_an_object_store_uri(tmp_path):
+    from mtbert_ray.errors import ConfigError
+    from mtbert_ray.upload import check_upload_uri, upload_sweep
+
+    study = tmp_path / "results" / "sweeps" / "s1"
+    (study / "analysis").mkdir(parents=True)
+    (study / "analysis" / "table.md").write_text("| variant | accuracy |")
+    (study / "runs" / "t1" / "student").mkdir(parents=True)
+    (study / "runs" / "t1" / "student" / "model.safetensors").write_bytes(b"\0" * 1000)
+    target = upload_sweep(study, check_upload_uri(f"file://{tmp_path}/bucket/studies/"))
+    assert target == f"file://{tmp_path}/bucket/studies/s1"
+    copied = tmp_path / "bucket" / "studies" / "s1"
+    assert (copied / "analysis" / "table.md").read_text() == "| variant | accuracy |"
+    assert (copied / "runs" / "t1" / "student" / "model.safetensors").stat().st_size == 1000
+    assert check_upload_uri("s3://my-bucket/prefix") == "s3://my-bucket/prefix"
+    with pytest.raises(ConfigError, match="names no bucket"):
+        check_upload_uri("gs:///prefix")
+
+
 # ---- a sweep on an autoscaling cluster (Ray's fake multi-node provider) ----------------------------
 
 def _free_port(low: int = 20000, high: int = 29999) -> int:

@@ -69,7 +69,7 @@ def test_altered_teacher_cache_is_detected_and_rebuilt(ray_session, tiny_models,
 def _prepare_in_child(config: dict, models: list[str], out: multiprocessing.Queue) -> None:
     cfg = validate_config(config)
     prepared = prepare_data(cfg.data, models)
-    out.put({"view": str(prepared.view_dir), "shards": sorted(str(p) for p in prepared.shard_dirs.values())})
+    out.put({"view": str(prepared.view_dir), "splits": prepared.splits})
 
 
 def test_two_processes_preparing_the_same_shards_build_one_valid_cache(tiny_models, tmp_path):
@@ -108,7 +108,8 @@ def test_a_full_disk_fails_the_write_cleanly_and_keeps_the_earlier_file(tmp_path
 
 def test_a_full_disk_while_tokenizing_publishes_nothing_and_keeps_earlier_shards(tiny_models, tmp_path, monkeypatch):
     cfg = validate_config(tiny_experiment(tiny_models, tmp_path))
-    earlier = prepare_data(cfg.data, [tiny_models["bert"]])  # shards of one tokenizer already published
+    prepare_data(cfg.data, [tiny_models["bert"]])  # shards of one tokenizer already published
+    earlier = list((tmp_path / "data-cache" / "shards").iterdir())
     real_write = pq.write_table
     calls = {"n": 0}
 
@@ -123,7 +124,7 @@ def test_a_full_disk_while_tokenizing_publishes_nothing_and_keeps_earlier_shards
         prepare_data(cfg.data, [tiny_models["bert"], tiny_models["roberta"]])
     monkeypatch.undo()
     cache = tmp_path / "data-cache"
-    assert all(verify_manifest(Path(d)) is not None for d in earlier.shard_dirs.values()), "earlier shards were damaged"
+    assert earlier and all(verify_manifest(d) is not None for d in earlier), "earlier shards were damaged"
     leftovers = [p.name for p in cache.rglob(".*") if ".tmp-" in p.name]
     assert not leftovers, f"half-written folders left behind: {leftovers}"
     assert len(list((cache / "shards").iterdir())) == 1, "nothing new was published"
@@ -136,9 +137,23 @@ def test_the_same_seed_gives_the_same_metrics(ray_session, tiny_models, tmp_path
     from mtbert_ray.pipeline import run_experiment
 
     raw = tiny_experiment(tiny_models, tmp_path, teachers=[tiny_models["bert"]], distill={"epochs": 1},
-                          cache={"enabled": True}, loss={"hidden": False}, seed=7)
+                          cache={"enabled": False}, seed=7)  # teachers on the fly: two stages, hidden loss included
     first = run_experiment(validate_config(raw), storage=tmp_path / "a")
     second = run_experiment(validate_config(raw), storage=tmp_path / "b")
     assert not second.summary["stages"]["cofinetune"]["reused"]
     assert first.teacher_metrics == second.teacher_metrics
     assert first.student_metrics == second.student_metrics
+
+
+def test_cofinetune_reuse_false_gives_each_run_its_own_stage_key():
+    """``cofinetune.reuse: false`` retrains the teachers for one run; the switch itself is not part of the key."""
+    from types import SimpleNamespace
+
+    from mtbert_ray.pipeline import cofinetune_key
+
+    cfg = validate_config(tiny_experiment({"bert": "a", "roberta": "b"}, Path("/tmp")))
+    data = SimpleNamespace(model_tokenizer={"a": "tok_a", "b": "tok_b"}, dataset_key="d")
+    shared = cofinetune_key(cfg, data)
+    private = cfg.model_copy(update={"cofinetune": cfg.cofinetune.model_copy(update={"reuse": False})})
+    assert cofinetune_key(private, data) == shared
+    assert len({shared, cofinetune_key(cfg, data, "/results/runs/r1"), cofinetune_key(cfg, data, "/results/runs/r2")}) == 3

@@ -111,6 +111,13 @@ def test_ensemble_losses_match_reference(gen, n, b, c, t):
         avg_ref += -sum(avg[k] * math.log(q[k]) for k in range(c)) / b
         weighted_ref += -sum(mix[k] * math.log(q[k]) for k in range(c)) / b
     assert ensemble_distill_loss(student, teacher, labels, t, "average").item() == pytest.approx(avg_ref, rel=1e-9)
+    logit_ref = 0.0
+    for j in range(b):
+        mean = [sum(teacher[i, j, k].item() for i in range(n)) / n for k in range(c)]
+        p = _softmax([x / t for x in mean])
+        q = _softmax([x / t for x in student[j].tolist()])
+        logit_ref += -sum(p[k] * math.log(q[k]) for k in range(c)) / b
+    assert ensemble_distill_loss(student, teacher, labels, t, "average_logits").item() == pytest.approx(logit_ref, rel=1e-9)
     assert ensemble_distill_loss(student, teacher, labels, t, "weighted").item() == pytest.approx(weighted_ref, rel=1e-9)
 
 

@@ -35,8 +35,8 @@ from mtbert_ray.storage import (
     default_cache_dir,
     file_entry,
     file_lock,
+    building,
     publish_dir,
-    temp_dir_for,
     verify_manifest,
     write_manifest,
 )
@@ -192,16 +192,16 @@ def ensure_shards(raw: RawDataset, key: str, spec: TokenizerSpec, max_length: in
         if verify_manifest(final) is not None:  # built by a concurrent process while we waited
             return final
         tokenizer = load_tokenizer(spec.name, trust_remote_code=trust_remote_code)
-        tmp = temp_dir_for(final)
-        files, stats = [], {}
-        for split_name, split in raw.splits.items():
-            log.info("tokenizing %s/%s with %s (%d rows)", key[:8], split_name, spec.name, len(split.frame))
-            split_files, split_stats = _write_tokenized(tmp, split_name, split.frame, tokenizer, max_length, raw.pair)
-            files += split_files
-            stats[split_name] = split_stats
-        write_manifest(tmp, files, kind="shards", key=shard_key, dataset=key, tokenizer=asdict(spec),
-                       max_length=max_length, stats=stats, format=FORMAT_VERSION)
-        return publish_dir(tmp, final)
+        with building(final) as tmp:
+            files, stats = [], {}
+            for split_name, split in raw.splits.items():
+                log.info("tokenizing %s/%s with %s (%d rows)", key[:8], split_name, spec.name, len(split.frame))
+                split_files, split_stats = _write_tokenized(tmp, split_name, split.frame, tokenizer, max_length, raw.pair)
+                files += split_files
+                stats[split_name] = split_stats
+            write_manifest(tmp, files, kind="shards", key=shard_key, dataset=key, tokenizer=asdict(spec),
+                           max_length=max_length, stats=stats, format=FORMAT_VERSION)
+            return publish_dir(tmp, final)
 
 
 def _write_tokenized(root: Path, split: str, frame, tokenizer, max_length: int, pair: bool):
@@ -254,29 +254,29 @@ def ensure_view(shard_dirs: dict[str, Path], cache: Path) -> Path:
     with file_lock(cache / "locks" / f"view-{key}.lock"):
         if verify_manifest(final) is not None:
             return final
-        tmp = temp_dir_for(final)
-        manifests = {alias: verify_manifest(d, check_hashes=False) for alias, d in shard_dirs.items()}
-        first = next(iter(manifests.values()))
-        splits = sorted({f["name"].split("/")[0] for f in first["files"]})
-        files = []
-        for split in splits:
-            joined = None
-            for alias, folder in shard_dirs.items():
-                table = pq.read_table([folder / f["name"] for f in manifests[alias]["files"] if f["name"].startswith(f"{split}/")])
-                table = table.sort_by("example_id")
-                if joined is None:
-                    joined = table.select(["example_id", "label"])
-                elif not table["example_id"].equals(joined["example_id"]):
-                    raise RuntimeError(f"shard sets {sorted(shard_dirs)} disagree on the {split} example ids")
-                for name in table.column_names:
-                    if name not in ("example_id", "label"):
-                        joined = joined.append_column(f"{alias}.{name}", table[name])
-            (tmp / split).mkdir()
-            for part, start in enumerate(range(0, max(joined.num_rows, 1), ROWS_PER_PART)):
-                chunk = joined.slice(start, ROWS_PER_PART)
-                path = tmp / split / f"part-{part:05d}.parquet"
-                pq.write_table(chunk, path, row_group_size=4096)
-                files.append({**file_entry(path, chunk.num_rows), "name": f"{split}/{path.name}"})
-        write_manifest(tmp, files, kind="view", key=key, shards={a: d.name for a, d in shard_dirs.items()},
-                       token_columns=list(TOKEN_COLUMNS), format=FORMAT_VERSION)
-        return publish_dir(tmp, final)
+        with building(final) as tmp:
+            manifests = {alias: verify_manifest(d, check_hashes=False) for alias, d in shard_dirs.items()}
+            first = next(iter(manifests.values()))
+            splits = sorted({f["name"].split("/")[0] for f in first["files"]})
+            files = []
+            for split in splits:
+                joined = None
+                for alias, folder in shard_dirs.items():
+                    table = pq.read_table([folder / f["name"] for f in manifests[alias]["files"] if f["name"].startswith(f"{split}/")])
+                    table = table.sort_by("example_id")
+                    if joined is None:
+                        joined = table.select(["example_id", "label"])
+                    elif not table["example_id"].equals(joined["example_id"]):
+                        raise RuntimeError(f"shard sets {sorted(shard_dirs)} disagree on the {split} example ids")
+                    for name in table.column_names:
+                        if name not in ("example_id", "label"):
+                            joined = joined.append_column(f"{alias}.{name}", table[name])
+                (tmp / split).mkdir()
+                for part, start in enumerate(range(0, max(joined.num_rows, 1), ROWS_PER_PART)):
+                    chunk = joined.slice(start, ROWS_PER_PART)
+                    path = tmp / split / f"part-{part:05d}.parquet"
+                    pq.write_table(chunk, path, row_group_size=4096)
+                    files.append({**file_entry(path, chunk.num_rows), "name": f"{split}/{path.name}"})
+            write_manifest(tmp, files, kind="view", key=key, shards={a: d.name for a, d in shard_dirs.items()},
+                           token_columns=list(TOKEN_COLUMNS), format=FORMAT_VERSION)
+            return publish_dir(tmp, final)

@@ -1,0 +1,110 @@
+"""Distillation epoch with teacher outputs from the stage-2 cache vs the teachers run on the fly.
+
+Four real stage-3 runs per repeat (``pipeline.run_distillation``, 1 worker × 2 CPUs): logits only
+(L_MT-Dis + L_Task) and with the hidden loss (+ L_MT-Hid), each from the cache and on the fly;
+epoch time = the ``train_seconds`` the loop reports (no start-up, no evaluation); interleaved, median.
+
+The limit: the cache removes the teachers' forward pass and nothing else, so the best possible
+speed-up is (teacher forward + student step) / student step, timed here component by component in
+plain PyTorch on the same batches (student step from a cache batch; teacher forward as on the fly,
+with the hidden states when the hidden loss is on).
+
+Last line: ``cache_speedup_vs_limit=<speed-up ÷ limit>`` for the logits-only case (target ≥ 0.9).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+
+from _common import THREADS, experiment, header, median, plain_batches, prepared_stages, storage
+
+
+def component_limit(cfg, data, teachers, cache, layer_maps, batches: int = 8) -> tuple[float, float, float]:
+    """(teacher forward s/batch, student step s/batch, limit) from plain-PyTorch component timings."""
+    import torch
+
+    from mtbert_ray.cache import teacher_targets
+    from mtbert_ray.data.loader import view_columns
+    from mtbert_ray.pipeline import cache_files
+    from mtbert_ray.train.common import seed_everything
+    from mtbert_ray.train.distill import DistillStep, distill_collates, setup_distillation
+
+    torch.set_num_threads(THREADS)
+    seed_everything(cfg.seed)
+    aliases = [data.model_tokenizer[t] for t in cfg.teachers]
+    student_alias = data.model_tokenizer[cfg.student.init_from]
+    fly = setup_distillation(cfg, data, teachers.checkpoint, False, torch.device("cpu"))
+    cached = setup_distillation(cfg, data, teachers.checkpoint, True, torch.device("cpu"))
+    fly_collate, _ = distill_collates(cfg, data, fly.meta, False)
+    cache_collate, _ = distill_collates(cfg, data, cached.meta, True)
+    step = DistillStep(cfg, aliases, student_alias, data.num_labels, cfg.student.num_layers, layer_maps, None)
+    fly_batches = list(plain_batches(data.splits["train"], view_columns([*aliases, student_alias]), cfg.distill.batch_size, fly_collate, 0))[:batches]
+    cache_batches = list(plain_batches(cache_files(cache, "train"), None, cfg.distill.batch_size, cache_collate, 0))[:batches]
+    hidden = layer_maps if cfg.loss.hidden else None
+
+    def teachers_forward() -> float:
+        started = time.perf_counter()
+        for b in fly_batches:
+            teacher_targets(fly.ensemble, b, aliases, student_alias, hidden)
+        return (time.perf_counter() - started) / len(fly_batches)
+
+    def student_step() -> float:
+        cached.module.train()
+        started = time.perf_counter()
+        for b in cache_batches:
+            step.train_step(cached.module, cached.optimizer, b)
+        return (time.perf_counter() - started) / len(cache_batches)
+
+    teachers_forward(), student_step()  # warm-up
+    t, s = [], []
+    for _ in range(3):
+        t.append(teachers_forward())
+        s.append(student_step())
+    teacher_s, student_s = median(t), median(s)
+    return teacher_s, student_s, (teacher_s + student_s) / student_s
+
+
+def epoch_seconds(cfg, data, teachers, cache, layer_maps) -> tuple[float, float]:
+    """(train_seconds, of which waiting for input batches) of one real stage-3 epoch."""
+    from mtbert_ray.pipeline import run_distillation
+
+    run_dir = storage() / "teacher_cache" / f"run-{uuid.uuid4().hex[:8]}"
+    m = run_distillation(cfg, data, run_dir, teachers, cache, layer_maps).metrics
+    return m["train_seconds"], m["data_wait_seconds"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--limit-train", type=int, default=600)
+    args = parser.parse_args()
+    header("teacher_cache: distillation epoch from the cache vs teachers on the fly")
+
+    variants = {
+        "logits only": experiment(limit_train=args.limit_train),
+        "with hidden loss": experiment(limit_train=args.limit_train, loss={"hidden": True}, cache={"enabled": True, "hidden": True}),
+    }
+    results: dict[str, dict[str, float]] = {}
+    for name, raw in variants.items():
+        cfg, data, teachers, cache, maps = prepared_stages(raw)
+        cached_s, fly_s, wait_s = [], [], []
+        for r in range(args.repeats):
+            seconds, wait = epoch_seconds(cfg, data, teachers, cache, maps)
+            cached_s.append(seconds)
+            wait_s.append(wait)
+            fly_s.append(epoch_seconds(cfg, data, teachers, None, maps)[0])
+            print(f"{name}, repeat {r + 1}: cache {cached_s[-1]:.2f} s  on the fly {fly_s[-1]:.2f} s", flush=True)
+        teacher_fwd, student_step, limit = component_limit(cfg, data, teachers, cache, maps)
+        speedup = median(fly_s) / median(cached_s)
+        results[name] = {"speedup": speedup, "limit": limit}
+        print(f"{name}: epoch {median(cached_s):.2f} s from the cache vs {median(fly_s):.2f} s on the fly → speed-up "
+              f"{speedup:.2f}×; components: teacher forward {teacher_fwd * 1000:.0f} ms + student step "
+              f"{student_step * 1000:.0f} ms per batch → limit {limit:.2f}×; speed-up / limit {speedup / limit:.2f}; "
+              f"cached epoch waited {median(wait_s):.2f} s for Ray Data batches", flush=True)
+    print(f"hidden_cache_speedup_vs_limit={results['with hidden loss']['speedup'] / results['with hidden loss']['limit']:.3f}")
+    print(f"cache_speedup_vs_limit={results['logits only']['speedup'] / results['logits only']['limit']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
