@@ -45,14 +45,15 @@ def plain_epoch_seconds(cfg, data, teachers, cache, layer_maps) -> float:
     return time.perf_counter() - started
 
 
-def ray_epoch(cfg, data, teachers, cache, layer_maps) -> tuple[float, float]:
-    """(epoch train_seconds, start-up seconds) of the real stage 3 in a fresh run folder."""
+def ray_epoch(cfg, data, teachers, cache, layer_maps) -> tuple[float, float, float]:
+    """(epoch train_seconds, start-up seconds, seconds the loop waited for Ray Data batches) of the
+    real stage 3 in a fresh run folder."""
     from mtbert_ray.pipeline import run_distillation
 
     run_dir = storage() / "ray_overhead" / f"run-{uuid.uuid4().hex[:8]}"
     wall, outcome = timed(lambda: run_distillation(cfg, data, run_dir, teachers, cache, layer_maps))
     m = outcome.metrics
-    return m["train_seconds"], wall - m["train_seconds"] - m["eval_seconds"]
+    return m["train_seconds"], wall - m["train_seconds"] - m["eval_seconds"], m["data_wait_seconds"]
 
 
 def main() -> None:
@@ -63,13 +64,15 @@ def main() -> None:
     header("ray_overhead: one distillation epoch, 1-worker TorchTrainer vs plain PyTorch")
     cfg, data, teachers, cache, maps = prepared_stages(experiment(limit_train=args.limit_train))
 
-    ray_s, startup_s, plain_s = [], [], []
+    ray_s, startup_s, wait_s, plain_s = [], [], [], []
     for r in range(args.repeats):
-        epoch, startup = ray_epoch(cfg, data, teachers, cache, maps)
+        epoch, startup, wait = ray_epoch(cfg, data, teachers, cache, maps)
         ray_s.append(epoch)
         startup_s.append(startup)
+        wait_s.append(wait)
         plain_s.append(plain_epoch_seconds(cfg, data, teachers, cache, maps))
-        print(f"repeat {r + 1}: ray epoch {ray_s[-1]:.2f} s (start-up {startup:.1f} s)  plain epoch {plain_s[-1]:.2f} s", flush=True)
+        print(f"repeat {r + 1}: ray epoch {ray_s[-1]:.2f} s (of which waiting for Ray Data batches {wait:.2f} s; "
+              f"start-up {startup:.1f} s)  plain epoch {plain_s[-1]:.2f} s", flush=True)
     print(f"{data.rows['train']} training rows, batch {cfg.distill.batch_size}: ray {median(ray_s):.2f} s/epoch, "
           f"plain {median(plain_s):.2f} s/epoch; TorchTrainer start-up + teardown {median(startup_s):.1f} s per fit()")
     print(f"ray_overhead_ratio={median(ray_s) / median(plain_s):.3f}")

@@ -83,6 +83,19 @@ def test_gpu_settings_reach_the_scaling_config_and_trial_resources(tiny_models, 
     assert worker_config(wide).distill.batch_size == 16
 
 
+def test_a_job_driver_leaves_out_of_its_runtime_env_what_the_job_sets(monkeypatch):
+    """Ray refuses a driver runtime_env repeating a key of the submitted job's runtime_env."""
+    from mtbert_ray.ray_runtime import runtime_env_vars
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/tmp/driver-hf")
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert runtime_env_vars()["HF_HOME"] == "/tmp/driver-hf"
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"env_vars": {"HF_HOME": "/job-hf"}}}))
+    env = runtime_env_vars()
+    assert "HF_HOME" not in env and env["HF_HUB_OFFLINE"] == "1"
+
+
 def test_upload_copies_a_study_to_an_object_store_uri(tmp_path):
     from mtbert_ray.errors import ConfigError
     from mtbert_ray.upload import check_upload_uri, upload_sweep

@@ -116,3 +116,55 @@ def test_single_teacher_on_two_workers(ray_session, tiny_models, tmp_path):
     assert s["stages"]["cofinetune"]["teachers"][tiny_models["roberta"]]["examples"] == 64
     assert s["stages"]["distill"]["metrics"]["examples"] == 64
     assert StudentClassifier.from_pretrained(result.student_dir).predict(["fine"])[0].label in ("0", "1")
+
+
+def test_the_same_seed_gives_the_same_metrics(first_run, tiny_models, storage, tmp_path):
+    """Single worker, CPU: stage 1 trained again under a private key, and stage 3 run again in a new run
+    folder from the same stages, reproduce the first run's teacher and student metrics exactly."""
+    from mtbert_ray.data.shards import prepare_data
+    from mtbert_ray.pipeline import ensure_cofinetuned, worker_config
+
+    cfg = validate_config(tiny_experiment(tiny_models, storage, cache={"enabled": True, "hidden": True}))
+    again = run_experiment(cfg, storage=storage, run_dir=tmp_path / "rerun")
+    assert again.summary["stages"]["cofinetune"]["reused"] and again.summary["stages"]["teacher_cache"]["reused"]
+    assert again.student_metrics == first_run.student_metrics
+    wcfg = worker_config(cfg)
+    retrained = ensure_cofinetuned(wcfg, prepare_data(wcfg.data, [*cfg.teachers, cfg.student.init_from]), storage / "stages",
+                                   nonce="determinism-check")
+    assert not retrained.reused
+    first = first_run.summary["stages"]["cofinetune"]
+    assert retrained.key != first["key"]
+    assert {k: v for k, v in retrained.metrics.items() if k.startswith("val_")} == {
+        k: v for k, v in _stage_metrics(first).items() if k.startswith("val_")
+    }
+
+
+def _stage_metrics(stage_json: dict) -> dict:
+    marker = Path(stage_json["checkpoint"]).parent.parent / "mtbert_stage.json"
+    return json.loads(marker.read_text())["metrics"]
+
+
+def test_altered_teacher_cache_is_detected_and_rebuilt(first_run, tiny_models, storage):
+    """A truncated cache file (a crash, a full disk) fails its manifest and the cache is rebuilt, never trusted."""
+    import pyarrow.parquet as pq
+
+    from mtbert_ray.data.shards import prepare_data
+    from mtbert_ray.models.teachers import read_ensemble_meta
+    from mtbert_ray.pipeline import ensure_cofinetuned, ensure_teacher_cache, teacher_layer_maps, worker_config
+    from mtbert_ray.storage import verify_manifest
+
+    cfg = worker_config(validate_config(tiny_experiment(tiny_models, storage, cache={"enabled": True, "hidden": True})))
+    data = prepare_data(cfg.data, [*cfg.teachers, cfg.student.init_from])
+    teachers = ensure_cofinetuned(cfg, data, storage / "stages")
+    maps = teacher_layer_maps(cfg, read_ensemble_meta(teachers.checkpoint)["depths"])
+    cache = ensure_teacher_cache(cfg, data, storage / "stages", teachers, maps)
+    assert cache.reused and cache.checkpoint == first_run.summary["stages"]["teacher_cache"]["checkpoint"]
+
+    part = sorted(Path(cache.checkpoint).rglob("*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:-64])  # truncated
+    assert verify_manifest(Path(cache.checkpoint)) is None
+    rebuilt = ensure_teacher_cache(cfg, data, storage / "stages", teachers, maps)
+    assert not rebuilt.reused, "an altered cache was trusted"
+    assert verify_manifest(Path(rebuilt.checkpoint)) is not None
+    rows = sum(pq.read_metadata(p).num_rows for p in Path(rebuilt.checkpoint).rglob("*.parquet"))
+    assert rows == rebuilt.metrics["rows"]["train"] + rebuilt.metrics["rows"]["validation"] == 128 + 64
