@@ -75,6 +75,18 @@ def prepared_stages(raw: dict[str, Any]):
     return cfg, data, teachers, cache, maps
 
 
+def stage3_metrics(folder: str, cfg, data, teachers, cache, layer_maps) -> tuple[float, dict[str, Any]]:
+    """(fit() wall seconds, last epoch's metrics) of the real stage 3 (``pipeline.run_distillation``)
+    in a fresh run folder under ``<storage>/<folder>``; ``cache=None`` runs the teachers on the fly."""
+    import uuid
+
+    from mtbert_ray.pipeline import run_distillation
+
+    run_dir = storage() / folder / f"run-{uuid.uuid4().hex[:8]}"
+    wall, outcome = timed(lambda: run_distillation(cfg, data, run_dir, teachers, cache, layer_maps))
+    return wall, outcome.metrics
+
+
 def plain_batches(files: list[str], columns: list[str] | None, batch_size: int, collate, seed: int) -> Iterator[dict]:
     """The plain-PyTorch input pipeline: the same Parquet rows, shuffled with a seeded permutation,
     cut into batches and padded by the same ``PadCollate`` the Ray Data path uses."""

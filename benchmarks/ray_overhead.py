@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 import time
-import uuid
 
-from _common import THREADS, experiment, header, median, plain_batches, prepared_stages, storage, timed
+from _common import THREADS, experiment, header, median, plain_batches, prepared_stages, stage3_metrics
 
 
 def plain_epoch_seconds(cfg, data, teachers, cache, layer_maps) -> float:
@@ -48,11 +47,7 @@ def plain_epoch_seconds(cfg, data, teachers, cache, layer_maps) -> float:
 def ray_epoch(cfg, data, teachers, cache, layer_maps) -> tuple[float, float, float]:
     """(epoch train_seconds, start-up seconds, seconds the loop waited for Ray Data batches) of the
     real stage 3 in a fresh run folder."""
-    from mtbert_ray.pipeline import run_distillation
-
-    run_dir = storage() / "ray_overhead" / f"run-{uuid.uuid4().hex[:8]}"
-    wall, outcome = timed(lambda: run_distillation(cfg, data, run_dir, teachers, cache, layer_maps))
-    m = outcome.metrics
+    wall, m = stage3_metrics("ray_overhead", cfg, data, teachers, cache, layer_maps)
     return m["train_seconds"], wall - m["train_seconds"] - m["eval_seconds"], m["data_wait_seconds"]
 
 

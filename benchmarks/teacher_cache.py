@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 import time
-import uuid
 
-from _common import THREADS, experiment, header, median, plain_batches, prepared_stages, storage
+from _common import THREADS, experiment, header, median, plain_batches, prepared_stages, stage3_metrics
 
 
 def component_limit(cfg, data, teachers, cache, layer_maps, batches: int = 8) -> tuple[float, float, float]:
@@ -67,10 +66,7 @@ def component_limit(cfg, data, teachers, cache, layer_maps, batches: int = 8) ->
 
 def epoch_seconds(cfg, data, teachers, cache, layer_maps) -> tuple[float, float]:
     """(train_seconds, of which waiting for input batches) of one real stage-3 epoch."""
-    from mtbert_ray.pipeline import run_distillation
-
-    run_dir = storage() / "teacher_cache" / f"run-{uuid.uuid4().hex[:8]}"
-    m = run_distillation(cfg, data, run_dir, teachers, cache, layer_maps).metrics
+    m = stage3_metrics("teacher_cache", cfg, data, teachers, cache, layer_maps)[1]
     return m["train_seconds"], m["data_wait_seconds"]
 
 

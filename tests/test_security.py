@@ -33,7 +33,7 @@ def test_remote_code_is_off_unless_asked_and_then_warned(tiny_models, monkeypatc
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning by default
         hub.load_config(tiny_models["bert"])
-    with pytest.warns(UserWarning, match="trust_remote_code=True: code shipped with"):
+    with pytest.warns(UserWarning, match="trust_remote_code is on: code shipped with"):
         hub.load_config(tiny_models["bert"], trust_remote_code=True)
     assert seen == [False, True]
 

@@ -23,7 +23,7 @@ class ModelLoadError(MTBertError, ValueError):
 
 def _warn_remote_code(name: str, trust_remote_code: bool) -> None:
     if trust_remote_code:
-        warnings.warn(f"trust_remote_code=True: code shipped with {name!r} will run on this machine", stacklevel=3)
+        warnings.warn(f"trust_remote_code is on: code shipped with {name!r} will run on this machine", stacklevel=3)
 
 
 def load_config(name_or_path: str, *, trust_remote_code: bool = False, **overrides: Any):
