@@ -41,7 +41,7 @@ def test_worker_death_restarts_from_the_checkpoint_and_the_epoch_counter_continu
     stage = ensure_cofinetuned(cfg, data, tmp_path / "stages")
     assert fired.exists(), "the worker did not die: the fault was not injected"
     state = json.loads((Path(stage.checkpoint) / "training_state.json").read_text())
-    assert state["epoch"] == 1 and state["metrics"]["start_epoch"] == 1, "the restarted attempt began at epoch 2, not 1"
+    assert state["epoch"] == 1 and state["metrics"]["start_epoch"] == 1, "the restarted attempt did not continue from the epoch-1 checkpoint"
     assert 0 <= state["metrics"]["val_teacher0_accuracy"] <= 1
 
 
