@@ -116,15 +116,19 @@ def test_upload_copies_a_study_to_an_object_store_uri(tmp_path):
 
 # ---- a sweep on an autoscaling cluster (Ray's fake multi-node provider) ----------------------------
 
-def _free_port(low: int = 20000, high: int = 29999) -> int:
+def _free_ports(n: int, low: int = 20000, high: int = 29999) -> list[int]:
+    """``n`` distinct ports free now, outside Ray's default worker port range (10002–19999)."""
+    ports: list[int] = []
     for port in range(low, high):
         with socket.socket() as s:
             try:
                 s.bind(("", port))
-                return port
             except OSError:
                 continue
-    raise RuntimeError("no free port")
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError("no free ports")
 
 
 def _node_counts(address: str, env: dict) -> dict[str, int]:
@@ -145,9 +149,8 @@ def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_p
     from ray._private.services import get_node_ip_address
 
     ip = get_node_ip_address()
-    gcs_port, dash_port, client_port = _free_port(), _free_port(), _free_port()
-    while len({gcs_port, dash_port, client_port}) < 3:
-        dash_port, client_port = _free_port(dash_port + 1), _free_port(client_port + 2)
+    # every port of this head chosen free, so another Ray on the machine (e.g. the tests' embedded one) does not collide
+    gcs_port, dash_port, client_port, agent_port, metrics_port = _free_ports(5)
     provider = {
         "cluster_name": "mtbert-fake", "max_workers": 3, "upscaling_speed": 1.0, "idle_timeout_minutes": 0.1,
         "provider": {"type": "fake_multinode", "gcs_address": f"{ip}:{gcs_port}",
@@ -174,7 +177,8 @@ def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_p
     head = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={gcs_port}", "--num-cpus=0",
          f"--autoscaling-config={config_file}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
-         f"--ray-client-server-port={client_port}", "--object-store-memory=300000000", "--disable-usage-stats"],
+         f"--ray-client-server-port={client_port}", f"--dashboard-agent-listen-port={agent_port}",
+         f"--metrics-export-port={metrics_port}", "--object-store-memory=300000000", "--disable-usage-stats"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     group = head.pid  # every process of this cluster (head, autoscaler, fake nodes) is in this group
@@ -195,14 +199,18 @@ def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_p
         # The package reaches the job through PYTHONPATH, not --working-dir: fake nodes share this
         # machine's session folder, and removing an idle fake node deletes the unpacked working_dir
         # under the feet of the processes still running in it (a real node has its own disk).
+        # The entry point is this interpreter: PATH need not hold the virtualenv (it does not in CI).
         job_env.update(RAY_DATA_DISABLE_PROGRESS_BARS="1", PYTHONPATH=str(REPO))
-        submitted = subprocess.run(
-            [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", f"--address={dashboard}", "--no-wait",
-             "--runtime-env-json", json.dumps({"env_vars": job_env}), "--",
-             "python", "-m", "mtbert_ray.sweep", "--space", str(space), "--storage", str(shared_storage),
-             "--upload", f"file://{tmp_path}/bucket/studies"],
-            env=env, capture_output=True, text=True, timeout=120,
-        )
+        submit = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", f"--address={dashboard}", "--no-wait",
+                  "--runtime-env-json", json.dumps({"env_vars": job_env}), "--",
+                  sys.executable, "-m", "mtbert_ray.sweep", "--space", str(space), "--storage", str(shared_storage),
+                  "--upload", f"file://{tmp_path}/bucket/studies"]
+        deadline = time.time() + 120
+        while True:  # the head's job agent may still be starting ("No available agent to submit job")
+            submitted = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=120)
+            if submitted.returncode == 0 or time.time() > deadline:
+                break
+            time.sleep(3)
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
         job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
         peak, status = 0, None
