@@ -75,16 +75,24 @@ def prepared_stages(raw: dict[str, Any]):
     return cfg, data, teachers, cache, maps
 
 
-def stage3_metrics(folder: str, cfg, data, teachers, cache, layer_maps) -> tuple[float, dict[str, Any]]:
-    """(fit() wall seconds, last epoch's metrics) of the real stage 3 (``pipeline.run_distillation``)
-    in a fresh run folder under ``<storage>/<folder>``; ``cache=None`` runs the teachers on the fly."""
+def stage3_history(folder: str, cfg, data, teachers, cache, layer_maps) -> tuple[float, list[dict[str, Any]]]:
+    """(fit() wall seconds, every epoch's metrics) of the real stage 3 (``pipeline.run_distillation``)
+    in a fresh run folder under ``<storage>/<folder>``; ``cache=None`` runs the teachers on the fly.
+    The per-epoch rows are the stage's ``history.jsonl`` (``train_seconds``, ``data_wait_seconds``, …)."""
     import uuid
 
     from mtbert_ray.pipeline import run_distillation
+    from mtbert_ray.train.history import HISTORY_FILE, read_history
 
     run_dir = storage() / folder / f"run-{uuid.uuid4().hex[:8]}"
-    wall, outcome = timed(lambda: run_distillation(cfg, data, run_dir, teachers, cache, layer_maps))
-    return wall, outcome.metrics
+    wall, _ = timed(lambda: run_distillation(cfg, data, run_dir, teachers, cache, layer_maps))
+    return wall, read_history(run_dir / "distill" / HISTORY_FILE, last_per_epoch=True)
+
+
+def steady(seconds: list[float]) -> float:
+    """Steady-state epoch time: the median of the epochs after the first (the first pays one-off
+    warm-up on both sides — Ray Data starting its pipeline, torch its first allocations)."""
+    return median(seconds[1:] or seconds)
 
 
 def plain_batches(files: list[str], columns: list[str] | None, batch_size: int, collate, seed: int) -> Iterator[dict]:

@@ -275,6 +275,8 @@ def _trainer(loop, loop_config, cfg: ExperimentConfig, name: str, storage_path: 
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from mtbert_ray.train.history import HISTORY_FILE, MetricsHistory
+
     return TorchTrainer(
         loop,
         train_loop_config=loop_config,
@@ -286,7 +288,7 @@ def _trainer(loop, loop_config, cfg: ExperimentConfig, name: str, storage_path: 
             storage_path=str(storage_path),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0),
             checkpoint_config=checkpoint_config or ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, MetricsHistory(storage_path / name / HISTORY_FILE)],  # every epoch's metrics
             worker_runtime_env={"env_vars": runtime_env_vars()},  # as the driver sees them now
         ),
     )

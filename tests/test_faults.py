@@ -19,6 +19,7 @@ from mtbert_ray.config import validate_config
 from mtbert_ray.data.shards import prepare_data
 from mtbert_ray.errors import ResultsError
 from mtbert_ray.storage import atomic_write_text, verify_manifest
+from mtbert_ray.train.history import HISTORY_FILE, read_history
 from tests.conftest import tiny_experiment
 
 
@@ -43,6 +44,9 @@ def test_worker_death_restarts_from_the_checkpoint_and_the_epoch_counter_continu
     state = json.loads((Path(stage.checkpoint) / "training_state.json").read_text())
     assert state["epoch"] == 1 and state["metrics"]["start_epoch"] == 1, "the restarted attempt did not continue from the epoch-1 checkpoint"
     assert 0 <= state["metrics"]["val_teacher0_accuracy"] <= 1
+    # the stage's history holds both attempts' reports: epoch 1 of the first, epoch 2 of the restart
+    history = read_history(Path(stage.checkpoint).parent / HISTORY_FILE)
+    assert [(h["epoch"], h["start_epoch"]) for h in history] == [(1, 0), (2, 1)]
 
 
 def _prepare_in_child(config: dict, models: list[str], out: multiprocessing.Queue) -> None:

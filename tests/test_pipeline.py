@@ -12,6 +12,7 @@ import pytest
 from mtbert_ray.config import validate_config
 from mtbert_ray.export import StudentClassifier
 from mtbert_ray.pipeline import run_experiment
+from mtbert_ray.train.history import HISTORY_FILE, read_history
 from tests.conftest import REPO, RT_POLARITY, tiny_experiment
 
 pytestmark = pytest.mark.slow
@@ -43,6 +44,11 @@ def test_three_stages_write_results_and_export(first_run, tiny_models):
     assert s["params"]["student"] < min(s["params"]["teachers"].values())
     assert s["layer_maps"] == [[2], [2]]
     assert s["stages"]["teacher_cache"]["checkpoint"]
+    # every epoch's report is kept (Ray keeps only the retained checkpoints' metrics)
+    history = read_history(first_run.run_dir / "distill" / HISTORY_FILE)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(h["train_seconds"] > 0 and 0 <= h["val_accuracy"] <= 1 and h["checkpoint"] for h in history)
+    assert max(h["val_accuracy"] for h in history) == pytest.approx(student["accuracy"])
 
 
 def test_exported_student_reloads_and_predicts_the_reported_labels(first_run, tmp_path):

@@ -1,8 +1,6 @@
 """Every space file in tune_spaces/ loads and validates; malformed spaces fail with one clear line."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from mtbert_ray.errors import ConfigError
