@@ -90,3 +90,11 @@ def test_bad_space_is_a_one_line_error(tmp_path, case):
     with pytest.raises(ConfigError, match=pattern) as info:
         load_space(path)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_experiments_validate(path):
+    from mtbert_ray.config import load_config
+
+    cfg = load_config(path)
+    assert cfg.teachers and cfg.student.num_layers >= 1
