@@ -76,9 +76,19 @@ class ExperimentResult:
 
 
 def resolve_storage(storage: str | os.PathLike | None) -> Path:
-    """``--storage``, else ``$MTBERT_RAY_STORAGE``, else ``~/mtbert_results`` — created and checked writable."""
-    path = Path(storage or os.environ.get("MTBERT_RAY_STORAGE") or DEFAULT_STORAGE).expanduser().resolve()
-    return ensure_writable_dir(path, "--storage")
+    """``--storage``, else ``$MTBERT_RAY_STORAGE``, else ``~/mtbert_results`` — created and checked writable.
+
+    A folder, never a URI: stages are published by atomic rename under file locks, which object
+    stores do not offer (``--upload URI`` copies a finished study there; docs/design.md).
+    """
+    what = "--storage" if storage else "MTBERT_RAY_STORAGE"
+    value = str(storage or os.environ.get("MTBERT_RAY_STORAGE") or DEFAULT_STORAGE)
+    if "://" in value:
+        raise ConfigError(
+            f"{what}: {value!r} is a URI; expected a folder (local disk, or a file system shared by every node) — "
+            "pass the URI to the sweep's --upload to copy the finished study there"
+        )
+    return ensure_writable_dir(Path(value).expanduser().resolve(), what)
 
 
 def per_worker_batch(batch_size: int, num_workers: int, field_name: str) -> int:

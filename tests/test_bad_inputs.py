@@ -124,6 +124,8 @@ CATALOGUE: dict[str, Case] = {
     "run folder of another experiment": Case("run", _run_dir_of_another_experiment, r"earlier-run.* another"),
     "storage is a file": Case("run", lambda ws: ["--config", str(ws.config), "--storage", str(ws.storage / "runs" / "earlier-run" / "result.json")],
                               r"result.json is a file; expected a folder"),
+    "storage is a URI": Case("run", lambda ws: ["--config", str(ws.config), "--storage", "s3://bucket/results"],
+                             r"--storage: 's3://bucket/results' is a URI; expected a folder .*--upload"),
     "results folder not writable": Case("run", lambda ws: ["--config", str(ws.config), "--storage", "/proc/mtbert-results"],
                                         r"--storage: /proc/mtbert-results is not writable"),
     # ---- data files (python -m mtbert_ray.run / python -m mtbert_ray.data prepare) ----
