@@ -99,7 +99,7 @@ def cofinetune_loop(loop_config: dict[str, Any]) -> None:
             total += float(loss.detach())
             steps += 1
             if rank == 0 and step % 50 == 0:
-                print(f"[co-finetune] epoch {epoch + 1}/{cfg.cofinetune.epochs} step {step} loss {float(loss):.4f}", flush=True)
+                print(f"[co-finetune] epoch {epoch + 1}/{cfg.cofinetune.epochs} step {step} loss {float(loss.detach()):.4f}", flush=True)
         train_seconds = time.time() - started
         model.eval()
         cms = evaluate(

@@ -199,7 +199,7 @@ def distill_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             steps += 1
             if rank == 0 and step % 50 == 0:
-                shown = " ".join(f"{k} {float(v):.4f}" for k, v in terms.items())
+                shown = " ".join(f"{k} {float(v.detach()):.4f}" for k, v in terms.items())
                 print(f"[distill] epoch {epoch + 1}/{cfg.distill.epochs} step {step} {shown}", flush=True)
         train_seconds = time.time() - started
         module.eval()
