@@ -81,8 +81,9 @@ def resolve_storage(storage: str | os.PathLike | None) -> Path:
     A folder, never a URI: stages are published by atomic rename under file locks, which object
     stores do not offer (``--upload URI`` copies a finished study there; docs/design.md).
     """
-    what = "--storage" if storage else "MTBERT_RAY_STORAGE"
-    value = str(storage or os.environ.get("MTBERT_RAY_STORAGE") or DEFAULT_STORAGE)
+    from_env = os.environ.get("MTBERT_RAY_STORAGE")
+    what = "--storage" if storage else "MTBERT_RAY_STORAGE" if from_env else "--storage (default)"
+    value = str(storage or from_env or DEFAULT_STORAGE)
     if "://" in value:
         raise ConfigError(
             f"{what}: {value!r} is a URI; expected a folder (local disk, or a file system shared by every node) — "
