@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -131,6 +132,19 @@ def _free_ports(n: int, low: int = 20000, high: int = 29999) -> list[int]:
     raise RuntimeError("no free ports")
 
 
+def _forget_cluster_address(address: str) -> None:
+    """Remove the address file ``ray start`` wrote (as ``ray stop`` does) when it names this test's
+    cluster: a later ``ray.init()`` on the machine would otherwise try to join the dead head."""
+    import tempfile
+
+    marker = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    try:
+        if marker.read_text().strip() == address:
+            marker.unlink()
+    except OSError:
+        pass
+
+
 def _node_counts(address: str, env: dict) -> dict[str, int]:
     out = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "status", f"--address={address}"],
                          capture_output=True, text=True, env=env, timeout=60).stdout
@@ -238,3 +252,4 @@ def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_p
             os.killpg(group, signal.SIGKILL)  # only the processes this test started
         except ProcessLookupError:
             pass
+        _forget_cluster_address(address)
