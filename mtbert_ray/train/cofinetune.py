@@ -31,6 +31,7 @@ from mtbert_ray.train.common import (
     load_training_state,
     maybe_inject_fault,
     named_metrics,
+    progress,
     save_training_state,
     seed_everything,
     unwrap,
@@ -99,7 +100,7 @@ def cofinetune_loop(loop_config: dict[str, Any]) -> None:
             total += float(loss.detach())
             steps += 1
             if rank == 0 and step % 50 == 0:
-                print(f"[co-finetune] epoch {epoch + 1}/{cfg.cofinetune.epochs} step {step} loss {float(loss.detach()):.4f}", flush=True)
+                progress(f"[co-finetune] epoch {epoch + 1}/{cfg.cofinetune.epochs} step {step} loss {float(loss.detach()):.4f}")
         train_seconds = time.time() - started
         model.eval()
         cms = evaluate(

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -26,6 +27,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def progress(message: str) -> None:
+    """One progress line from a Train worker, shown once in the driver's output.
+
+    Ray Train patches ``print`` in its workers to write to stdout *and* to its logger, and both
+    reach the driver (every line twice); the process's own stdout (``sys.__stdout__``) is
+    streamed to the driver once.
+    """
+    print(message, file=sys.__stdout__ or sys.stdout, flush=True)
 
 
 def world() -> tuple[int, int]:

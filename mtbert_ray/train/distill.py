@@ -36,6 +36,7 @@ from mtbert_ray.train.common import (
     load_training_state,
     maybe_inject_fault,
     named_metrics,
+    progress,
     save_training_state,
     seed_everything,
     unwrap,
@@ -200,7 +201,7 @@ def distill_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             steps += 1
             if rank == 0 and step % 50 == 0:
                 shown = " ".join(f"{k} {float(v.detach()):.4f}" for k, v in terms.items())
-                print(f"[distill] epoch {epoch + 1}/{cfg.distill.epochs} step {step} {shown}", flush=True)
+                progress(f"[distill] epoch {epoch + 1}/{cfg.distill.epochs} step {step} {shown}")
         train_seconds = time.time() - started
         module.eval()
         cms = evaluate(
