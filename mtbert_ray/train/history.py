@@ -36,10 +36,20 @@ class MetricsHistory(ray.train.UserCallback):
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(row, default=str) + "\n"
-        if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        if _ends_mid_line(path):
             line = "\n" + line  # a line torn by a crash stays a line of its own
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(line)
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """Whether the file's last byte is not a newline (False for a missing or empty file)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 def read_history(path: str | os.PathLike, last_per_epoch: bool = False) -> list[dict[str, Any]]:
