@@ -20,7 +20,7 @@ endif
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +33,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m mtbert_ray.sweep --space tune_spaces/demo.yaml --name demo-$$(date +%Y%m%d-%H%M%S)
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # benchmarks/: each script prints its figure last (see benchmarks/README.md); ~25 min in all on 2 cores
 BENCHMARKS ?= student_speed peer_textbrewer ray_overhead teacher_cache sweep_reuse

@@ -57,36 +57,49 @@ def experiment(limit_train: int = 600, **sections: Any) -> dict[str, Any]:
     return config
 
 
-def prepared_stages(raw: dict[str, Any]):
-    """(worker config, data, co-finetuned teachers, teacher cache or None, layer maps), built once and reused."""
+def prepared(raw: dict[str, Any]):
+    """An ``Experiment`` of the benchmark config with stages 1 and 2 built (or reused)."""
     from mtbert_ray.config import validate_config
-    from mtbert_ray.data.shards import prepare_data
-    from mtbert_ray.models.teachers import read_ensemble_meta
-    from mtbert_ray.pipeline import ensure_cofinetuned, ensure_teacher_cache, teacher_layer_maps, uses_cache, worker_config
-    from mtbert_ray.ray_runtime import init_ray
+    from mtbert_ray.pipeline import Experiment
 
-    cfg = worker_config(validate_config(raw))
-    init_ray(required_cpus=cfg.resources.num_workers * cfg.resources.cpus_per_worker)
-    data = prepare_data(cfg.data, [*cfg.teachers, cfg.student.init_from])
-    stages = storage() / "stages"
-    teachers = ensure_cofinetuned(cfg, data, stages)
-    maps = teacher_layer_maps(cfg, read_ensemble_meta(teachers.checkpoint)["depths"])
-    cache = ensure_teacher_cache(cfg, data, stages, teachers, maps) if uses_cache(cfg) else None
-    return cfg, data, teachers, cache, maps
+    exp = Experiment(validate_config(raw), storage=storage())
+    exp.teacher_cache()
+    return exp
 
 
-def stage3_history(folder: str, cfg, data, teachers, cache, layer_maps) -> tuple[float, list[dict[str, Any]]]:
-    """(fit() wall seconds, every epoch's metrics) of the real stage 3 (``pipeline.run_distillation``)
-    in a fresh run folder under ``<storage>/<folder>``; ``cache=None`` runs the teachers on the fly.
+def without_cache(exp):
+    """The same experiment's context with the teachers on the fly instead of the cache."""
+    return exp.ctx.with_updates(cache=None)
+
+
+def stage3_history(folder: str, exp, ctx=None) -> tuple[float, list[dict[str, Any]]]:
+    """(stage-3 wall seconds, every epoch's metrics) of the real stage 3 (``Experiment.distill``) in a fresh
+    run folder under ``<storage>/<folder>``; ``ctx`` overrides the experiment's context (e.g. no cache).
     The per-epoch rows are the stage's ``history.jsonl`` (``train_seconds``, ``data_wait_seconds``, …)."""
     import uuid
 
-    from mtbert_ray.pipeline import run_distillation
+    from mtbert_ray import stages
     from mtbert_ray.train.history import HISTORY_FILE, read_history
 
     run_dir = storage() / folder / f"run-{uuid.uuid4().hex[:8]}"
-    wall, _ = timed(lambda: run_distillation(cfg, data, run_dir, teachers, cache, layer_maps))
+    wall, _ = timed(lambda: stages.distill(ctx or exp.ctx, run_dir))
     return wall, read_history(run_dir / "distill" / HISTORY_FILE, last_per_epoch=True)
+
+
+def plain_step(ctx):
+    """The stage-3 step and its optimization outside Ray (``train.loop.Optimization``): (step, module, optimization)."""
+    import torch
+
+    from mtbert_ray.train.common import seed_everything
+    from mtbert_ray.train.distill import DistillStep
+    from mtbert_ray.train.loop import Optimization
+
+    torch.set_num_threads(THREADS)
+    seed_everything(ctx.config.seed)
+    step = DistillStep(ctx)
+    module = step.build(torch.device("cpu"))
+    optimizer = torch.optim.Adam(step.optimizer_groups(), weight_decay=ctx.config.distill.weight_decay)
+    return step, module, Optimization(optimizer)
 
 
 def steady(seconds: list[float]) -> float:

@@ -4,7 +4,7 @@ Same teachers (MiniLM-L6 and MiniLM-L3 with the shared attentive-pooling head, f
 fly), same 2-layer student weights (two copies of one initialisation), same batches (rt_polarity,
 32 × dynamic padding ≤ 64), same optimizer (Adam, lr 1e-4), 2 threads, CPU.
 
-- ours: ``mtbert_ray.train.distill.DistillStep.train_step`` — MT-BERT's weighted multi-teacher soft
+- ours: ``mtbert_ray.train.distill.DistillStep`` through ``train.loop.Optimization`` — MT-BERT's weighted multi-teacher soft
   loss + task loss (``loss.hidden: false``), the step the Ray Train loop runs;
 - TextBrewer 0.2.1.post1: ``MultiTeacherDistiller.train(num_steps=...)`` — averaged-logit KD loss +
   hard-label loss (its model checkpoint save at the last step is switched off: it is not a step cost).
@@ -22,6 +22,7 @@ import argparse
 import copy
 import logging
 import tempfile
+from types import SimpleNamespace
 
 from _common import DATA, MINILM_L3, MINILM_L6, THREADS, header, median, timed
 
@@ -40,15 +41,17 @@ def main() -> None:
         raise SystemExit(f"textbrewer is not installed ({exc}); pip install 'textbrewer==0.2.1.post1' tensorboard") from None
     import pyarrow.parquet as pq
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     from mtbert_ray.config import validate_config
+    from mtbert_ray.context import StageContext
     from mtbert_ray.losses import ensemble_distill_loss
     from mtbert_ray.models.hub import load_tokenizer
     from mtbert_ray.models.student import build_student
     from mtbert_ray.models.teachers import TeacherEnsemble
     from mtbert_ray.train.distill import DistillModule, DistillStep
+    from mtbert_ray.train.loop import Optimization
 
     logging.getLogger("Distillation").setLevel(logging.WARNING)
     torch.set_num_threads(THREADS)
@@ -77,14 +80,17 @@ def main() -> None:
         "distill": {"lr": 1e-4, "temperature": args.temperature}, "loss": {"hidden": False},
     })
     ours_module = DistillModule(copy.deepcopy(student_init), None)
-    ours_optimizer = torch.optim.Adam(ours_module.parameters(), lr=1e-4)
-    step = DistillStep(cfg, ["tok", "tok"], "tok", 2, 2, None, teachers)
+    optimization = Optimization(torch.optim.Adam(ours_module.parameters(), lr=1e-4))
+    # The stage-3 step on both teachers (one shared tokenization "tok"), its module and the frozen teachers set directly.
+    data = SimpleNamespace(model_tokenization={MINILM_L6: "tok", MINILM_L3: "tok"}, num_labels=2)
+    step = DistillStep(StageContext(cfg, data))
+    step.module, step.ensemble = ours_module, teachers
     ours_batches = [{"label": b["labels"], **{f"tok.{k}": v for k, v in b.items() if k != "labels"}} for b in batches]
 
     def run_ours() -> None:
         ours_module.train()
         for batch in ours_batches:
-            step.train_step(ours_module, ours_optimizer, batch)
+            optimization.micro_step(step, ours_module, batch)
 
     # ---- TextBrewer -------------------------------------------------------------------------
     class OneTeacher(nn.Module):

@@ -1,8 +1,9 @@
 """Distillation epochs inside a 1-worker ``TorchTrainer`` vs the same loop in plain PyTorch.
 
-Both sides run ``mtbert_ray.train.distill.DistillStep.train_step`` over the same rows (the teacher
-cache of the benchmark experiment, logits only), with the same ``PadCollate``, batch size, seed and
-2 CPU threads, for ``--epochs`` epochs. The Ray side is the real stage 3 (``pipeline.run_distillation``):
+Both sides run ``mtbert_ray.train.distill.DistillStep`` through ``train.loop.Optimization`` over the same
+rows (the teacher cache of the benchmark experiment, logits only), with the same ``PadCollate``, batch
+size, seed and 2 CPU threads, for ``--epochs`` epochs. The Ray side is the real stage 3 on a 1-worker
+``TorchTrainer`` (``resources.execution: trainer``, ``Experiment.distill``):
 batches come from Ray Data (``get_dataset_shard().iter_torch_batches``, local shuffle); its epoch
 times are the ``train_seconds`` the loop reports for each epoch (the stage's ``history.jsonl``).
 The plain side reads the Parquet rows with pyarrow and cuts seeded-permutation batches.
@@ -19,42 +20,27 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import THREADS, experiment, header, median, plain_batches, prepared_stages, stage3_history, steady
+from _common import THREADS, experiment, header, median, plain_batches, plain_step, prepared, stage3_history, steady
 
 
-def plain_epochs(cfg, data, teachers, cache, layer_maps) -> list[float]:
+def plain_epochs(exp) -> list[float]:
     """Seconds of each training pass of ``distill.epochs`` epochs in plain PyTorch (the Ray loop without Ray)."""
-    import torch
-
-    from mtbert_ray.data.loader import view_columns
-    from mtbert_ray.pipeline import cache_files
-    from mtbert_ray.train.common import seed_everything
-    from mtbert_ray.train.distill import DistillStep, distill_collates, setup_distillation
-
-    torch.set_num_threads(THREADS)
-    seed_everything(cfg.seed)
-    use_cache = cache is not None
-    setup = setup_distillation(cfg, data, teachers.checkpoint, use_cache, torch.device("cpu"))
-    collate, _ = distill_collates(cfg, data, setup.meta, use_cache)
-    aliases = [data.model_tokenizer[t] for t in cfg.teachers]
-    student_alias = data.model_tokenizer[cfg.student.init_from]
-    step = DistillStep(cfg, aliases, student_alias, data.num_labels, cfg.student.num_layers, layer_maps, setup.ensemble)
-    files = cache_files(cache, "train") if use_cache else data.splits["train"]
-    columns = None if use_cache else view_columns([*aliases, student_alias])
+    step, module, optimization = plain_step(exp.ctx)
+    collate = step.collate("train")
     seconds = []
-    for epoch in range(cfg.distill.epochs):
+    for epoch in range(exp.config.distill.epochs):
         started = time.perf_counter()
-        setup.module.train()
-        for batch in plain_batches(files, columns, cfg.distill.batch_size, collate, cfg.seed + 1000 + epoch):
-            step.train_step(setup.module, setup.optimizer, batch)
+        module.train()
+        for batch in plain_batches(exp.ctx.cache.files["train"], None, exp.config.distill.batch_size, collate, exp.config.seed + epoch):
+            optimization.micro_step(step, module, batch)
         seconds.append(time.perf_counter() - started)
     return seconds
 
 
-def ray_epochs(cfg, data, teachers, cache, layer_maps) -> tuple[list[float], float, list[float]]:
+def ray_epochs(exp) -> tuple[list[float], float, list[float]]:
     """(train_seconds per epoch, start-up seconds, seconds waiting for Ray Data batches per epoch)
     of the real stage 3 in a fresh run folder."""
-    wall, history = stage3_history("ray_overhead", cfg, data, teachers, cache, layer_maps)
+    wall, history = stage3_history("ray_overhead", exp)
     train = [h["train_seconds"] for h in history]
     startup = wall - sum(train) - sum(h["eval_seconds"] for h in history)
     return train, startup, [h["data_wait_seconds"] for h in history]
@@ -67,12 +53,14 @@ def main() -> None:
     parser.add_argument("--limit-train", type=int, default=1000)
     args = parser.parse_args()
     header("ray_overhead: distillation epochs, 1-worker TorchTrainer vs plain PyTorch")
-    cfg, data, teachers, cache, maps = prepared_stages(experiment(limit_train=args.limit_train, distill={"epochs": args.epochs}))
+    exp = prepared(experiment(limit_train=args.limit_train, distill={"epochs": args.epochs},
+                              resources={"num_workers": 1, "cpus_per_worker": THREADS, "execution": "trainer"}))
+    cfg, data = exp.config, exp.ctx.data
 
     ray_steady, ray_first, startup_s, wait_s, plain_steady, plain_first = [], [], [], [], [], []
     for r in range(args.repeats):
-        epochs, startup, waits = ray_epochs(cfg, data, teachers, cache, maps)
-        plain = plain_epochs(cfg, data, teachers, cache, maps)
+        epochs, startup, waits = ray_epochs(exp)
+        plain = plain_epochs(exp)
         ray_steady.append(steady(epochs))
         ray_first.append(epochs[0])
         startup_s.append(startup)

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from _common import MINILM_L3, MINILM_L6, REPO, experiment, header, storage
 
 

@@ -18,43 +18,34 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import THREADS, experiment, header, median, plain_batches, prepared_stages, stage3_history, steady
+from _common import experiment, header, median, plain_batches, plain_step, prepared, stage3_history, steady, without_cache
 
 
-def component_limit(cfg, data, teachers, cache, layer_maps, batches: int = 8) -> tuple[float, float, float]:
+def component_limit(exp, batches: int = 8) -> tuple[float, float, float]:
     """(teacher forward s/batch, student step s/batch, limit) from plain-PyTorch component timings."""
-    import torch
-
-    from mtbert_ray.cache import teacher_targets
     from mtbert_ray.data.loader import view_columns
-    from mtbert_ray.pipeline import cache_files
-    from mtbert_ray.train.common import seed_everything
-    from mtbert_ray.train.distill import DistillStep, distill_collates, setup_distillation
+    from mtbert_ray.targets import teacher_targets
 
-    torch.set_num_threads(THREADS)
-    seed_everything(cfg.seed)
-    aliases = [data.model_tokenizer[t] for t in cfg.teachers]
-    student_alias = data.model_tokenizer[cfg.student.init_from]
-    fly = setup_distillation(cfg, data, teachers.checkpoint, False, torch.device("cpu"))
-    cached = setup_distillation(cfg, data, teachers.checkpoint, True, torch.device("cpu"))
-    fly_collate, _ = distill_collates(cfg, data, fly.meta, False)
-    cache_collate, _ = distill_collates(cfg, data, cached.meta, True)
-    step = DistillStep(cfg, aliases, student_alias, data.num_labels, cfg.student.num_layers, layer_maps, None)
-    fly_batches = list(plain_batches(data.splits["train"], view_columns([*aliases, student_alias]), cfg.distill.batch_size, fly_collate, 0))[:batches]
-    cache_batches = list(plain_batches(cache_files(cache, "train"), None, cfg.distill.batch_size, cache_collate, 0))[:batches]
-    hidden = layer_maps if cfg.loss.hidden else None
+    ctx, cfg = exp.ctx, exp.config
+    step, module, optimization = plain_step(ctx)
+    fly_step, _, _ = plain_step(without_cache(exp))  # its build() loads the frozen teachers
+    tokenizations = [*ctx.teacher_tokenizations, ctx.student_tokenization]
+    fly_batches = list(plain_batches(ctx.data.splits["train"], view_columns(tokenizations), cfg.distill.batch_size,
+                                     fly_step.collate("train"), 0))[:batches]
+    cache_batches = list(plain_batches(ctx.cache.files["train"], None, cfg.distill.batch_size, step.collate("train"), 0))[:batches]
+    hidden = ctx.layer_maps if cfg.loss.hidden else None
 
     def teachers_forward() -> float:
         started = time.perf_counter()
         for b in fly_batches:
-            teacher_targets(fly.ensemble, b, aliases, student_alias, hidden)
+            teacher_targets(fly_step.ensemble, b, ctx.teacher_tokenizations, ctx.student_tokenization, hidden)
         return (time.perf_counter() - started) / len(fly_batches)
 
     def student_step() -> float:
-        cached.module.train()
+        module.train()
         started = time.perf_counter()
         for b in cache_batches:
-            step.train_step(cached.module, cached.optimizer, b)
+            optimization.micro_step(step, module, b)
         return (time.perf_counter() - started) / len(cache_batches)
 
     teachers_forward(), student_step()  # warm-up
@@ -66,10 +57,10 @@ def component_limit(cfg, data, teachers, cache, layer_maps, batches: int = 8) ->
     return teacher_s, student_s, (teacher_s + student_s) / student_s
 
 
-def epoch_seconds(cfg, data, teachers, cache, layer_maps) -> tuple[float, float, float]:
+def epoch_seconds(exp, ctx=None) -> tuple[float, float, float]:
     """(steady-state train_seconds, of which waiting for input batches, first epoch's train_seconds)
     of a real stage-3 run."""
-    history = stage3_history("teacher_cache", cfg, data, teachers, cache, layer_maps)[1]
+    history = stage3_history("teacher_cache", exp, ctx)[1]
     train = [h["train_seconds"] for h in history]
     return steady(train), steady([h["data_wait_seconds"] for h in history]), train[0]
 
@@ -89,18 +80,18 @@ def main() -> None:
     }
     results: dict[str, dict[str, float]] = {}
     for name, raw in variants.items():
-        cfg, data, teachers, cache, maps = prepared_stages(raw)
+        exp = prepared(raw)
         cached_s, fly_s, wait_s, first_s = [], [], [], []
         for r in range(args.repeats):
-            seconds, wait, first = epoch_seconds(cfg, data, teachers, cache, maps)
+            seconds, wait, first = epoch_seconds(exp)
             cached_s.append(seconds)
             wait_s.append(wait)
-            fly, _, fly_first = epoch_seconds(cfg, data, teachers, None, maps)
+            fly, _, fly_first = epoch_seconds(exp, without_cache(exp))
             fly_s.append(fly)
             first_s.append(fly_first / first)
             print(f"{name}, repeat {r + 1}: steady-state epoch from the cache {cached_s[-1]:.2f} s, on the fly {fly_s[-1]:.2f} s "
                   f"(first epoch {first:.2f} s vs {fly_first:.2f} s)", flush=True)
-        teacher_fwd, student_step, limit = component_limit(cfg, data, teachers, cache, maps)
+        teacher_fwd, student_step, limit = component_limit(exp)
         speedup = median(fly_s) / median(cached_s)
         results[name] = {"speedup": speedup, "limit": limit}
         print(f"{name}: epoch {median(cached_s):.2f} s from the cache vs {median(fly_s):.2f} s on the fly → speed-up "

@@ -2,6 +2,8 @@
 
 One ``ExperimentConfig`` describes one MT-BERT experiment (data → co-finetuning → teacher
 cache → distillation). Defaults follow the paper (§3.1) and ARCHITECTURE.md's decisions.
+Every field carries its help text (``Field(description=...)``); ``docs/config.md`` is generated
+from it (``python -m mtbert_ray.configdoc``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mtbert_ray.errors import ConfigError
 
+#: Metrics every evaluation computes from its confusion matrix (``train.metrics``); ``f1`` only for two classes.
+METRIC_NAMES = ("accuracy", "macro_f1", "mcc", "f1")
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -23,20 +28,30 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the labelled text comes from and how it is tokenized (see ``mtbert_ray.data``)."""
 
-    source: Literal["glue", "mind", "files"] = "files"
-    path: str | None = None  # local folder (files: train/validation/test files; glue: GLUE TSVs; mind: MIND folders)
-    task: str | None = None  # GLUE task name (sst2, rte, …)
-    text_fields: list[str] | None = None  # files: one column, or two for sentence pairs
-    label_field: str = "label"
-    num_labels: int | None = Field(default=None, ge=2)  # inferred from the training split when omitted
-    mind_text: Literal["title", "title_abstract"] = "title"
-    unseen_labels: Literal["error", "drop"] = "error"  # evaluation labels missing from the training split
-    max_length: int = Field(default=128, ge=8, le=4096)
-    limit_train: int | None = Field(default=None, ge=1)
-    limit_eval: int | None = Field(default=None, ge=1)
-    seed: int = 0
-    revision: str | None = None  # hub dataset revision (glue from the hub)
-    cache_dir: str | None = None  # default: $MTBERT_RAY_CACHE or ~/.cache/mtbert_ray
+    source: Literal["glue", "mind", "files"] = Field(
+        "files", description="Dataset kind: a GLUE task, a MIND news folder, or local train/validation/test files.")
+    path: str | None = Field(
+        None, description="Local folder: files → train/validation[/test] files; glue → the GLUE TSVs "
+        "(or hub parquet layout); mind → MIND{small,large}_{train,dev,test}/ folders. glue without a path loads from the hub.")
+    task: str | None = Field(None, description="GLUE task name (sst2, rte, mnli, cola, mrpc, qqp, qnli, wnli).")
+    text_fields: list[str] | None = Field(
+        None, description="files: the text column, or two columns for sentence pairs.")
+    label_field: str = Field("label", description="files: the label column (class ids 0..C-1 or names).")
+    num_labels: int | None = Field(
+        default=None, ge=2, description="Number of classes; inferred from the training split when omitted.")
+    mind_text: Literal["title", "title_abstract"] = Field(
+        "title", description="mind: classify the title alone (the paper) or title + abstract.")
+    unseen_labels: Literal["error", "drop"] = Field(
+        "error", description="Evaluation labels that never occur in training: an error, or drop those rows.")
+    max_length: int = Field(default=128, ge=8, le=4096, description="Tokens per example (pairs truncated longest-first).")
+    limit_train: int | None = Field(
+        default=None, ge=1, description="Use a seeded random subset of this many training rows.")
+    limit_eval: int | None = Field(
+        default=None, ge=1, description="Use a seeded random subset of this many rows of validation and of test.")
+    seed: int = Field(0, description="Seed of the limit_train / limit_eval subsets and of the stored row order.")
+    revision: str | None = Field(None, description="glue from the hub: dataset revision (commit or tag).")
+    cache_dir: str | None = Field(
+        None, description="Tokenized shards and views (default $MTBERT_RAY_CACHE, else ~/.cache/mtbert_ray).")
 
     @field_validator("text_fields")
     @classmethod
@@ -57,40 +72,64 @@ class DataConfig(_Strict):
 
 
 class StudentConfig(_Strict):
-    init_from: str  # hub id or folder of a pretrained encoder; the student keeps its first num_layers layers
-    num_layers: int = Field(ge=1)
-    query_dim: int = Field(default=200, ge=1)
-    head_init: Literal["shared_head", "random"] = "shared_head"  # copy pooling + dense from the co-finetuned head
+    """The K-layer student (ARCHITECTURE decision i)."""
+
+    init_from: str = Field(
+        description="Hub id or folder of a pretrained encoder; the student keeps its embeddings and first num_layers layers.")
+    num_layers: int = Field(ge=1, description="K, the student's depth.")
+    query_dim: int = Field(default=200, ge=1, description="Attentive-pooling query dimension of the student's head.")
+    head_init: Literal["shared_head", "random"] = Field(
+        "shared_head", description="Start the student's pooling + dense layer from the co-finetuned shared head "
+        "(when the widths match), or from random weights.")
 
 
 class CofinetuneConfig(_Strict):
-    epochs: int = Field(default=1, ge=1)
-    lr: float = Field(default=2e-6, gt=0)  # teachers
-    head_lr: float = Field(default=1e-3, gt=0)  # shared pooling + dense head (randomly initialised)
-    batch_size: int = Field(default=64, ge=1)
-    shared_head: bool = True  # false: each teacher finetuned alone (the paper's "w/o co-finetuning")
-    weight_decay: float = Field(default=0.0, ge=0)
-    query_dim: int = Field(default=200, ge=1)
-    reuse: bool = True  # false: train the teachers afresh for this run even when the stage exists (not part of the key)
+    """Stage 1: the teachers finetuned together with one shared pooling + dense head (MT-BERT §2.1)."""
+
+    epochs: int = Field(default=1, ge=1, description="Co-finetuning epochs.")
+    lr: float = Field(default=2e-6, gt=0, description="Adam learning rate of the teacher encoders (paper: 2e-6).")
+    head_lr: float = Field(default=1e-3, gt=0, description="Learning rate of the shared pooling + dense head (randomly initialised).")
+    batch_size: int = Field(
+        default=64, ge=1, description="Global batch size (split across Train workers; see grad_accum_steps).")
+    grad_accum_steps: int = Field(
+        default=1, ge=1, description="Micro-batches per optimizer step: each worker runs batch_size / (workers × steps) "
+        "examples at a time, so the effective batch stays batch_size while activation memory shrinks.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute the teachers' activations in the backward pass (Hugging Face gradient "
+        "checkpointing): ~30 % slower, far less activation memory.")
+    shared_head: bool = Field(
+        True, description="false: each teacher is finetuned with its own head (the paper's 'w/o co-finetuning').")
+    weight_decay: float = Field(default=0.0, ge=0, description="Adam weight decay.")
+    query_dim: int = Field(default=200, ge=1, description="Attentive-pooling query dimension of the shared head (paper: 200).")
+    reuse: bool = Field(
+        True, description="false: train the teachers afresh for this run even when a stage with the same key exists "
+        "(not part of the key).")
 
 
 class DistillConfig(_Strict):
-    epochs: int = Field(default=1, ge=1)
-    lr: float = Field(default=5e-6, gt=0)  # student
-    projection_lr: float | None = Field(default=None, gt=0)  # W_ij; default: the student lr
-    batch_size: int = Field(default=64, ge=1)
-    temperature: float = Field(default=1.0, gt=0)
-    t2_scale: bool = False
-    weight_decay: float = Field(default=0.0, ge=0)
+    """Stage 3: the student learns from the teachers (Eq. 1–3)."""
+
+    epochs: int = Field(default=1, ge=1, description="Distillation epochs.")
+    lr: float = Field(default=5e-6, gt=0, description="Adam learning rate of the student (paper: 5e-6).")
+    projection_lr: float | None = Field(default=None, gt=0, description="Learning rate of the maps W_ij (default: lr).")
+    batch_size: int = Field(default=64, ge=1, description="Global batch size (split across Train workers).")
+    grad_accum_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step (as in cofinetune).")
+    temperature: float = Field(default=1.0, gt=0, description="Softmax temperature t of the soft labels (Eq. 2).")
+    t2_scale: bool = Field(False, description="Multiply the distillation loss by t² (Hinton et al.; not in the paper).")
+    weight_decay: float = Field(default=0.0, ge=0, description="Adam weight decay.")
 
 
 class LossConfig(_Strict):
-    hidden: bool = True  # L_MT-Hid
-    distill: bool = True  # L_MT-Dis (or an ensemble baseline, see `ensemble`)
-    task: bool = True  # L_Task
-    weighted: bool = True  # per-sample weights 1/(1+CE(y, y_i)) in L_MT-Dis
-    ensemble: Literal["none", "average", "average_logits", "weighted"] = "none"  # Fig. 3 baselines replace L_MT-Dis
-    project: Literal["teacher", "student"] = "teacher"  # side of W_ij in the hidden loss
+    """Which terms of L = L_MT-Hid + L_MT-Dis + L_Task the student trains with (Fig. 4–5 ablations)."""
+
+    hidden: bool = Field(True, description="L_MT-Hid: MSE between student layers and mapped, projected teacher layers (Eq. 1).")
+    distill: bool = Field(True, description="L_MT-Dis: soft cross-entropy with every teacher's soft labels (Eq. 2), or an ensemble baseline.")
+    task: bool = Field(True, description="L_Task: cross-entropy with the gold labels.")
+    weighted: bool = Field(True, description="Per-sample teacher weights 1/(1+CE(y, y_i)) in L_MT-Dis (Eq. 2).")
+    ensemble: Literal["none", "average", "average_logits", "weighted"] = Field(
+        "none", description="Fig. 3 baselines: distil one ensembled soft label instead of L_MT-Dis.")
+    project: Literal["teacher", "student"] = Field(
+        "teacher", description="Side of W_ij in the hidden loss: MSE(H_s, W H_t) (paper) or MSE(W H_s, H_t).")
 
     @model_validator(mode="after")
     def _at_least_one_term(self) -> "LossConfig":
@@ -102,15 +141,37 @@ class LossConfig(_Strict):
 
 
 class CacheConfig(_Strict):
-    enabled: bool = True  # stage 2: precompute teacher outputs once; false = run teachers on the fly
-    hidden: bool = False  # also cache the mapped-layer states (large: rows × tokens × width × layers × teachers)
+    """Stage 2: the teachers' outputs computed once and stored as Parquet, read by every distillation."""
+
+    enabled: bool = Field(True, description="Precompute teacher outputs once; false = run the teachers on the fly.")
+    hidden: bool = Field(
+        False, description="Also cache the mapped-layer states aligned to the student's tokens "
+        "(rows × tokens × Σ teacher widths × student layers × dtype bytes).")
+    dtype: Literal["float16", "bfloat16", "float32"] = Field(
+        "float16", description="Storage type of cached hidden states (read back as float32).")
+    max_gb: float = Field(
+        default=50.0, gt=0, description="Refuse to build a cache whose estimated size exceeds this many GB.")
 
 
 class ResourcesConfig(_Strict):
-    num_workers: int = Field(default=1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1.0, gt=0)
-    gpus_per_worker: float = Field(default=1.0, gt=0)  # only used with use_gpu
+    """How each stage runs: workers, devices, precision, start-up patience."""
+
+    num_workers: int = Field(default=1, ge=1, description="Data-parallel Train workers per stage.")
+    use_gpu: bool = Field(False, description="One GPU share per worker (gpus_per_worker).")
+    cpus_per_worker: float = Field(
+        default=1.0, gt=0, description="CPUs per worker; also torch's thread count on a CPU worker.")
+    gpus_per_worker: float = Field(default=1.0, gt=0, description="GPUs per worker (with use_gpu).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast precision of forward passes (fp16 adds a gradient scaler); "
+        "TF32 matmuls are enabled on GPUs that have them.")
+    execution: Literal["auto", "in_process", "trainer"] = Field(
+        "auto", description="auto: one worker without a GPU runs in the calling process (no TorchTrainer "
+        "start-up); more workers or a GPU use Ray Train's TorchTrainer. in_process / trainer force a path.")
+    worker_start_timeout_s: float | None = Field(
+        default=None, gt=0, description="Seconds a stage waits for its workers' resources (e.g. an autoscaled GPU "
+        "node booting). Default: 900 when joined to a cluster, Ray's 60 on a local Ray.")
+    controller_failure_limit: int = Field(
+        default=2, ge=0, description="Times a stage retries when its workers could not be started in time.")
 
     def worker_resources(self) -> dict[str, float]:
         resources = {"CPU": self.cpus_per_worker}
@@ -118,20 +179,49 @@ class ResourcesConfig(_Strict):
             resources["GPU"] = self.gpus_per_worker
         return resources
 
+    @property
+    def in_process(self) -> bool:
+        """Whether stages run in the calling process (``execution``; auto: one worker, no GPU)."""
+        if self.execution == "auto":
+            return self.num_workers == 1 and not self.use_gpu
+        return self.execution == "in_process"
+
+
+class SelectConfig(_Strict):
+    """Which checkpoint is "best": read by checkpoint selection, the sweep's ranking and the analysis
+    (like transformers' metric_for_best_model + greater_is_better). Always measured on validation."""
+
+    metric: str = Field(
+        "auto", description="Validation metric that selects the best epoch and ranks trials: accuracy, macro_f1, "
+        "mcc or f1 (two classes); auto = the task's main metric (MCC for CoLA, F1 for MRPC/QQP, else accuracy).")
+    mode: Literal["max", "min"] = Field("max", description="Whether a larger metric is better.")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        name = value.removeprefix("val_")
+        if name != "auto" and name not in METRIC_NAMES:
+            raise ValueError(f"expected auto or one of {', '.join(METRIC_NAMES)}, got {value!r}")
+        return name
+
 
 class ExperimentConfig(_Strict):
-    name: str = "mtbert"
-    seed: int = 0
-    teachers: list[str]
-    student: StudentConfig
-    data: DataConfig
-    cofinetune: CofinetuneConfig = CofinetuneConfig()
-    distill: DistillConfig = DistillConfig()
-    loss: LossConfig = LossConfig()
-    cache: CacheConfig = CacheConfig()
-    resources: ResourcesConfig = ResourcesConfig()
-    trust_remote_code: bool = False
-    max_failures: int = Field(default=0, ge=0)  # Ray Train worker-failure retries per stage
+    """One MT-BERT experiment: co-finetune the teachers, cache their outputs, distil the student."""
+
+    name: str = Field("mtbert", description="Run name (a plain folder name under <storage>/runs).")
+    seed: int = Field(0, description="Seed of model initialisation, dropout and data order (per rank: seed + rank).")
+    teachers: list[str] = Field(description="Teacher encoders: hub ids or folders (any tokenizer, width and depth).")
+    student: StudentConfig = Field(description="The student.")
+    data: DataConfig = Field(description="The dataset.")
+    cofinetune: CofinetuneConfig = Field(CofinetuneConfig(), description="Stage 1.")
+    distill: DistillConfig = Field(DistillConfig(), description="Stage 3.")
+    loss: LossConfig = Field(LossConfig(), description="Loss terms.")
+    cache: CacheConfig = Field(CacheConfig(), description="Stage 2.")
+    resources: ResourcesConfig = Field(ResourcesConfig(), description="Workers, devices, precision.")
+    select: SelectConfig = Field(SelectConfig(), description="The selection metric.")
+    trust_remote_code: bool = Field(False, description="Let models run code from their repository (warned).")
+    max_failures: int = Field(
+        default=0, ge=0, description="Ray Train restarts of a stage after a worker died (from its latest checkpoint).")
 
     @field_validator("teachers")
     @classmethod
@@ -148,6 +238,19 @@ class ExperimentConfig(_Strict):
     def _safe_name(cls, value: str) -> str:
         return check_plain_name(value)
 
+    @model_validator(mode="after")
+    def _batches_divide(self) -> "ExperimentConfig":
+        n = self.resources.num_workers
+        for section in ("cofinetune", "distill"):
+            stage = getattr(self, section)
+            parts = n * stage.grad_accum_steps
+            if stage.batch_size % parts:
+                raise ValueError(
+                    f"{section}.batch_size={stage.batch_size} is not divisible by resources.num_workers × "
+                    f"{section}.grad_accum_steps = {parts} (the batch size is global)"
+                )
+        return self
+
 
 def check_plain_name(value: str) -> str:
     """A name used as one folder under the results root: no separators, not hidden, not ``..``.
@@ -157,6 +260,12 @@ def check_plain_name(value: str) -> str:
     if not value or any(c in value for c in "/\\\0") or value.startswith("."):
         raise ValueError(f"expected a plain name (no path separators, not starting with '.'), got {value!r}")
     return value
+
+
+def micro_batch(cfg: ExperimentConfig, section: Literal["cofinetune", "distill"]) -> int:
+    """Examples one worker puts through one forward/backward: batch_size / (workers × grad_accum_steps)."""
+    stage = getattr(cfg, section)
+    return stage.batch_size // (cfg.resources.num_workers * stage.grad_accum_steps)
 
 
 # ---- loading, overrides, errors -----------------------------------------------------------------
@@ -236,7 +345,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     """``source: field.path: what was expected (got value)`` for the first error (+ how many more)."""
     errors = exc.errors()
     first = errors[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    where = ".".join(str(p) for p in first["loc"])
     kind = first["type"]
     if kind == "extra_forbidden":
         message = "unknown key"
@@ -247,7 +356,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         if "input" in first and not isinstance(first["input"], (dict, list)) and f"got {first['input']!r}" not in message:
             message += f" (got {first['input']!r})"
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{source}: {where}: {message}{more}"
+    return f"{source}: {where}: {message}{more}" if where else f"{source}: {message}{more}"
 
 
 def dump_config(config: ExperimentConfig) -> str:

@@ -11,9 +11,13 @@ Layout (``StudentClassifier.save_pretrained`` / ``from_pretrained``)::
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -112,3 +116,46 @@ class StudentClassifier:
             i = int(row.argmax())
             result.append(Prediction(self.label_names[i], i, {n: float(p) for n, p in zip(self.label_names, row)}))
         return result
+
+
+# ---- a run's export and the parameter counts of Table 2 ------------------------------------------
+
+def export_student(checkpoint_student: Path, out: Path, *, init_from: str, max_length: int, pair: bool,
+                   teachers: Sequence[str], experiment_yaml: str, trust_remote_code: bool = False) -> Path:
+    """The best checkpoint's student as a self-contained folder: weights, tokenizer, label map, config."""
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(checkpoint_student, tmp)
+    load_tokenizer(init_from, trust_remote_code=trust_remote_code).save_pretrained(tmp)
+    meta = json.loads((tmp / META_FILE).read_text())
+    meta.update(max_length=max_length, pair=pair, init_from=init_from, teachers=list(teachers))
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+    (tmp / "experiment.yaml").write_text(experiment_yaml)
+    if out.exists():
+        shutil.rmtree(out)
+    os.rename(tmp, out)
+    return out
+
+
+def safetensors_params(path: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():
+            n = 1
+            for d in handle.get_slice(key).get_shape():
+                n *= d
+            total += n
+    return total
+
+
+def parameter_counts(teachers_dir: Path, student_dir: Path, names: Sequence[str]) -> dict[str, Any]:
+    """Parameters of each teacher encoder (+ the shared head once) and of the exported student (as in Table 2)."""
+    from mtbert_ray.models.teachers import HEADS_FILE
+
+    teacher_params = {
+        name: sum(safetensors_params(p) for p in (teachers_dir / f"teacher_{i}").glob("*.safetensors"))
+        for i, name in enumerate(names)
+    }
+    student = sum(safetensors_params(p) for p in student_dir.glob("model*.safetensors")) + safetensors_params(student_dir / HEAD_FILE)
+    return {"teachers": teacher_params, "shared_head": safetensors_params(teachers_dir / HEADS_FILE), "student": student}

@@ -17,9 +17,14 @@ EnsembleMode = Literal["average", "average_logits", "weighted"]
 ProjectSide = Literal["teacher", "student"]
 
 
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (bf16 / fp16 activations under autocast are promoted; float64 stays)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def task_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """L_Task = mean_b CE(y_b, y_s,b) = mean_b −log softmax(y_s,b)[y_b]."""
-    return F.cross_entropy(student_logits, labels)
+    return F.cross_entropy(_full(student_logits), labels)
 
 
 def teacher_weights(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -36,8 +41,8 @@ def teacher_weights(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, soft_targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-sample CE(p, y_s/t) = −Σ_c p_c · log_softmax(y_s/t)_c → [B]."""
-    return -(soft_targets * torch.log_softmax(student_logits / temperature, dim=-1)).sum(dim=-1)
+    """Per-sample CE(p, y_s/t) = −Σ_c p_c · log_softmax(y_s/t)_c → [B] (in float32 under autocast too)."""
+    return -(_full(soft_targets) * torch.log_softmax(_full(student_logits) / temperature, dim=-1)).sum(dim=-1)
 
 
 def mt_distill_loss(
@@ -55,7 +60,7 @@ def mt_distill_loss(
     student_logits [B, C], teacher_logits [N, B, C], labels [B].
     """
     _check_temperature(temperature)
-    teacher_logits = teacher_logits.detach()
+    teacher_logits = _full(teacher_logits.detach())
     targets = torch.softmax(teacher_logits / temperature, dim=-1)  # [N, B, C]
     per_sample = soft_cross_entropy(student_logits.unsqueeze(0), targets, temperature)  # [N, B]
     if weighted and labels is not None:
@@ -80,7 +85,7 @@ def ensemble_distill_loss(
     loss = mean_b Σ_c −p_b,c · log_softmax(y_s,b/t)_c
     """
     _check_temperature(temperature)
-    teacher_logits = teacher_logits.detach()
+    teacher_logits = _full(teacher_logits.detach())
     probs = torch.softmax(teacher_logits / temperature, dim=-1)  # [N, B, C]
     if mode == "average":
         targets = probs.mean(dim=0)
@@ -99,8 +104,8 @@ def ensemble_distill_loss(
 
 
 def masked_mse(a: torch.Tensor, b: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean of (a − b)² over real tokens and features: Σ_{b,l,h} m_bl (a − b)² / (H · Σ_{b,l} m_bl)."""
-    sq = (a - b).pow(2)
+    """Mean of (a − b)² over real tokens and features: Σ_{b,l,h} m_bl (a − b)² / (H · Σ_{b,l} m_bl) (float32)."""
+    sq = (_full(a) - _full(b)).pow(2)
     if attention_mask is None:
         return sq.mean()
     mask = attention_mask.to(sq.dtype).unsqueeze(-1)
@@ -110,7 +115,7 @@ def masked_mse(a: torch.Tensor, b: torch.Tensor, attention_mask: torch.Tensor | 
 def mt_hidden_loss(
     student_states: Sequence[torch.Tensor],
     teacher_states: Sequence[Sequence[torch.Tensor]],
-    projections: Sequence[Sequence[nn.Module]],
+    projections: Sequence[Sequence[nn.Module]] | None,
     attention_mask: torch.Tensor | None = None,
     project: ProjectSide = "teacher",
 ) -> torch.Tensor:
@@ -120,7 +125,10 @@ def mt_hidden_loss(
     [B, L, Ht_i], already taken from the teacher layer mapped to student layer j+1 and
     aligned to the student's tokens; ``projections[i][j]`` is W_ij (``nn.Linear(Ht_i, Hs)``).
     With ``project="student"`` the map goes the other way: MSE(W_ij H^s_j, H^i_j), W_ij: Hs → Ht_i.
+    ``projections=None``: every W_ij is the identity (widths must match).
     """
+    if projections is None:
+        projections = [[nn.Identity()] * len(student_states) for _ in teacher_states]
     if len(teacher_states) != len(projections):
         raise ValueError(f"mt_hidden_loss: {len(teacher_states)} teachers' states but {len(projections)} projection sets")
     total = student_states[0].new_zeros(())

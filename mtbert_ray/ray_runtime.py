@@ -123,12 +123,3 @@ def scaling_config(resources) -> "ray.train.ScalingConfig":  # noqa: F821
         use_gpu=resources.use_gpu,
         resources_per_worker=resources.worker_resources(),
     )
-
-
-def data_config() -> "ray.train.DataConfig":  # noqa: F821
-    """Every dataset split across workers; block order preserved (reproducible single-worker runs)."""
-    from ray.train import DataConfig
-
-    options = DataConfig.default_ingest_options()
-    options.preserve_order = True
-    return DataConfig(datasets_to_split="all", execution_options=options)

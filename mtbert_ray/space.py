@@ -3,16 +3,18 @@
     name: demo                          # default sweep name
     experiment: {...}                   # the base experiment config (or `base: other.yaml`, relative to this file)
     overrides: {distill.epochs: 3}      # dotted keys set on the base
-    teacher_pool: {minilm6: <hub id>}   # aliases for teacher subsets (space key `teachers`)
+    teacher_pool: {minilm6: <hub id>}   # pool names of the teachers (space key `teachers` picks subsets of them)
     variants: {mt-bert: {}, w/o weighting: {loss.weighted: false}}   # named override sets (space key `variant`)
     space:
       distill.temperature: {loguniform: [0.5, 8]}    # uniform, loguniform, randint [lo, hi), choice, grid
       teachers: {grid: subsets}                      # every non-empty subset of teacher_pool ("a+b" strings)
       variant: {grid: all}                           # every variant
-    search: {searcher: optuna, scheduler: asha, metric: val_accuracy, mode: max, num_samples: 8, seeds: [0]}
+    search: {searcher: optuna, scheduler: asha, num_samples: 8, seeds: [0]}
 
 Dotted space keys address the experiment config; each is checked against the config schema
-when the space is loaded, so a typo fails before any trial starts.
+when the space is loaded, so a typo fails before any trial starts. Trials are ranked by the
+experiment's ``select.metric`` / ``select.mode`` on validation (the same setting that selects each
+trial's checkpoint), so ``select.*`` is set in the experiment, not varied by the space.
 """
 from __future__ import annotations
 
@@ -24,9 +26,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtbert_ray.config import (
-    check_plain_name,
     ExperimentConfig,
     apply_overrides,
+    check_plain_name,
     format_validation_error,
     parse_override,
     read_yaml,
@@ -46,8 +48,6 @@ class _Strict(BaseModel):
 class SearchSettings(_Strict):
     searcher: Literal["optuna", "grid", "random"] = "grid"
     scheduler: Literal["none", "asha", "median"] = "none"
-    metric: str = "val_accuracy"
-    mode: Literal["max", "min"] = "max"
     num_samples: int = Field(default=1, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     max_concurrent_trials: int = Field(default=1, ge=1)
@@ -62,6 +62,18 @@ class SearchSettings(_Strict):
         if len(set(value)) != len(value):
             raise ValueError("duplicated seed")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("metric", "mode"):
+                if key in data:
+                    raise ValueError(
+                        f"search.{key} moved to the experiment's select.{key} (one setting for checkpoint selection, "
+                        f"the sweep's ranking and the analysis): set it in the experiment, or --set select.{key}=…"
+                    )
+        return data
 
 
 class AnalysisSettings(_Strict):
@@ -130,8 +142,8 @@ class SpaceFile(_Strict):
     def _one_base(self) -> "SpaceFile":
         if (self.experiment is None) == (self.base is None):
             raise ValueError("give the base experiment either inline (experiment:) or as a file (base:)")
-        if self.teacher_pool and any("+" in alias for alias in self.teacher_pool):
-            raise ValueError("teacher_pool: aliases must not contain '+'")
+        if self.teacher_pool and any("+" in name for name in self.teacher_pool):
+            raise ValueError("teacher_pool: pool names must not contain '+'")
         return self
 
 
@@ -185,12 +197,13 @@ class Space:
         return validate_config(data, source=f"{self.source} (trial {dict(params)})")
 
     def decode_teachers(self, value: str) -> list[str]:
+        """``"bert+roberta"`` (pool names joined by '+') → the teachers' hub ids or folders."""
         pool = self.spec.teacher_pool or {}
-        aliases = value.split("+")
-        unknown = [a for a in aliases if a not in pool]
+        names = value.split("+")
+        unknown = [n for n in names if n not in pool]
         if unknown:
             raise ConfigError(f"{self.source}: space.teachers: {unknown[0]!r} is not in teacher_pool ({', '.join(pool)})")
-        return [pool[a] for a in aliases]
+        return [pool[n] for n in names]
 
     def param_space(self) -> dict[str, Any]:
         """Ray Tune's ``param_space`` (grid_search / distributions), seeds included."""
@@ -226,16 +239,16 @@ class Space:
                 raise ConfigError(f"{src}: search.seeds: Optuna studies take one seed; repeat with num_samples or a grid study")
             if not spec.space:
                 raise ConfigError(f"{src}: space: an Optuna study needs at least one dimension")
-        if spec.search.scheduler != "none" and spec.search.searcher == "grid":
-            pass  # allowed: early stopping of grid trials
         for key, dim in spec.space.items():
             where = f"{src}: space.{key}"
+            if key.startswith("select."):
+                raise ConfigError(f"{where}: select.* ranks the trials, so it cannot vary between them; set it in the experiment")
             if key == "teachers":
                 if not spec.teacher_pool:
-                    raise ConfigError(f"{where}: needs a teacher_pool of aliases")
+                    raise ConfigError(f"{where}: needs a teacher_pool (pool name: hub id or folder)")
                 values = self.dimension_values(key, dim)
                 if values is None or not all(isinstance(v, str) for v in values):
-                    raise ConfigError(f"{where}: expected grid or choice of '+'-joined teacher_pool aliases, or grid: subsets")
+                    raise ConfigError(f"{where}: expected grid or choice of '+'-joined teacher_pool names, or grid: subsets")
                 for value in values:
                     self.decode_teachers(value)
             elif key == "variant":

@@ -1,14 +1,13 @@
-"""Atomic, verifiable folders for everything the project caches or publishes.
+"""Files and folders the project writes: the results root, atomic text files, locks, manifests.
 
-A folder is written under a temporary name next to its final place and renamed into place
-in one step, so a crash never leaves a half-written folder that a later run trusts. Each
-published folder holds ``manifest.json`` listing its files with byte sizes, sha256 and (for
-Parquet) row counts; ``verify_manifest`` re-checks them before a folder is reused.
+Each published artefact holds ``manifest.json`` listing its files with byte sizes, sha256 and
+(for Parquet) row counts; ``verify_manifest`` re-checks them before an artefact is reused
+(``mtbert_ray.stage`` publishes and reuses artefacts). Text results (``result.json``,
+``config.yaml``) are written through a temporary name and renamed into place.
 """
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -18,10 +17,28 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mtbert_ray.errors import ResultsError
+from mtbert_ray.errors import ConfigError, ResultsError
 from mtbert_ray.hashing import file_sha256
 
 MANIFEST = "manifest.json"
+DEFAULT_STORAGE = "~/mtbert_results"
+
+
+def resolve_storage(storage: str | os.PathLike | None) -> Path:
+    """``--storage``, else ``$MTBERT_RAY_STORAGE``, else ``~/mtbert_results`` — created and checked writable.
+
+    A folder, never a URI: stages are published under file locks with atomic renames, which object
+    stores do not offer (``--upload URI`` copies a finished study there; docs/design.md).
+    """
+    from_env = os.environ.get("MTBERT_RAY_STORAGE")
+    what = "--storage" if storage else "MTBERT_RAY_STORAGE" if from_env else "--storage (default)"
+    value = str(storage or from_env or DEFAULT_STORAGE)
+    if "://" in value:
+        raise ConfigError(
+            f"{what}: {value!r} is a URI; expected a folder (local disk, or a file system shared by every node) — "
+            "pass the URI to the sweep's --upload to copy the finished study there"
+        )
+    return ensure_writable_dir(Path(value).expanduser().resolve(), what)
 
 
 def default_cache_dir() -> Path:
@@ -58,33 +75,6 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def temp_dir_for(final: Path) -> Path:
-    """A fresh temporary folder beside ``final`` (same filesystem, so the rename is atomic)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
-    return tmp
-
-
-@contextlib.contextmanager
-def building(final: Path) -> Iterator[Path]:
-    """A temporary folder beside ``final`` to build it in; removed again if the build fails.
-
-    A failed write (disk full, folder made read-only) becomes one ``ResultsError`` line; nothing
-    is published and folders published earlier are not touched.
-    """
-    tmp = temp_dir_for(final)
-    try:
-        yield tmp
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise ResultsError(
-                f"{final.parent}: writing failed ({exc.strerror or exc}); nothing was published, earlier results are untouched"
-            ) from exc
-        raise
-
-
 def file_entry(path: Path, rows: int | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
     if rows is not None:
@@ -106,8 +96,9 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def verify_manifest(folder: Path, check_hashes: bool = True) -> dict[str, Any] | None:
-    """The manifest if every listed file exists with its size (and sha256); ``None`` otherwise."""
+def verify_manifest(folder: Path, check_hashes: bool = True, check_rows: bool = False) -> dict[str, Any] | None:
+    """The manifest if every listed file exists with its size (row count for Parquet with ``check_rows``,
+    sha256 with ``check_hashes``); ``None`` otherwise."""
     manifest = read_manifest(folder)
     if manifest is None or not isinstance(manifest.get("files"), list):
         return None
@@ -116,28 +107,25 @@ def verify_manifest(folder: Path, check_hashes: bool = True) -> dict[str, Any] |
         try:
             if path.stat().st_size != entry["bytes"]:
                 return None
-        except OSError:
+            if check_rows and entry.get("rows") is not None and parquet_rows(path) != entry["rows"]:
+                return None
+        except (OSError, ValueError):
             return None
         if check_hashes and file_sha256(path) != entry["sha256"]:
             return None
     return manifest
 
 
-def publish_dir(tmp: Path, final: Path, check_hashes: bool = True) -> Path:
-    """Rename ``tmp`` to ``final``. If a valid ``final`` already exists (a concurrent builder won), keep it
-    and drop ``tmp``; an invalid one (crash leftovers, corruption) is moved aside and replaced."""
+def parquet_rows(path: Path) -> int | None:
+    """Row count of a Parquet file from its footer (``None`` for other files)."""
+    if path.suffix != ".parquet":
+        return None
+    import pyarrow.parquet as pq
+
     try:
-        os.rename(tmp, final)
-        return final
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-            raise
-    if verify_manifest(final, check_hashes) is not None:
-        shutil.rmtree(tmp, ignore_errors=True)
-        return final
-    discard(final)
-    os.rename(tmp, final)
-    return final
+        return int(pq.read_metadata(path).num_rows)
+    except Exception as exc:  # noqa: BLE001 - a damaged footer is a mismatch, whatever pyarrow raises
+        raise ValueError(f"{path}: unreadable Parquet footer ({exc})") from None
 
 
 def discard(folder: Path) -> None:

@@ -29,7 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mtbert_ray.context import select_metric_name
 from mtbert_ray.errors import ConfigError, ResultsError
+from mtbert_ray.results import ExperimentResult
 from mtbert_ray.space import Space, SpaceFile, load_space
 from mtbert_ray.upload import check_upload_uri, upload_sweep
 
@@ -58,10 +60,36 @@ def absolutize_paths(base: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+def final_report(result: ExperimentResult, epochs: int) -> dict[str, Any]:
+    """A finished trial's last report: the selected checkpoint's validation and test scores, the export.
+
+    ``finished`` marks a trial that ran every epoch and exported its student; a trial a scheduler
+    stopped early never makes this report.
+    """
+    report: dict[str, Any] = {"epoch": epochs, "best_epoch": result.student.epoch}
+    for split, prefix in (("validation", "val_"), ("test", "test_")):
+        for name, value in ((result.student.validation if split == "validation" else result.student.test) or {}).items():
+            report[f"{prefix}{name}"] = value
+        for name in result.data.get("metrics", []):
+            values = [s.metric(name, split) for s in result.teachers.values()]
+            if values and all(v is not None for v in values):
+                report[f"teacher_mean_{prefix}{name}"] = sum(values) / len(values)
+    report.update(
+        teacher_mean_accuracy=report.get("teacher_mean_val_accuracy"),
+        student_params=result.student.params,
+        student_dir=str(result.student_dir),
+        run_dir=str(result.run_dir),
+        cofinetune_reused=result.cofinetune.reused,
+        finished=True,
+        done=True,
+    )
+    return report
+
+
 def trial_driver(params: dict[str, Any], sweep: dict[str, Any]) -> None:
-    """One trial: the experiment for ``params``, its distillation epochs reported to Tune, then a final summary."""
+    """One trial: the experiment for ``params``, its distillation epochs reported to Tune (all but the
+    last: ``train.session``), then, once the student is exported, the final report."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from mtbert_ray.pipeline import run_experiment
 
@@ -69,24 +97,8 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any]) -> None:
     config = space.trial_config(params)
     trial_id = tune.get_context().get_trial_id()
     run_dir = Path(sweep["experiment_dir"]) / RUNS_DIR / trial_id
-    result = run_experiment(config, storage=sweep["storage"], run_dir=run_dir, distill_callbacks=[TuneReportCallback()])
-    s = result.summary
-    teachers = s["stages"]["cofinetune"]["teachers"]
-    student = s["stages"]["distill"]["metrics"]
-    tune.report(
-        {
-            "epoch": config.distill.epochs,
-            "val_accuracy": student["accuracy"],
-            "val_macro_f1": student["macro_f1"],
-            "best_epoch": student["epoch"],
-            "teacher_mean_accuracy": sum(t["accuracy"] for t in teachers.values()) / len(teachers),
-            "student_params": s["params"]["student"],
-            "student_dir": str(result.student_dir),
-            "run_dir": str(result.run_dir),
-            "cofinetune_reused": s["stages"]["cofinetune"]["reused"],
-            "done": True,
-        }
-    )
+    result = run_experiment(config, storage=sweep["storage"], run_dir=run_dir)
+    tune.report(final_report(result, config.distill.epochs))
 
 
 def _searcher(space: Space):
@@ -114,13 +126,19 @@ def _scheduler(space: Space, max_epochs: int):
 
 
 def trial_resources(space: Space, base_config) -> dict[str, float]:
-    """What Tune reserves for one trial driver (its TorchTrainer's workers reserve their own)."""
+    """What Tune reserves for one trial: the trial driver alone when its stages run on Ray Train workers
+    (they reserve their own), or the one worker's CPUs (and GPU) when the stages run in the trial itself."""
+    r = base_config.resources
+    if r.in_process:
+        return {"cpu": r.cpus_per_worker, **({"gpu": r.gpus_per_worker} if r.use_gpu else {})}
     return {"cpu": space.search.trial_cpus}
 
 
 def cluster_cpus_needed(space: Space, base_config) -> float:
+    """CPUs the study needs at once: its concurrent trials, plus one teacher-cache actor pool."""
     r = base_config.resources
-    return space.search.max_concurrent_trials * (space.search.trial_cpus + r.num_workers * r.cpus_per_worker)
+    per_trial = r.cpus_per_worker if r.in_process else space.search.trial_cpus + r.num_workers * r.cpus_per_worker
+    return space.search.max_concurrent_trials * per_trial + r.num_workers * r.cpus_per_worker
 
 
 def run_sweep(
@@ -135,9 +153,8 @@ def run_sweep(
     from ray import tune
 
     from mtbert_ray.config import check_plain_name, validate_config
-    from mtbert_ray.pipeline import resolve_storage
     from mtbert_ray.ray_runtime import init_ray
-    from mtbert_ray.storage import atomic_write_text
+    from mtbert_ray.storage import atomic_write_text, resolve_storage
 
     if name is not None:
         try:
@@ -179,6 +196,7 @@ def run_sweep(
         atomic_write_text(experiment_dir / SWEEP_FILE, json.dumps(sweep, indent=2))
 
     base_config = validate_config(space.base, source=f"{space.source}: experiment")
+    metric = f"val_{select_metric_name(base_config)}"
     init_ray(required_cpus=cluster_cpus_needed(space, base_config))
     trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), trial_resources(space, base_config))
     if resume:
@@ -187,10 +205,10 @@ def run_sweep(
     else:
         s = space.search
         reporter = tune.CLIReporter(
-            metric_columns=["epoch", s.metric, "val_macro_f1"],
+            metric_columns=["epoch", metric, "val_macro_f1"],
             parameter_columns=list(space.param_space()),
-            metric=s.metric,
-            mode=s.mode,
+            metric=metric,
+            mode=base_config.select.mode,
             sort_by_metric=True,
             max_report_frequency=30,
         )
@@ -198,8 +216,8 @@ def run_sweep(
             trainable,
             param_space=space.param_space(),
             tune_config=tune.TuneConfig(
-                metric=s.metric,
-                mode=s.mode,
+                metric=metric,
+                mode=base_config.select.mode,
                 search_alg=_searcher(space),
                 scheduler=_scheduler(space, base_config.distill.epochs),
                 num_samples=s.num_samples,

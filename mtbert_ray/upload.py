@@ -3,7 +3,8 @@
 Training writes to a POSIX results root (local disk or a shared file system mounted on every
 node: stage artefacts are published by atomic rename, which object stores do not offer). When a
 sweep ends, ``--upload URI`` copies the sweep folder — Tune's experiment state, every trial's run
-folder with its exported student, the analysis tables and plots — to ``URI/<sweep name>/`` through ``pyarrow.fs`` (S3 and GCS clients ship with pyarrow; credentials come from the usual
+folder with its exported student, the analysis tables and plots — to ``URI/<sweep name>/`` through
+``pyarrow.fs`` (S3 and GCS clients ship with pyarrow; credentials come from the usual
 environment / instance metadata, never from config files).
 """
 from __future__ import annotations

@@ -23,7 +23,8 @@ CLUSTER_FILES = sorted((REPO / "cluster").glob("*.yaml"))
 
 
 def _validate(cfg: dict) -> None:
-    from ray.autoscaler._private.util import prepare_config, validate_config as ray_validate
+    from ray.autoscaler._private.util import prepare_config
+    from ray.autoscaler._private.util import validate_config as ray_validate
 
     ray_validate(prepare_config(copy.deepcopy(cfg)))
 
@@ -61,10 +62,9 @@ def test_broken_copy_fails_validation(path, breakage):
 
 
 def test_gpu_settings_reach_the_scaling_config_and_trial_resources(tiny_models, tmp_path):
-    from mtbert_ray.pipeline import _trainer, worker_config
+    from mtbert_ray.config import micro_batch
     from mtbert_ray.space import load_space
     from mtbert_ray.sweep import cluster_cpus_needed, trial_resources
-    from mtbert_ray.train.distill import distill_loop
 
     sc = scaling_config(ResourcesConfig(num_workers=2, use_gpu=True, cpus_per_worker=4, gpus_per_worker=0.5))
     assert sc.use_gpu and sc.num_workers == 2
@@ -74,13 +74,14 @@ def test_gpu_settings_reach_the_scaling_config_and_trial_resources(tiny_models, 
     space = load_space(REPO / "tune_spaces" / "paper_glue.yaml")
     base = validate_config(space.base)
     assert base.resources.use_gpu and base.resources.gpus_per_worker == 1
+    assert not base.resources.in_process, "GPU stages run on Ray Train workers"
     assert trial_resources(space, base) == {"cpu": 1}
-    assert cluster_cpus_needed(space, base) == 4 * (1 + 4)
-    trainer = _trainer(distill_loop, {}, worker_config(base), "t", tmp_path, datasets={})
-    assert trainer.scaling_config.use_gpu and trainer.scaling_config.resources_per_worker == {"CPU": 4, "GPU": 1}
+    assert cluster_cpus_needed(space, base) == 4 * (1 + 4) + 4  # 4 trials and one teacher-cache actor
+    sc = scaling_config(base.resources)
+    assert sc.use_gpu and sc.resources_per_worker == {"CPU": 4, "GPU": 1}
     # a global batch of 64 over 4 GPU workers is 16 per worker
     wide = base.model_copy(update={"resources": base.resources.model_copy(update={"num_workers": 4})})
-    assert worker_config(wide).distill.batch_size == 16
+    assert micro_batch(wide, "distill") == 16
 
 
 def test_a_job_driver_leaves_out_of_its_runtime_env_what_the_job_sets(monkeypatch):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -38,9 +37,12 @@ def test_three_stages_write_results_and_export(first_run, tiny_models):
     for name in (tiny_models["bert"], tiny_models["roberta"]):
         m = s["stages"]["cofinetune"]["teachers"][name]
         assert 0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1
+        assert 0 <= m["test"]["accuracy"] <= 1 and m["test"]["examples"] == 64  # the selected teachers on test
         assert s["params"]["teachers"][name] > 0
     student = s["stages"]["distill"]["metrics"]
     assert 0 <= student["accuracy"] <= 1 and student["epoch"] in (1, 2)
+    assert s["select"] == {"metric": "accuracy", "mode": "max"}
+    assert 0 <= s["stages"]["distill"]["test"]["accuracy"] <= 1 and s["stages"]["distill"]["test"]["examples"] == 64
     assert s["params"]["student"] < min(s["params"]["teachers"].values())
     assert s["layer_maps"] == [[2], [2]]
     assert s["stages"]["teacher_cache"]["checkpoint"]
@@ -91,22 +93,21 @@ def test_cofinetuning_resumes_from_its_checkpoint(ray_session, tiny_models, tmp_
     """A co-finetuning run stopped in epoch 2 continues from its epoch-1 checkpoint when run again."""
     import ray.train
 
-    from mtbert_ray.data.shards import prepare_data
-    from mtbert_ray.pipeline import ensure_cofinetuned, worker_config
+    from mtbert_ray.pipeline import Experiment
 
-    cfg = worker_config(validate_config(tiny_experiment(tiny_models, tmp_path, teachers=[tiny_models["bert"]],
-                                                        cofinetune={"epochs": 2})))
-    data = prepare_data(cfg.data, [tiny_models["bert"]])
+    cfg = validate_config(tiny_experiment(tiny_models, tmp_path, teachers=[tiny_models["bert"]], cofinetune={"epochs": 2},
+                                          resources={"num_workers": 1, "cpus_per_worker": 1, "execution": "trainer"}))
     monkeypatch.setenv("MTBERT_FAULT", "cofinetune:0:1:1")  # rank 0 exits at epoch 2, step 2
     with pytest.raises(ray.train.TrainingFailedError):
-        ensure_cofinetuned(cfg, data, tmp_path / "stages")
+        Experiment(cfg, storage=tmp_path).cofinetune()
     monkeypatch.delenv("MTBERT_FAULT")
-    stage = ensure_cofinetuned(cfg, data, tmp_path / "stages")
+    stage = Experiment(cfg, storage=tmp_path).cofinetune()
     assert not stage.reused
-    state = json.loads((Path(stage.checkpoint) / "training_state.json").read_text())
-    assert state["epoch"] == 1 and state["metrics"]["start_epoch"] == 1, "epoch 2 ran alone: the run resumed"
-    again = ensure_cofinetuned(cfg, data, tmp_path / "stages")
-    assert again.reused and again.checkpoint == stage.checkpoint
+    history = read_history(stage.path.parent / HISTORY_FILE)
+    assert [(h["epoch"], h["start_epoch"]) for h in history] == [(1, 0), (2, 1)], "epoch 2 ran alone: the run resumed"
+    assert not (stage.path / "optimizer.pt").exists(), "a finished stage does not publish its optimizer state"
+    again = Experiment(cfg, storage=tmp_path).cofinetune()
+    assert again.reused and again.path == stage.path
 
 
 def test_single_teacher_on_two_workers(ray_session, tiny_models, tmp_path):
@@ -127,50 +128,41 @@ def test_single_teacher_on_two_workers(ray_session, tiny_models, tmp_path):
 def test_the_same_seed_gives_the_same_metrics(first_run, tiny_models, storage, tmp_path):
     """Single worker, CPU: stage 1 trained again under a private key, and stage 3 run again in a new run
     folder from the same stages, reproduce the first run's teacher and student metrics exactly."""
-    from mtbert_ray.data.shards import prepare_data
-    from mtbert_ray.pipeline import ensure_cofinetuned, worker_config
+    from mtbert_ray.pipeline import Experiment
 
     cfg = validate_config(tiny_experiment(tiny_models, storage, cache={"enabled": True, "hidden": True}))
     again = run_experiment(cfg, storage=storage, run_dir=tmp_path / "rerun")
     assert again.summary["stages"]["cofinetune"]["reused"] and again.summary["stages"]["teacher_cache"]["reused"]
     assert again.student_metrics == first_run.student_metrics
-    wcfg = worker_config(cfg)
-    retrained = ensure_cofinetuned(wcfg, prepare_data(wcfg.data, [*cfg.teachers, cfg.student.init_from]), storage / "stages",
-                                   nonce="determinism-check")
+    assert again.student.test == first_run.student.test
+    private = cfg.model_copy(update={"cofinetune": cfg.cofinetune.model_copy(update={"reuse": False})})
+    retrained = Experiment(private, storage=storage, run_dir=tmp_path / "private").cofinetune()
     assert not retrained.reused
-    first = first_run.summary["stages"]["cofinetune"]
-    assert retrained.key != first["key"]
-    assert {k: v for k, v in retrained.metrics.items() if k.startswith("val_")} == {
-        k: v for k, v in _stage_metrics(first).items() if k.startswith("val_")
+    assert retrained.key != first_run.cofinetune.key
+    assert retrained.meta["metrics"]["val_teacher0_accuracy"] == first_run.teachers[cfg.teachers[0]].validation["accuracy"]
+    assert {n: s.validation for n, s in first_run.teachers.items()} == {
+        name: {k.removeprefix(f"val_teacher{i}_"): v for k, v in retrained.meta["metrics"].items()
+               if k.startswith(f"val_teacher{i}_")}
+        for i, name in enumerate(cfg.teachers)
     }
-
-
-def _stage_metrics(stage_json: dict) -> dict:
-    marker = Path(stage_json["checkpoint"]).parent.parent / "mtbert_stage.json"
-    return json.loads(marker.read_text())["metrics"]
 
 
 def test_altered_teacher_cache_is_detected_and_rebuilt(first_run, tiny_models, storage):
     """A truncated cache file (a crash, a full disk) fails its manifest and the cache is rebuilt, never trusted."""
     import pyarrow.parquet as pq
 
-    from mtbert_ray.data.shards import prepare_data
-    from mtbert_ray.models.teachers import read_ensemble_meta
-    from mtbert_ray.pipeline import ensure_cofinetuned, ensure_teacher_cache, teacher_layer_maps, worker_config
-    from mtbert_ray.storage import verify_manifest
+    from mtbert_ray.pipeline import Experiment
+    from mtbert_ray.stage import read_stage
 
-    cfg = worker_config(validate_config(tiny_experiment(tiny_models, storage, cache={"enabled": True, "hidden": True})))
-    data = prepare_data(cfg.data, [*cfg.teachers, cfg.student.init_from])
-    teachers = ensure_cofinetuned(cfg, data, storage / "stages")
-    maps = teacher_layer_maps(cfg, read_ensemble_meta(teachers.checkpoint)["depths"])
-    cache = ensure_teacher_cache(cfg, data, storage / "stages", teachers, maps)
-    assert cache.reused and cache.checkpoint == first_run.summary["stages"]["teacher_cache"]["checkpoint"]
+    cfg = validate_config(tiny_experiment(tiny_models, storage, cache={"enabled": True, "hidden": True}))
+    cache = Experiment(cfg, storage=storage).teacher_cache()
+    assert cache.reused and str(cache.path) == first_run.summary["stages"]["teacher_cache"]["checkpoint"]
 
-    part = sorted(Path(cache.checkpoint).rglob("*.parquet"))[0]
+    part = sorted(cache.path.rglob("*.parquet"))[0]
     part.write_bytes(part.read_bytes()[:-64])  # truncated
-    assert verify_manifest(Path(cache.checkpoint)) is None
-    rebuilt = ensure_teacher_cache(cfg, data, storage / "stages", teachers, maps)
+    assert read_stage(cache.folder) is None
+    rebuilt = Experiment(cfg, storage=storage).teacher_cache()
     assert not rebuilt.reused, "an altered cache was trusted"
-    assert verify_manifest(Path(rebuilt.checkpoint)) is not None
-    rows = sum(pq.read_metadata(p).num_rows for p in Path(rebuilt.checkpoint).rglob("*.parquet"))
-    assert rows == rebuilt.metrics["rows"]["train"] + rebuilt.metrics["rows"]["validation"] == 128 + 64
+    assert read_stage(rebuilt.folder, verify=True) is not None
+    rows = sum(pq.read_metadata(p).num_rows for p in rebuilt.path.rglob("*.parquet"))
+    assert rows == rebuilt.meta["rows"]["train"] == 128

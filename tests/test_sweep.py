@@ -58,8 +58,9 @@ def test_grid_sweep_runs_every_trial_and_cofinetunes_once(grid_sweep):
         run = json.loads((Path(r.metrics["run_dir"]) / "result.json").read_text())
         assert run["stages"]["distill"]["metrics"]["accuracy"] == pytest.approx(r.metrics["val_accuracy"])
         assert Path(r.metrics["student_dir"]).is_dir()
-    # Per-epoch reports reached Tune through TuneReportCallback (iteration 1) before the final summary.
-    assert all(r.metrics["training_iteration"] == 2 for r in grid)
+    # The last epoch reaches Tune once, in the final report made after the export (the ASHA test covers
+    # the per-epoch reports of longer trials).
+    assert all(r.metrics["training_iteration"] == 1 and r.metrics["finished"] for r in grid)
 
 
 def test_analysis_reproduces_the_table_of_a_stored_study(grid_sweep, tmp_path):

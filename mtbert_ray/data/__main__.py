@@ -21,8 +21,8 @@ def format_summary(prepared: PreparedData) -> str:
     for split, n in s["rows"].items():
         dist = ", ".join(f"{name}: {count}" for name, count in s["labels"][split].items())
         lines.append(f"  {split:<10} {n:>8} rows   {dist}")
-    for alias, info in s["tokenizers"].items():
-        lines.append(f"  tokenizer {info['name']} ({alias})")
+    for tokenization, info in s["tokenizers"].items():
+        lines.append(f"  tokenizer {info['name']} (tokenization {tokenization})")
         for split in s["rows"]:
             st = info[split]
             lines.append(

@@ -1,11 +1,20 @@
-"""Ray Data readers for the tokenized views, and the collate function that pads each batch.
+"""Ray Data readers for the tokenized views and teacher caches, and the collate function that pads each batch.
 
 Driver side: ``read_split(files, columns)`` → a Ray Dataset per split (``ray.data.read_parquet``,
-or in-memory blocks for splits that fit the object store), handed to ``TorchTrainer(datasets=...)``.
-Worker side: ``ray.train.get_dataset_shard(split).iter_torch_batches(collate_fn=PadCollate(...))``
-yields flat dicts of tensors — ``label``, ``example_id`` and ``<alias>.<column>`` per tokenizer —
-padded to the longest example of the batch (dynamic padding). ``inputs_for`` regroups one
-tokenizer's columns into the keyword arguments an encoder takes.
+or in-memory blocks for splits that fit the object store), handed to the stage.
+Worker side: ``iter_torch_batches(collate_fn=PadCollate(...))`` yields flat dicts of tensors —
+``label``, ``example_id`` and ``<tokenization>.<column>`` per tokenization — padded to the longest
+example of the batch (dynamic padding). ``inputs_for`` regroups one tokenization's columns into the
+keyword arguments an encoder takes.
+
+Splitting across Train workers (``SplitConfig``): the training split is split equally (every
+worker takes the same number of steps, as data-parallel training needs; at most num_workers − 1
+rows of an epoch are left out, different ones each epoch); validation, test and the teacher cache
+are split without dropping a row, so metrics and the cache cover every example.
+
+Shuffling: views store their rows in a seeded random order (``data.shards``); training then reads
+blocks in a new seeded order each epoch (``randomize_block_order`` re-seeded per execution) through a
+seeded local shuffle buffer.
 
 Two cores: Ray Data read tasks need a CPU that Train workers do not hold. The project starts
 a local Ray with more logical CPUs than cores (``mtbert_ray.ray_runtime.init_ray``) so that
@@ -26,31 +35,38 @@ try:  # Ray's collate base class (keeps device transfer "auto" in iter_torch_bat
 except ImportError:  # pragma: no cover - older Ray
     _CollateBase = object
 
+try:
+    from ray.train import DataConfig as _DataConfig
+except ImportError:  # pragma: no cover
+    _DataConfig = object
+
+from mtbert_ray.data.floats import decode_floats
 from mtbert_ray.data.tokenize import pad_token_batch
 
 META_COLUMNS = ("example_id", "label")
+TRAIN_SPLIT = "train"
+BLOCK_ROWS = 1024  # rows per in-memory block: the unit of the per-epoch block shuffle
 
 
-def view_columns(aliases: Iterable[str], with_offsets: bool = True) -> list[str]:
-    """The view columns needed for the given tokenizer aliases (a projection for read_parquet)."""
+def view_columns(tokenizations: Iterable[str], with_offsets: bool = True) -> list[str]:
+    """The view columns needed for the given tokenizations (a projection for read_parquet)."""
     cols = list(META_COLUMNS)
-    for alias in dict.fromkeys(aliases):
-        cols += [f"{alias}.input_ids", f"{alias}.attention_mask", f"{alias}.token_type_ids", f"{alias}.special_tokens_mask"]
+    for tokenization in dict.fromkeys(tokenizations):
+        cols += [f"{tokenization}.{c}" for c in ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask")]
         if with_offsets:
-            cols += [f"{alias}.offset_start", f"{alias}.offset_end"]
+            cols += [f"{tokenization}.offset_start", f"{tokenization}.offset_end"]
     return cols
 
 
-def read_split(files: Sequence[str], columns: Sequence[str] | None = None, materialize: bool | str = "auto"):
+def read_split(files: Sequence[str], columns: Sequence[str] | None = None, materialize: bool | str = "auto",
+               shuffle_seed: int | None = None):
     """A Ray Dataset of a view (or teacher-cache) split, projected to the columns asked for.
 
     ``materialize=False``: ``ray.data.read_parquet`` — streamed from Parquet by read tasks,
     again every epoch (for splits larger than the object store). ``True``: the split is read
-    once on the driver with pyarrow and handed to Ray Data as in-memory blocks
+    once on the driver with pyarrow and handed to Ray Data as in-memory blocks of ``BLOCK_ROWS``
     (``ray.data.from_arrow``). ``"auto"``: ``True`` when it fits comfortably in the object store.
-    Measured on 2 cores: a lazy Parquet read costs ~8 s per split per epoch (read tasks
-    scheduled anew each time) and ``read_parquet().materialize()`` ~8 s per split up front;
-    the driver-side read takes well under a second for the demo's splits.
+    ``shuffle_seed``: blocks come in a new seeded order each epoch (for the training split).
     """
     import pyarrow.parquet as pq
     import ray.data
@@ -60,8 +76,16 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
     if materialize == "auto":
         materialize = fits_in_object_store(files)
     if materialize:
-        return ray.data.from_arrow(pq.read_table(list(files), columns=keep))
-    return ray.data.read_parquet(list(files), columns=keep)
+        table = pq.read_table(list(files), columns=keep)
+        blocks = [table.slice(start, BLOCK_ROWS) for start in range(0, max(table.num_rows, 1), BLOCK_ROWS)]
+        ds = ray.data.from_arrow(blocks)
+    else:
+        ds = ray.data.read_parquet(list(files), columns=keep)
+    if shuffle_seed is not None:
+        from ray.data import RandomSeedConfig
+
+        ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
+    return ds
 
 
 def fits_in_object_store(files: Sequence[str], expansion: float = 4.0, share: float = 0.25) -> bool:
@@ -73,41 +97,74 @@ def fits_in_object_store(files: Sequence[str], expansion: float = 4.0, share: fl
     return size * expansion <= share * capacity
 
 
-class PadCollate(_CollateBase):
-    """numpy batch → flat dict of tensors, each tokenizer's columns padded to the batch maximum.
+class SplitConfig(_DataConfig):
+    """Ray Train's ``DataConfig`` with two kinds of split: equal for training (every worker takes the
+    same number of steps), and without dropping a row for every other dataset (evaluation, cache)."""
 
-    Float list columns (teacher-cache logits / weights / states) are stacked or padded as float32.
+    def __init__(self, execution_options=None) -> None:
+        super().__init__(datasets_to_split="all", execution_options=execution_options)
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        output = [{} for _ in range(world_size)]
+        locality_hints = worker_node_ids if self._enable_shard_locality else None
+        for name, ds in datasets.items():
+            if ds.name is None:
+                ds.set_name(name)
+            ds = ds.copy(ds)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            splits = ds.streaming_split(world_size, equal=name == TRAIN_SPLIT, locality_hints=locality_hints)
+            for i, split in enumerate(splits):
+                output[i][name] = split
+        return output
+
+
+def split_config() -> SplitConfig:
+    """Every dataset split across workers; block order preserved (reproducible single-worker runs)."""
+    options = _DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return SplitConfig(execution_options=options)
+
+
+class PadCollate(_CollateBase):
+    """numpy batch → flat dict of tensors, each tokenization's columns padded to the batch maximum.
+
+    Float list columns (teacher-cache logits and states) are stacked or padded as float32; states
+    stored in 16 bits (``stored_dtype``) are decoded first (``data.floats.decode_floats``).
     """
 
-    def __init__(self, pad_ids: Mapping[str, int], float_columns: Mapping[str, int] | None = None) -> None:
-        self.pad_ids = dict(pad_ids)  # alias → pad token id
+    def __init__(self, pad_ids: Mapping[str, int], float_columns: Mapping[str, int] | None = None,
+                 stored_dtype: str = "float32") -> None:
+        self.pad_ids = dict(pad_ids)  # tokenization → pad token id
         self.float_columns = dict(float_columns or {})  # column → row width of a flattened [L, width] state (0 = flat vector)
+        self.stored_dtype = stored_dtype
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {k: torch.tensor(np.asarray(batch[k], dtype=np.int64)) for k in META_COLUMNS if k in batch}
-        for alias, pad in self.pad_ids.items():
-            cols = {k.split(".", 1)[1]: batch[k] for k in batch if k.startswith(alias + ".")}
+        for tokenization, pad in self.pad_ids.items():
+            cols = {k.split(".", 1)[1]: batch[k] for k in batch if k.startswith(tokenization + ".")}
             if cols:
                 for key, value in pad_token_batch(cols, pad).items():
-                    out[f"{alias}.{key}"] = value
+                    out[f"{tokenization}.{key}"] = value
         for column, width in self.float_columns.items():
             if column in batch:
-                out[column] = _float_column(batch[column], width)
+                out[column] = float_column(batch[column], width, self.stored_dtype if width else "float32")
         return out
 
 
-def _float_column(values: np.ndarray, width: int) -> torch.Tensor:
-    rows = [np.asarray(v, dtype=np.float32) for v in values]
+def float_column(values: Sequence[np.ndarray], width: int, stored_dtype: str = "float32") -> torch.Tensor:
+    """Rows of flat float lists → [B, n] (``width`` 0) or zero-padded [B, L_max, width] float32."""
+    rows = [np.asarray(v) for v in values]
+    flat = decode_floats(np.concatenate(rows) if rows else np.zeros(0, np.float32), stored_dtype)
     if width == 0:
-        return torch.from_numpy(np.stack(rows))
-    lengths = [len(r) // width for r in rows]
-    out = np.zeros((len(rows), max(lengths), width), dtype=np.float32)
-    for i, r in enumerate(rows):
-        out[i, : lengths[i]] = r.reshape(lengths[i], width)
+        return torch.from_numpy(flat.reshape(len(rows), -1).copy())
+    lengths = np.fromiter((len(r) // width for r in rows), dtype=np.int64, count=len(rows))
+    out = np.zeros((len(rows), int(lengths.max(initial=0)), width), dtype=np.float32)
+    mask = np.arange(out.shape[1])[None, :] < lengths[:, None]
+    out[mask] = flat.reshape(-1, width)
     return torch.from_numpy(out)
 
 
-def inputs_for(batch: Mapping[str, Any], alias: str) -> dict[str, torch.Tensor]:
-    """One tokenizer's columns as keyword arguments: input_ids, attention_mask, [token_type_ids,] offsets, …"""
-    prefix = alias + "."
+def inputs_for(batch: Mapping[str, Any], tokenization: str) -> dict[str, torch.Tensor]:
+    """One tokenization's columns as keyword arguments: input_ids, attention_mask, [token_type_ids,] offsets, …"""
+    prefix = tokenization + "."
     return {k[len(prefix):]: v for k, v in batch.items() if k.startswith(prefix)}

@@ -1,22 +1,27 @@
-"""Tokenized, content-addressed Parquet shards: one set per distinct tokenizer, one joined view per experiment.
+"""Tokenized, content-addressed Parquet shards: one set per tokenization, one joined view per experiment.
 
-Layout under ``data.cache_dir`` (default ``~/.cache/mtbert_ray``)::
+Two words used everywhere: a **tokenization** is what one distinct tokenizer makes of a dataset,
+named ``tok_<fingerprint>`` (two hub ids with identical tokenizer files share one; its columns
+are prefixed ``<tokenization>.`` in views and batches); a model's tokenization is
+``PreparedData.model_tokenization[model]``.
 
-    shards/<key>/manifest.json            key = hash(source content, options, tokenizer files, max_length)
-    shards/<key>/<split>/part-00000.parquet   example_id, label, input_ids, attention_mask,
-                                              [token_type_ids,] special_tokens_mask, offset_start, offset_end
-    views/<key>/<split>/part-*.parquet    the shard sets an experiment needs, joined by example_id
-                                          (sorted, checked equal, columns side by side);
-                                          token columns prefixed ``<tokenizer alias>.``
+Layout under ``data.cache_dir`` (default ``~/.cache/mtbert_ray``), each a stage of ``mtbert_ray.stage``::
 
-Every folder is written under a temporary name and renamed into place with a manifest of
-row counts and checksums (``mtbert_ray.storage``), so reruns and concurrent trials reuse
-shards and never trust a half-written or altered one.
+    shards/<key>/…/<split>/part-*.parquet   key = hash(source content, options, tokenizer files, max_length)
+                                            example_id, label, input_ids, attention_mask, [token_type_ids,]
+                                            special_tokens_mask, offset_start, offset_end
+    views/<key>/…/<split>/part-*.parquet    the shard sets an experiment needs, joined by example_id
+                                            (checked equal, columns side by side, prefixed by tokenization),
+                                            rows in a seeded random order (data.seed): a source sorted by
+                                            label still gives mixed batches from the first step
+
+Reruns and concurrent trials reuse shards and views and never trust a half-written or altered one.
 """
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,24 +33,20 @@ import pyarrow.parquet as pq
 
 from mtbert_ray.config import DataConfig
 from mtbert_ray.data.sources import RawDataset, load_source
-from mtbert_ray.data.tokenize import TOKEN_COLUMNS, encode, uses_token_type_ids
+from mtbert_ray.data.tokenize import encode_arrow, uses_token_type_ids
 from mtbert_ray.hashing import stable_hash
 from mtbert_ray.models.hub import load_tokenizer
-from mtbert_ray.storage import (
-    default_cache_dir,
-    file_entry,
-    file_lock,
-    building,
-    publish_dir,
-    verify_manifest,
-    write_manifest,
-)
+from mtbert_ray.progress import format_progress
+from mtbert_ray.stage import Built, build_dir, reuse_or_build
+from mtbert_ray.storage import default_cache_dir, file_entry, write_manifest
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ROWS_PER_PART = 20_000
 ENCODE_BATCH = 2_000
+ROW_GROUP = 2_048
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,8 @@ class TokenizerSpec:
     token_type_ids: bool
 
     @property
-    def alias(self) -> str:
-        """Column prefix of this tokenizer in joined views."""
+    def tokenization(self) -> str:
+        """The name of this tokenizer's tokenization: the column prefix in views and batches."""
         return f"tok_{self.fingerprint[:10]}"
 
 
@@ -87,7 +88,7 @@ def tokenizer_spec(name: str, trust_remote_code: bool = False) -> TokenizerSpec:
 
 @dataclass
 class PreparedData:
-    """What an experiment's Ray Train stages read: the joined view, labels and tokenizers per model."""
+    """What an experiment's stages read: the joined view, labels, metrics and each model's tokenization."""
 
     dataset_key: str
     view_dir: str
@@ -95,9 +96,12 @@ class PreparedData:
     rows: dict[str, int]
     label_names: list[str]
     pair: bool
-    metrics: list[str]
-    tokenizers: dict[str, TokenizerSpec]  # alias → spec
-    model_tokenizer: dict[str, str]  # model id/folder → alias
+    metrics: list[str]  # the task's reported metrics, main (default selection) metric first
+    tokenizations: dict[str, TokenizerSpec]  # tokenization → its tokenizer
+    model_tokenization: dict[str, str]  # model id/folder → tokenization
+    labelled: dict[str, bool] = field(default_factory=dict)  # split → has gold labels (GLUE test: no)
+    submission_file: str | None = None  # GLUE: the benchmark's file name for test predictions (e.g. SST-2.tsv)
+    submission_labels: list[str] | None = None  # GLUE: how each class is written in that file
     summary: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -105,19 +109,19 @@ class PreparedData:
     def num_labels(self) -> int:
         return len(self.label_names)
 
-    @property
-    def eval_split(self) -> str:
-        return "validation"
+    def mean_tokens(self, tokenization: str, split: str = "train") -> float:
+        """Mean (truncated) tokens per example of one tokenization of a split."""
+        return float(self.summary["tokenizers"][tokenization][split]["length_mean"])
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["tokenizers"] = {k: asdict(v) for k, v in self.tokenizers.items()}
+        data["tokenizations"] = {k: asdict(v) for k, v in self.tokenizations.items()}
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PreparedData":
         data = dict(data)
-        data["tokenizers"] = {k: TokenizerSpec(**v) for k, v in data["tokenizers"].items()}
+        data["tokenizations"] = {k: TokenizerSpec(**v) for k, v in data["tokenizations"].items()}
         return cls(**data)
 
 
@@ -136,147 +140,159 @@ def prepare_data(
     trust_remote_code: bool = False,
     raw: RawDataset | None = None,
 ) -> PreparedData:
-    """Validate the source, tokenize it once per distinct tokenizer among ``models``, join the views."""
+    """Validate the source, tokenize it once per distinct tokenization among ``models``, join the views."""
     raw = raw if raw is not None else load_source(cfg)
     key = dataset_key(raw, cfg)
     cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     specs: dict[str, TokenizerSpec] = {}
-    model_alias: dict[str, str] = {}
+    model_tokenization: dict[str, str] = {}
     for name in models:
         spec = tokenizer_spec(name, trust_remote_code)
-        specs.setdefault(spec.alias, spec)
-        model_alias[name] = spec.alias
-    shard_dirs = {
-        alias: ensure_shards(raw, key, spec, cfg.max_length, cache, trust_remote_code) for alias, spec in specs.items()
+        specs.setdefault(spec.tokenization, spec)
+        model_tokenization[name] = spec.tokenization
+    shards = {
+        tokenization: ensure_shards(raw, key, spec, cfg.max_length, cache, trust_remote_code)
+        for tokenization, spec in specs.items()
     }
-    view = ensure_view(shard_dirs, cache)
-    manifest = verify_manifest(view, check_hashes=False)
-    splits = {s: [str(view / f["name"]) for f in manifest["files"] if f["name"].startswith(f"{s}/")] for s in raw.splits}
+    view = ensure_view(shards, cache, cfg.seed)
     rows = {s: int(len(raw.splits[s].frame)) for s in raw.splits}
     summary = {
         "dataset_key": key,
         "rows": rows,
         "labels": {s: _label_counts(raw, s) for s in raw.splits},
-        "tokenizers": {
-            alias: {"name": specs[alias].name, **verify_manifest(d, check_hashes=False)["stats"]} for alias, d in shard_dirs.items()
-        },
+        "tokenizers": {t: {"name": specs[t].name, **shards[t].meta["stats"]} for t in shards},
     }
     return PreparedData(
         dataset_key=key,
-        view_dir=str(view),
-        splits=splits,
+        view_dir=str(view.path),
+        splits={s: [str(p) for p in view.files(f"{s}/", ".parquet")] for s in raw.splits},
         rows=rows,
         label_names=list(raw.label_names),
         pair=raw.pair,
         metrics=list(raw.metrics),
-        tokenizers=specs,
-        model_tokenizer=model_alias,
+        tokenizations=specs,
+        model_tokenization=model_tokenization,
+        labelled={s: split.labelled for s, split in raw.splits.items()},
+        submission_file=raw.submission_file,
+        submission_labels=list(raw.submission_labels) if raw.submission_labels else None,
         summary=summary,
         notes=list(raw.notes),
     )
 
 
 def _label_counts(raw: RawDataset, split: str) -> dict[str, int]:
+    if not raw.splits[split].labelled:
+        return {}
     counts = raw.splits[split].frame["label"].value_counts().to_dict()
     return {raw.label_names[i]: int(counts.get(i, 0)) for i in range(raw.num_labels)}
 
 
 def ensure_shards(raw: RawDataset, key: str, spec: TokenizerSpec, max_length: int, cache: Path,
-                  trust_remote_code: bool = False) -> Path:
-    """The shard folder of (dataset, tokenizer, max_length): reused when valid, else built atomically."""
+                  trust_remote_code: bool = False):
+    """The shard stage of (dataset, tokenizer, max_length): reused when valid, else built."""
     shard_key = stable_hash({"v": FORMAT_VERSION, "dataset": key, "tokenizer": spec.fingerprint, "max_length": max_length})
-    final = cache / "shards" / shard_key
-    if verify_manifest(final) is not None:
-        return final
-    with file_lock(cache / "locks" / f"shards-{shard_key}.lock"):
-        if verify_manifest(final) is not None:  # built by a concurrent process while we waited
-            return final
+
+    def build(folder: Path) -> Built:
         tokenizer = load_tokenizer(spec.name, trust_remote_code=trust_remote_code)
-        with building(final) as tmp:
+        with build_dir(folder) as tmp:
             files, stats = [], {}
             for split_name, split in raw.splits.items():
-                log.info("tokenizing %s/%s with %s (%d rows)", key[:8], split_name, spec.name, len(split.frame))
-                split_files, split_stats = _write_tokenized(tmp, split_name, split.frame, tokenizer, max_length, raw.pair)
+                split_files, split_stats = _write_tokenized(tmp, split_name, split.frame, tokenizer, max_length, raw.pair,
+                                                            label=f"{spec.name} {split_name}")
                 files += split_files
                 stats[split_name] = split_stats
             write_manifest(tmp, files, kind="shards", key=shard_key, dataset=key, tokenizer=asdict(spec),
-                           max_length=max_length, stats=stats, format=FORMAT_VERSION)
-            return publish_dir(tmp, final)
+                           max_length=max_length, format=FORMAT_VERSION)
+            return Built(tmp, {"stats": stats})
+
+    return reuse_or_build(cache, "shards", shard_key, build, what=f"tokenized {raw.describe()} with {spec.name}")
 
 
-def _write_tokenized(root: Path, split: str, frame, tokenizer, max_length: int, pair: bool):
+def _write_tokenized(root: Path, split: str, frame, tokenizer, max_length: int, pair: bool, label: str):
+    """One split's Parquet parts (``ROWS_PER_PART`` rows each) and its token-length statistics."""
     (root / split).mkdir(parents=True, exist_ok=True)
-    files, lengths, truncated = [], [], 0
+    files, full_lengths, kept_lengths = [], [], []
     n = len(frame)
+    started = last = time.time()
     for part, start in enumerate(range(0, max(n, 1), ROWS_PER_PART)):
         chunk = frame.iloc[start : start + ROWS_PER_PART]
-        columns: dict[str, list] = {}
+        pieces: list[dict[str, pa.Array]] = []
         for b in range(0, len(chunk), ENCODE_BATCH):
             sub = chunk.iloc[b : b + ENCODE_BATCH]
-            texts_b = sub["text_b"].tolist() if pair else None
-            enc = encode(tokenizer, sub["text_a"].tolist(), texts_b, max_length)
-            full = tokenizer(sub["text_a"].tolist(), texts_b, truncation=False, add_special_tokens=True,
-                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-            full_lengths = [len(x) for x in full]
-            lengths += full_lengths
-            truncated += sum(1 for x in full_lengths if x > max_length)
-            for k, v in enc.items():
-                columns.setdefault(k, []).extend(v)
+            columns, lengths = encode_arrow(tokenizer, sub["text_a"].tolist(), sub["text_b"].tolist() if pair else None, max_length)
+            pieces.append(columns)
+            full_lengths.append(lengths)
+            kept_lengths.append(np.minimum(lengths, max_length))
+            done = start + b + len(sub)
+            if time.time() - last >= PROGRESS_EVERY_S:
+                last = time.time()
+                print(_progress_line(f"[data] tokenizing {label}", done, n, started), flush=True)
+        token_columns = {k: pa.concat_arrays([p[k] for p in pieces]) for k in (pieces[0] if pieces else {})}
         table = pa.table(
             {
                 "example_id": pa.array(chunk["example_id"].to_numpy(), pa.int64()),
                 "label": pa.array(chunk["label"].to_numpy(), pa.int64()),
-                **{k: pa.array(v, pa.list_(pa.int32())) for k, v in columns.items()},
+                **token_columns,
             }
         )
         path = root / split / f"part-{part:05d}.parquet"
-        pq.write_table(table, path, row_group_size=4096)
+        pq.write_table(table, path, row_group_size=ROW_GROUP)
         files.append({**file_entry(path, table.num_rows), "name": f"{split}/{path.name}"})
-    arr = np.asarray(lengths) if lengths else np.zeros(1)
+    full = np.concatenate(full_lengths) if full_lengths else np.zeros(1)
+    kept = np.concatenate(kept_lengths) if kept_lengths else np.zeros(1)
+    truncated = int((full > max_length).sum()) if n else 0
     stats = {
         "rows": n,
-        "length_p50": float(np.percentile(arr, 50)),
-        "length_p90": float(np.percentile(arr, 90)),
-        "length_p99": float(np.percentile(arr, 99)),
-        "length_max": int(arr.max()),
+        "length_mean": float(kept.mean()),
+        "length_p50": float(np.percentile(full, 50)),
+        "length_p90": float(np.percentile(full, 90)),
+        "length_p99": float(np.percentile(full, 99)),
+        "length_max": int(full.max()),
         "truncated": truncated,
         "truncation_rate": truncated / n if n else 0.0,
     }
     return files, stats
 
 
-def ensure_view(shard_dirs: dict[str, Path], cache: Path) -> Path:
-    """Join the shard sets by example_id into one Parquet view (token columns prefixed by alias)."""
-    key = stable_hash({"v": FORMAT_VERSION, "shards": sorted((a, d.name) for a, d in shard_dirs.items())})
-    final = cache / "views" / key
-    if verify_manifest(final) is not None:
-        return final
-    with file_lock(cache / "locks" / f"view-{key}.lock"):
-        if verify_manifest(final) is not None:
-            return final
-        with building(final) as tmp:
-            manifests = {alias: verify_manifest(d, check_hashes=False) for alias, d in shard_dirs.items()}
-            first = next(iter(manifests.values()))
-            splits = sorted({f["name"].split("/")[0] for f in first["files"]})
+def _progress_line(what: str, done: int, total: int, started: float) -> str:
+    return format_progress(what, done, total, time.time() - started, unit="rows")
+
+
+def ensure_view(shards: dict[str, Any], cache: Path, seed: int):
+    """Join the shard sets by example_id into one Parquet view (token columns prefixed by tokenization),
+    rows in a seeded random order."""
+    key = stable_hash({"v": FORMAT_VERSION, "shards": sorted((t, s.key) for t, s in shards.items()), "seed": seed})
+
+    def build(folder: Path) -> Built:
+        with build_dir(folder) as tmp:
+            first = next(iter(shards.values()))
+            splits = sorted({p.relative_to(first.path).parts[0] for p in first.files(suffix=".parquet")})
             files = []
             for split in splits:
                 joined = None
-                for alias, folder in shard_dirs.items():
-                    table = pq.read_table([folder / f["name"] for f in manifests[alias]["files"] if f["name"].startswith(f"{split}/")])
-                    table = table.sort_by("example_id")
+                for tokenization, stage in shards.items():
+                    table = pq.read_table(stage.files(f"{split}/", ".parquet")).sort_by("example_id")
                     if joined is None:
                         joined = table.select(["example_id", "label"])
                     elif not table["example_id"].equals(joined["example_id"]):
-                        raise RuntimeError(f"shard sets {sorted(shard_dirs)} disagree on the {split} example ids")
+                        raise RuntimeError(f"shard sets {sorted(shards)} disagree on the {split} example ids")
                     for name in table.column_names:
                         if name not in ("example_id", "label"):
-                            joined = joined.append_column(f"{alias}.{name}", table[name])
+                            joined = joined.append_column(f"{tokenization}.{name}", table[name])
+                order = np.random.default_rng([seed, _split_number(split)]).permutation(joined.num_rows)
+                joined = joined.take(pa.array(order))
                 (tmp / split).mkdir()
                 for part, start in enumerate(range(0, max(joined.num_rows, 1), ROWS_PER_PART)):
                     chunk = joined.slice(start, ROWS_PER_PART)
                     path = tmp / split / f"part-{part:05d}.parquet"
-                    pq.write_table(chunk, path, row_group_size=4096)
+                    pq.write_table(chunk, path, row_group_size=ROW_GROUP)
                     files.append({**file_entry(path, chunk.num_rows), "name": f"{split}/{path.name}"})
-            write_manifest(tmp, files, kind="view", key=key, shards={a: d.name for a, d in shard_dirs.items()},
-                           token_columns=list(TOKEN_COLUMNS), format=FORMAT_VERSION)
-            return publish_dir(tmp, final)
+            write_manifest(tmp, files, kind="view", key=key, shards={t: s.key for t, s in shards.items()},
+                           format=FORMAT_VERSION)
+            return Built(tmp)
+
+    return reuse_or_build(cache, "views", key, build, what="joined view of " + ", ".join(sorted(shards)))
+
+
+def _split_number(split: str) -> int:
+    return {"train": 0, "validation": 1, "test": 2}.get(split, 3)

@@ -3,9 +3,11 @@
 Sources (``data.source``):
 - ``glue``: a GLUE task, from a local folder of the original TSVs (``train.tsv``, ``dev.tsv``, ``test.tsv``),
   from a local copy of the hub repository (``<task>/train-*.parquet``), or with ``datasets.load_dataset``
-  (hub, or the local HF cache when offline). GLUE test labels are hidden, so an unlabelled test split is skipped.
+  (hub, or the local HF cache when offline). GLUE test labels are hidden: the test split is kept
+  unlabelled (label -1), and runs write the benchmark's submission file for it.
 - ``mind``: a MIND folder with ``MIND{small,large}_{train,dev,test}/news.tsv``; topic = Category.
-- ``files``: ``train`` / ``validation`` (or ``dev``) / ``test`` files in Parquet, CSV, TSV or JSON Lines.
+- ``files``: ``train`` / ``validation`` (or ``dev``) / ``test`` files in Parquet, CSV, TSV or JSON Lines
+  (a test file without the label column is kept unlabelled, for predictions).
 
 Every problem is a ``DataError`` naming the file, the row (1-based, header excluded) and the column.
 """
@@ -33,11 +35,13 @@ _INT = re.compile(r"^[+-]?\d+$")
 
 @dataclass
 class RawSplit:
-    """One split: ``frame`` has columns example_id (int64), text_a (str), [text_b (str),] label (int64)."""
+    """One split: ``frame`` has columns example_id (int64), text_a (str), [text_b (str),] label (int64;
+    -1 throughout an unlabelled split)."""
 
     name: str
     origin: str
     frame: pd.DataFrame
+    labelled: bool = True
 
 
 @dataclass
@@ -46,12 +50,18 @@ class RawDataset:
     label_names: list[str]
     pair: bool
     fingerprint: str  # content hash of the source files (or hub dataset fingerprint) and loading options
-    metrics: tuple[str, ...] = ("accuracy", "macro_f1")
+    metrics: tuple[str, ...] = ("accuracy", "macro_f1")  # reported metrics, main (default selection) metric first
     notes: list[str] = field(default_factory=list)
+    name: str = ""  # e.g. glue/sst2, files:data/rt_polarity
+    submission_file: str | None = None  # GLUE benchmark file name for test predictions
+    submission_labels: tuple[str, ...] | None = None  # how each class is written in that file
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    def describe(self) -> str:
+        return self.name or "dataset"
 
 
 @dataclass
@@ -70,13 +80,21 @@ def load_source(cfg: DataConfig) -> RawDataset:
     if cfg.source == "files":
         tables, fingerprint = _read_files(cfg)
         dataset = _build(tables, cfg, known_labels=None, fingerprint=fingerprint)
+        dataset.name = f"files:{cfg.path}"
     elif cfg.source == "glue":
         task = _glue_task(cfg.task)
         tables, fingerprint = _read_glue(cfg, task)
         dataset = _build(tables, cfg, known_labels=list(task.labels), fingerprint=fingerprint)
+        dataset.name = f"glue/{task.name}"
+        dataset.metrics = task.metrics
+        dataset.submission_file = task.submission_file
+        dataset.submission_labels = task.submission_labels
     else:
         tables, fingerprint = _read_mind(cfg)
         dataset = _build(tables, cfg, known_labels=None, fingerprint=fingerprint)
+        dataset.name = f"mind:{cfg.path}"
+    if dataset.num_labels != 2 and "f1" in dataset.metrics:
+        dataset.metrics = tuple(m for m in dataset.metrics if m != "f1")
     return _subsample(dataset, cfg)
 
 
@@ -97,6 +115,13 @@ def _build(tables: list[_Table], cfg: DataConfig, known_labels: list[str] | None
     splits: dict[str, RawSplit] = {}
     for table in tables:
         texts = [_text_column(table, col) for col in table.text_columns]
+        if table.label_column is None:  # an unlabelled test split: predictions only
+            frame = pd.DataFrame({"example_id": pd.Series(range(len(texts[0])), dtype="int64"), "text_a": texts[0]})
+            if pair:
+                frame["text_b"] = texts[1]
+            frame["label"] = pd.Series([-1] * len(frame), dtype="int64")
+            splits[table.split] = RawSplit(table.split, table.origin, frame, labelled=False)
+            continue
         labels = _label_values(table)
         ids = []
         keep = []
@@ -307,9 +332,7 @@ def _read_files(cfg: DataConfig) -> tuple[list[_Table], str]:
             expected = " or ".join(f"{s}{{{','.join(FILE_SUFFIXES)}}}" for s in SPLIT_STEMS[split])
             raise DataError(f"{folder}: no {split} file (expected {expected})")
         frame = read_table(path)
-        label = cfg.label_field if (split != "test" or cfg.label_field in frame.columns) else None
-        if split == "test" and label is None:
-            continue  # an unlabelled test file cannot be evaluated
+        label = cfg.label_field if (split != "test" or cfg.label_field in frame.columns) else None  # None: unlabelled test
         table = _Table(split, str(path), frame, list(cfg.text_fields or []), label)
         _require_columns(table, cfg)
         tables.append(table)
@@ -343,16 +366,19 @@ def _read_glue(cfg: DataConfig, task: GlueTask) -> tuple[list[_Table], str]:
 
 def _read_glue_tsv(folder: Path, task: GlueTask) -> tuple[list[_Table], str]:
     tables, hashes = [], {}
-    for split, filename in (("train", "train.tsv"), ("validation", task.dev_file), ("test", "test.tsv")):
+    for split, filename in (("train", "train.tsv"), ("validation", task.dev_file), ("test", task.test_file)):
         path = folder / filename
         if not path.is_file():
             if split == "test":
                 continue
             raise DataError(f"{folder}: no {filename} (the GLUE {task.name} {split} split)")
-        frame = read_table(path, header=task.tsv_header, names=task.tsv_columns)
-        if split == "test" and task.tsv_label not in frame.columns:
-            continue  # GLUE test labels are hidden: evaluate on dev
-        table = _Table(split, str(path), frame, list(task.tsv_fields), task.tsv_label)
+        if split == "test":  # GLUE test labels are hidden: test.tsv is `index, <text fields>` (CoLA included)
+            frame = read_table(path)
+            label = task.tsv_label if task.tsv_label in frame.columns else None
+        else:
+            frame = read_table(path, header=task.tsv_header, names=task.tsv_columns)
+            label = task.tsv_label
+        table = _Table(split, str(path), frame, list(task.tsv_fields), label)
         _require_columns(table, DataConfig(source="glue", task=task.name))
         tables.append(table)
         hashes[split] = file_sha256(path)
@@ -361,16 +387,15 @@ def _read_glue_tsv(folder: Path, task: GlueTask) -> tuple[list[_Table], str]:
 
 def _read_glue_parquet(folder: Path, task: GlueTask) -> tuple[list[_Table], str]:
     tables, hashes = [], {}
-    for split, prefix in (("train", "train"), ("validation", task.hub_validation), ("test", "test")):
+    for split, prefix in (("train", "train"), ("validation", task.hub_validation), ("test", task.hub_test)):
         files = sorted(folder.glob(f"{prefix}-*.parquet"))
         if not files:
             if split == "test":
                 continue
             raise DataError(f"{folder}: no {prefix}-*.parquet (the GLUE {task.name} {split} split)")
         frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-        if split == "test" and (frame["label"] < 0).all():
-            continue  # hidden test labels (-1)
-        table = _Table(split, str(files[0]) if len(files) == 1 else f"{folder}/{prefix}-*.parquet", frame, list(task.hub_fields), "label")
+        label = None if split == "test" and (frame["label"] < 0).all() else "label"  # hidden test labels (-1)
+        table = _Table(split, str(files[0]) if len(files) == 1 else f"{folder}/{prefix}-*.parquet", frame, list(task.hub_fields), label)
         _require_columns(table, DataConfig(source="glue", task=task.name))
         tables.append(table)
         hashes[split] = [file_sha256(f) for f in files]
@@ -388,13 +413,12 @@ def _read_glue_hub(cfg: DataConfig, task: GlueTask) -> tuple[list[_Table], str]:
             "set data.path to a folder with the GLUE TSV files when offline"
         ) from None
     tables, prints = [], {}
-    for split, hub_split in (("train", "train"), ("validation", task.hub_validation), ("test", "test")):
+    for split, hub_split in (("train", "train"), ("validation", task.hub_validation), ("test", task.hub_test)):
         if hub_split not in ds:
             continue
         frame = ds[hub_split].to_pandas()
-        if split == "test" and (frame["label"] < 0).all():
-            continue
-        tables.append(_Table(split, f"nyu-mll/glue/{task.name}:{hub_split}", frame, list(task.hub_fields), "label"))
+        label = None if split == "test" and (frame["label"] < 0).all() else "label"  # hidden test labels (-1)
+        tables.append(_Table(split, f"nyu-mll/glue/{task.name}:{hub_split}", frame, list(task.hub_fields), label))
         prints[split] = ds[hub_split]._fingerprint
     return tables, stable_hash({"source": "glue-hub", "task": task.name, "revision": cfg.revision, "fingerprints": prints})
 

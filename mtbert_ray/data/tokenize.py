@@ -3,12 +3,18 @@
 Offsets are *global*: in a pair, the second text's offsets are shifted by ``len(text_a) + 1``,
 as if the two texts were joined by one separator character. This makes every token's span
 unique within an example, which is what cross-tokenizer alignment needs.
+
+``encode_arrow`` is the fast path used to write shards: one untruncated batch-encode of all texts
+(which also gives the untruncated lengths for the statistics), a second, truncated encode only of
+the rows longer than ``max_length``, and Arrow list columns built from flat numpy arrays.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import chain
 
 import numpy as np
+import pyarrow as pa
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -20,50 +26,85 @@ def uses_token_type_ids(tokenizer: PreTrainedTokenizerBase) -> bool:
     return "token_type_ids" in tokenizer.model_input_names
 
 
+def _batch_encode(tokenizer, texts_a, texts_b, max_length: int | None):
+    return tokenizer(
+        texts_a,
+        texts_b,
+        truncation=max_length is not None,
+        max_length=max_length,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+        return_attention_mask=False,
+        return_token_type_ids=uses_token_type_ids(tokenizer),
+        verbose=False,
+    )
+
+
+def _flat(rows: Sequence[Sequence[int]], total: int) -> np.ndarray:
+    return np.fromiter(chain.from_iterable(rows), dtype=np.int32, count=total)
+
+
+def encode_arrow(
+    tokenizer: PreTrainedTokenizerBase,
+    texts_a: Sequence[str],
+    texts_b: Sequence[str] | None = None,
+    max_length: int = 128,
+) -> tuple[dict[str, pa.ListArray], np.ndarray]:
+    """(columns of ``TOKEN_COLUMNS`` as Arrow ``list<int32>`` arrays, untruncated lengths [n]).
+
+    No padding; pairs are truncated longest-first to ``max_length`` (the tokenizer's own rule).
+    ``token_type_ids`` only when the tokenizer's model uses them.
+    """
+    texts_a = list(texts_a)
+    texts_b = list(texts_b) if texts_b is not None else None
+    enc = _batch_encode(tokenizer, texts_a, texts_b, None)
+    full_lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(texts_a))
+    keys = ["input_ids", "special_tokens_mask", "offset_mapping"] + (["token_type_ids"] if uses_token_type_ids(tokenizer) else [])
+    rows = {k: list(enc[k]) for k in keys}
+    seq_ids = [enc.sequence_ids(i) for i in range(len(texts_a))] if texts_b is not None else None
+    long = np.flatnonzero(full_lengths > max_length)
+    if len(long):
+        cut = _batch_encode(tokenizer, [texts_a[i] for i in long], [texts_b[i] for i in long] if texts_b is not None else None,
+                            max_length)
+        for j, i in enumerate(long):
+            for k in keys:
+                rows[k][i] = cut[k][j]
+            if seq_ids is not None:
+                seq_ids[i] = cut.sequence_ids(j)
+    lengths = np.fromiter((len(x) for x in rows["input_ids"]), dtype=np.int64, count=len(texts_a))
+    total = int(lengths.sum())
+    offsets = np.zeros(len(texts_a) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    spans = np.array(list(chain.from_iterable(rows["offset_mapping"])), dtype=np.int32).reshape(total, 2)
+    if seq_ids is not None:
+        second = np.fromiter((s == 1 for s in chain.from_iterable(seq_ids)), dtype=bool, count=total)
+        shift = np.repeat(np.asarray([len(a) + 1 for a in texts_a], dtype=np.int32), lengths)
+        spans = spans + (second * shift)[:, None]
+
+    def column(values: np.ndarray) -> pa.ListArray:
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int32()))
+
+    out = {
+        "input_ids": column(_flat(rows["input_ids"], total)),
+        "attention_mask": column(np.ones(total, dtype=np.int32)),
+        "special_tokens_mask": column(_flat(rows["special_tokens_mask"], total)),
+        "offset_start": column(np.ascontiguousarray(spans[:, 0])),
+        "offset_end": column(np.ascontiguousarray(spans[:, 1])),
+    }
+    if "token_type_ids" in rows:
+        out["token_type_ids"] = column(_flat(rows["token_type_ids"], total))
+    return {k: out[k] for k in TOKEN_COLUMNS if k in out}, full_lengths
+
+
 def encode(
     tokenizer: PreTrainedTokenizerBase,
     texts_a: Sequence[str],
     texts_b: Sequence[str] | None = None,
     max_length: int = 128,
 ) -> dict[str, list[list[int]]]:
-    """Tokenize without padding; truncate pairs longest-first to ``max_length``.
-
-    Returns per-example lists for the keys of ``TOKEN_COLUMNS`` (``token_type_ids`` only when
-    the tokenizer's model uses them), plus ``num_tokens_untruncated`` (for truncation stats).
-    """
-    texts_a = list(texts_a)
-    texts_b = list(texts_b) if texts_b is not None else None
-    enc = tokenizer(
-        texts_a,
-        texts_b,
-        truncation=True,
-        max_length=max_length,
-        return_offsets_mapping=True,
-        return_special_tokens_mask=True,
-        return_attention_mask=True,
-        return_token_type_ids=uses_token_type_ids(tokenizer),
-        return_overflowing_tokens=False,
-        return_length=False,
-    )
-    out: dict[str, list[list[int]]] = {k: [] for k in TOKEN_COLUMNS}
-    if not uses_token_type_ids(tokenizer):
-        del out["token_type_ids"]
-    for row in range(len(texts_a)):
-        seq_ids = enc.sequence_ids(row)
-        shift = len(texts_a[row]) + 1
-        starts, ends = [], []
-        for (start, end), seq in zip(enc["offset_mapping"][row], seq_ids):
-            if seq == 1:
-                start, end = start + shift, end + shift
-            starts.append(start)
-            ends.append(end)
-        out["offset_start"].append(starts)
-        out["offset_end"].append(ends)
-        for key in ("input_ids", "attention_mask", "special_tokens_mask"):
-            out[key].append(list(enc[key][row]))
-        if "token_type_ids" in out:
-            out["token_type_ids"].append(list(enc["token_type_ids"][row]))
-    return out
+    """``encode_arrow`` as Python lists (per-example lists for the keys of ``TOKEN_COLUMNS``)."""
+    columns, _ = encode_arrow(tokenizer, texts_a, texts_b, max_length)
+    return {k: v.to_pylist() for k, v in columns.items()}
 
 
 def pad_token_batch(
@@ -79,7 +120,7 @@ def pad_token_batch(
     batch = len(ids)
     length = max(len(x) for x in ids)
     out: dict[str, torch.Tensor] = {}
-    for key in ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask", "offset_start", "offset_end"):
+    for key in TOKEN_COLUMNS:
         if key not in columns:
             continue
         fill = pad_token_id if key == "input_ids" else 0

@@ -105,6 +105,19 @@ def model_depth(config, name: str) -> int:
     return depth
 
 
+def check_models(teachers: list[str], student: str, student_layers: int, trust_remote_code: bool = False) -> None:
+    """Pre-flight: every teacher's and the student's config loads, and the student fits its checkpoint.
+
+    Reads only ``config.json`` files (hub cache or folder), so a missing model or a student
+    deeper than ``student.init_from`` is a one-line error before any Ray worker starts.
+    """
+    for name in teachers:
+        model_depth(load_config(name, trust_remote_code=trust_remote_code), name)
+    depth = model_depth(load_config(student, trust_remote_code=trust_remote_code), student)
+    if student_layers > depth:
+        raise ModelLoadError(f"student.num_layers={student_layers} is deeper than {student!r}, which has {depth} layers")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

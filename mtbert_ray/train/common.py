@@ -1,14 +1,13 @@
-"""Pieces shared by the per-worker training loops: seeding, batches, evaluation, checkpoints."""
+"""Pieces shared by the stages' per-worker code: seeding, precision, batches, evaluation, checkpoint files."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mtbert_ray.data.loader import PadCollate
-from mtbert_ray.train.metrics import confusion_matrix, metrics_from_confusion
+from mtbert_ray.train.metrics import confusion_matrix
 
 TRAINING_STATE = "training_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+SCALER_FILE = "grad_scaler.pt"
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def seed_everything(seed: int) -> None:
@@ -29,14 +29,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def progress(message: str) -> None:
-    """One progress line from a Train worker, shown once in the driver's output.
-
-    Ray Train patches ``print`` in its workers to write to stdout *and* to its logger, and both
-    reach the driver (every line twice); the process's own stdout (``sys.__stdout__``) is
-    streamed to the driver once.
-    """
-    print(message, file=sys.__stdout__ or sys.stdout, flush=True)
+def rank_seed(seed: int, rank: int, epoch: int) -> int:
+    """Seed of one rank's epoch (dropout masks): distinct per rank and epoch, reproducible on resume."""
+    return (seed * 1_000_003 + rank * 10_007 + epoch * 101) % (2**31)
 
 
 def world() -> tuple[int, int]:
@@ -57,22 +52,20 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def shuffle_buffer(batch_size: int) -> int:
-    return max(1000, 16 * batch_size)
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for bf16 / fp16 on the device's type; a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
-def iterate_batches(
-    shard,
-    batch_size: int,
-    collate: PadCollate,
-    device: torch.device,
-    shuffle_seed: int | None = None,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches of a Ray Data shard (``get_dataset_shard``), padded per batch, on ``device``."""
-    kwargs: dict[str, Any] = {"batch_size": batch_size, "collate_fn": collate, "device": device}
-    if shuffle_seed is not None:
-        kwargs.update(local_shuffle_buffer_size=shuffle_buffer(batch_size), local_shuffle_seed=shuffle_seed)
-    yield from shard.iter_torch_batches(**kwargs)
+def configure_device(device: torch.device, threads: float | None) -> None:
+    """TF32 matmuls on GPUs that have them; on a CPU worker, torch threads = its CPUs."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    elif threads:
+        torch.set_num_threads(max(1, int(threads)))
 
 
 class TimedBatches:
@@ -94,64 +87,73 @@ class TimedBatches:
 
 
 @torch.no_grad()
-def evaluate(
+def confusion_matrices(
     predict: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     batches: Iterator[dict[str, torch.Tensor]],
     num_labels: int,
     heads: int = 1,
     device: torch.device | None = None,
+    on_predictions: Callable[[dict[str, torch.Tensor], torch.Tensor], None] | None = None,
 ) -> list[torch.Tensor]:
     """Confusion matrices (summed over all workers) of ``heads`` predictors.
 
-    ``predict(batch)`` returns logits [B, C] (one predictor) or [N, B, C] (N = ``heads``).
+    ``predict(batch)`` returns logits [N, B, C] (N = ``heads``). Unlabelled rows (label −1) are
+    not counted; ``on_predictions(batch, logits)`` sees every batch (e.g. to write predictions).
     """
     cms = torch.zeros(heads, num_labels, num_labels, dtype=torch.long, device=device)
     for batch in batches:
         logits = predict(batch)
-        if logits.dim() == 2:
-            logits = logits.unsqueeze(0)
-        for i in range(heads):
-            cms[i] += confusion_matrix(logits[i].argmax(-1), batch["label"], num_labels)
+        if on_predictions is not None:
+            on_predictions(batch, logits)
+        labelled = batch["label"] >= 0
+        if bool(labelled.any()):
+            for i in range(heads):
+                cms[i] += confusion_matrix(logits[i].argmax(-1)[labelled], batch["label"][labelled], num_labels)
     all_reduce_sum(cms)
     return [cm.cpu() for cm in cms]
 
 
-def named_metrics(cms: list[torch.Tensor], names: list[str]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for cm, name in zip(cms, names):
-        out.update(metrics_from_confusion(cm, prefix=name))
-    return out
-
-
-def device_for_worker() -> torch.device:
+def device_for_worker(use_gpu: bool = False) -> torch.device:
+    """This worker's device: Ray Train's (GPU when it has one), else CPU."""
     try:
         import ray.train.torch
 
         return ray.train.torch.get_device()
-    except Exception:  # outside Ray Train
-        return torch.device("cpu")
+    except Exception:  # outside Ray Train (in-process stages)
+        return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
 
 
-@contextmanager
+@contextlib.contextmanager
 def checkpoint_dir() -> Iterator[Path]:
-    """A temporary local folder to assemble a checkpoint in (Ray uploads it on ``report``)."""
+    """A temporary local folder to assemble a checkpoint in (copied to storage on ``report``)."""
     with tempfile.TemporaryDirectory(prefix="mtbert-ckpt-") as tmp:
         yield Path(tmp)
 
 
-def save_training_state(folder: Path, optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+def save_training_state(folder: Path, optimizer: torch.optim.Optimizer, state: Mapping[str, Any],
+                        scaler: Any | None = None) -> None:
     torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)
-    (folder / TRAINING_STATE).write_text(json.dumps(dict(state), indent=2))
+    if scaler is not None and scaler.is_enabled():
+        torch.save(scaler.state_dict(), folder / SCALER_FILE)
+    (folder / TRAINING_STATE).write_text(json.dumps(dict(state), indent=2, default=float))
 
 
-def load_training_state(folder: Path, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """Training state of a checkpoint; the optimizer state is read with ``weights_only=True``."""
-    if optimizer is not None and (folder / OPTIMIZER_FILE).exists():
-        optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
+def read_training_state(folder: Path) -> dict[str, Any]:
     return json.loads((folder / TRAINING_STATE).read_text())
 
 
-def maybe_inject_fault(stage: str, epoch: int, step: int) -> None:
+def load_training_state(folder: Path, optimizer: torch.optim.Optimizer | None, scaler: Any | None = None) -> dict[str, Any]:
+    """Training state of a checkpoint. The optimizer state is read with ``weights_only=True`` and lands on
+    each parameter's device (``Optimizer.load_state_dict`` casts it): build the optimizer on the model
+    *after* the model is on its device."""
+    if optimizer is not None and (folder / OPTIMIZER_FILE).exists():
+        optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
+    if scaler is not None and (folder / SCALER_FILE).exists():
+        scaler.load_state_dict(torch.load(folder / SCALER_FILE, weights_only=True))
+    return read_training_state(folder)
+
+
+def maybe_inject_fault(stage: str, epoch: int, step: int, rank: int = 0) -> None:
     """Test hook: ``MTBERT_FAULT=stage:rank:epoch:step[:marker]`` makes that rank exit there, once.
 
     The optional marker file records that the fault fired, so the restarted run continues.
@@ -165,14 +167,11 @@ def maybe_inject_fault(stage: str, epoch: int, step: int) -> None:
     parts = spec.split(":")
     f_stage, f_rank, f_epoch, f_step = parts[0], int(parts[1]), int(parts[2]), int(parts[3])
     marker = Path(parts[4]) if len(parts) > 4 else None
-    if (stage, world()[0], epoch, step) != (f_stage, f_rank, f_epoch, f_step):
+    if (stage, rank, epoch, step) != (f_stage, f_rank, f_epoch, f_step):
         return
     if marker is not None:
         if marker.exists():
             return
         marker.write_text("fired")
-    import time
-
     time.sleep(float(os.environ.get("MTBERT_FAULT_DELAY", "5")))
     os._exit(17)
-

@@ -1,250 +1,165 @@
-"""Stage 3 — distillation of the K-layer student, the per-worker loop for Ray Train's ``TorchTrainer``.
+"""Stage 3 — distillation of the K-layer student: the step the epoch loop (``train.loop``) runs.
 
 Student = embeddings + first K layers of ``student.init_from`` (pretrained) with a head copied
 from the co-finetuned shared head; loss L_MT-Hid + L_MT-Dis + L_Task (``train.objective``);
-W_ij in their own Adam parameter group; teacher outputs from the stage-2 cache when present,
-from the frozen teachers on the fly otherwise; evaluation after every epoch; a checkpoint per
-epoch (Ray keeps the best by the selection metric, and the latest for resuming).
+W_ij in their own Adam parameter group. The hidden loss — W_ij included — is computed inside
+the forward of ``DistillModule``, the module DDP wraps, so every trainable parameter takes part
+in the synchronised forward. Teacher outputs come from the stage-2 cache when present, from the
+frozen teachers on the fly otherwise (``mtbert_ray.targets``, the same functions either way).
 """
 from __future__ import annotations
 
-import logging
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ray.train
-import ray.train.torch
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from mtbert_ray.cache import cache_float_columns, cached_targets, teacher_targets
 from mtbert_ray.config import ExperimentConfig
+from mtbert_ray.context import StageContext
 from mtbert_ray.data.loader import PadCollate, inputs_for
-from mtbert_ray.data.shards import PreparedData
+from mtbert_ray.export import load_student_weights, save_student
+from mtbert_ray.losses import mt_hidden_loss
 from mtbert_ray.models.projection import build_projections
 from mtbert_ray.models.student import StudentModel, build_student, init_head_from
 from mtbert_ray.models.teachers import TeacherEnsemble, load_head_states, read_ensemble_meta
-from mtbert_ray.train.common import (
-    checkpoint_dir,
-    device_for_worker,
-    TimedBatches,
-    evaluate,
-    iterate_batches,
-    load_training_state,
-    maybe_inject_fault,
-    named_metrics,
-    progress,
-    save_training_state,
-    seed_everything,
-    unwrap,
-    world,
-)
+from mtbert_ray.targets import cache_float_columns, cached_targets, teacher_targets
 from mtbert_ray.train.objective import mt_bert_objective
-
-log = logging.getLogger(__name__)
 
 STUDENT_DIR = "student"
 PROJECTIONS_FILE = "projections.safetensors"
 
 
 class DistillModule(nn.Module):
-    """The trainable parts of stage 3 in one module (so DDP wraps them together): student and W_ij."""
+    """The trainable parts of stage 3 in one module (DDP wraps them together): the student and W_ij.
 
-    def __init__(self, student: StudentModel, projections: nn.ModuleList | None) -> None:
+    ``forward`` returns the student's logits and, given the teachers' states, the hidden loss
+    L_MT-Hid = Σ_i Σ_j MSE(H^s_j, W_ij H^i_j) — computed here so W_ij are used inside the wrapped forward.
+    """
+
+    def __init__(self, student: StudentModel, projections: nn.ModuleList | None, project: str = "teacher") -> None:
         super().__init__()
         self.student = student
         self.projections = projections
+        self.project = project
 
-    def forward(self, batch: dict[str, torch.Tensor], output_hidden_states: bool = False):
-        """The student's forward (through the DDP wrapper, so gradients are synchronised)."""
-        return self.student.forward_batch(batch, output_hidden_states=output_hidden_states)
-
-
-@dataclass
-class DistillSetup:
-    """What stage 3 trains: the module (student + W_ij), its optimizer, and the frozen teachers when they run on the fly."""
-
-    module: DistillModule
-    optimizer: torch.optim.Optimizer
-    ensemble: TeacherEnsemble | None
-    meta: dict[str, Any]
-    head_from_teachers: bool
+    def forward(self, inputs: dict[str, torch.Tensor], teacher_states: list[list[torch.Tensor]] | None = None):
+        out = self.student.forward_batch(inputs, output_hidden_states=teacher_states is not None)
+        if teacher_states is None:
+            return out.logits, None
+        hidden = mt_hidden_loss(out.hidden_states[1:], teacher_states, self.projections, inputs["attention_mask"], self.project)
+        return out.logits, hidden
 
 
-def setup_distillation(
-    cfg: ExperimentConfig, data: PreparedData, teachers_folder: str | Path, use_cache: bool, device: torch.device
-) -> DistillSetup:
-    """Student from ``student.init_from`` (head copied from the co-finetuned shared head), W_ij in their
-    own Adam parameter group, and — without the cache — the co-finetuned teachers, frozen."""
-    student = build_student(
-        cfg.student.init_from, cfg.student.num_layers, data.num_labels, cfg.student.query_dim, cfg.trust_remote_code
-    )
-    meta = read_ensemble_meta(teachers_folder)
-    head_from_teachers = cfg.student.head_init == "shared_head" and init_head_from(student, load_head_states(teachers_folder))
-    ensemble = None
-    if not use_cache:
-        ensemble = TeacherEnsemble.from_pretrained(teachers_folder, cfg.trust_remote_code).to(device).eval()
-        for p in ensemble.parameters():
-            p.requires_grad_(False)
-    projections = (
-        build_projections(meta["widths"], student.width, student.num_layers, cfg.loss.project) if cfg.loss.hidden else None
-    )
-    module = DistillModule(student, projections).to(device)
-    groups = [{"params": list(student.parameters()), "lr": cfg.distill.lr}]
-    if projections is not None:
-        groups.append({"params": list(projections.parameters()), "lr": cfg.distill.projection_lr or cfg.distill.lr})
-    optimizer = torch.optim.Adam(groups, weight_decay=cfg.distill.weight_decay)
-    return DistillSetup(module, optimizer, ensemble, meta, bool(head_from_teachers))
+def student_head_decision(cfg: ExperimentConfig, head_widths: list[int], student_width: int) -> str:
+    """How the student's pooling + dense layer start (ARCHITECTURE decision i), in words.
 
-
-@dataclass
-class DistillStep:
-    """One optimisation step of stage 3 — the same code in the Ray Train loop and in plain PyTorch.
-
-    loss = L_MT-Hid + L_MT-Dis + L_Task (``train.objective.mt_bert_objective``); teacher targets come
-    from the collated cache columns when ``ensemble`` is None, else from the frozen teachers.
+    ``head_widths``: the width of each co-finetuned head (one shared head at the first teacher's width,
+    or one per teacher with ``cofinetune.shared_head: false``). Starts with "copied" when it is copied.
     """
-
-    cfg: ExperimentConfig
-    teacher_aliases: list[str]
-    student_alias: str
-    num_labels: int
-    num_student_layers: int
-    layer_maps: list[list[int]] | None
-    ensemble: TeacherEnsemble | None
-
-    def terms(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        s_in = inputs_for(batch, self.student_alias)
-        out = module(s_in, output_hidden_states=cfg.loss.hidden)
-        t_logits, t_states = None, None
-        if cfg.loss.distill or cfg.loss.hidden:
-            if self.ensemble is None:
-                t_logits, t_states = cached_targets(
-                    batch, len(self.teacher_aliases), self.num_labels, self.num_student_layers, cfg.loss.hidden
-                )
-            else:
-                t_logits, t_states = teacher_targets(
-                    self.ensemble, batch, self.teacher_aliases, self.student_alias, self.layer_maps if cfg.loss.hidden else None
-                )
-        return mt_bert_objective(
-            out.logits, batch["label"], t_logits, cfg.loss, cfg.distill,
-            student_states=out.hidden_states[1:] if cfg.loss.hidden else None,
-            teacher_states=t_states,
-            projections=unwrap(module).projections,
-            attention_mask=s_in["attention_mask"],
-        )
-
-    def train_step(self, module: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        terms = self.terms(module, batch)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
-        return terms
+    if cfg.student.head_init != "shared_head":
+        return "random (student.head_init: random)"
+    if student_width in head_widths:
+        return f"copied from the co-finetuned head ({student_width} wide)"
+    return (f"random — the co-finetuned head is {'/'.join(map(str, sorted(set(head_widths))))} wide, "
+            f"the student {student_width}")
 
 
-def distill_collates(cfg: ExperimentConfig, data: PreparedData, meta: dict[str, Any], use_cache: bool) -> tuple[PadCollate, PadCollate]:
-    """(train, eval) collate functions: token columns of the tokenizers a batch needs, plus cache columns."""
-    teacher_aliases = [data.model_tokenizer[t] for t in cfg.teachers]
-    student_alias = data.model_tokenizer[cfg.student.init_from]
-    pads = {a: data.tokenizers[a].pad_token_id for a in {*teacher_aliases, student_alias}}
-    floats = cache_float_columns(meta["widths"], cfg.student.num_layers, cfg.loss.hidden) if use_cache else {}
-    train = PadCollate(pads if not use_cache else {student_alias: pads[student_alias]}, floats)
-    return train, PadCollate({student_alias: pads[student_alias]})
+def build_distill_module(cfg: ExperimentConfig, num_labels: int, teachers_folder: str | Path,
+                         teacher_widths: list[int]) -> tuple[DistillModule, str]:
+    """Student from ``student.init_from`` (head copied from the co-finetuned head when the widths allow) and,
+    with the hidden loss, the maps W_ij; and the head decision (``student_head_decision``)."""
+    student = build_student(cfg.student.init_from, cfg.student.num_layers, num_labels, cfg.student.query_dim,
+                            cfg.trust_remote_code)
+    decision = student_head_decision(cfg, head_widths(teachers_folder, teacher_widths), student.width)
+    if decision.startswith("copied") and not init_head_from(student, load_head_states(teachers_folder)):
+        raise RuntimeError(f"{teachers_folder}: no co-finetuned head of width {student.width} to copy")
+    projections = (
+        build_projections(teacher_widths, student.width, student.num_layers, cfg.loss.project) if cfg.loss.hidden else None
+    )
+    return DistillModule(student, projections, cfg.loss.project), decision
 
 
-def distill_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
-    cfg = ExperimentConfig.model_validate(loop_config["experiment"])
-    data = PreparedData.from_dict(loop_config["data"])
-    use_cache: bool = loop_config["use_cache"]
-    layer_maps = loop_config["layer_maps"]
-    rank, _ = world()
-    seed_everything(cfg.seed)
-    device = device_for_worker()
-    teachers_ckpt = ray.train.Checkpoint(loop_config["teachers_checkpoint"])
-    with teachers_ckpt.as_directory() as folder:
-        setup = setup_distillation(cfg, data, folder, use_cache, device)
-    module, optimizer = setup.module, setup.optimizer
-
-    start_epoch, best = 0, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            load_student_checkpoint(module, Path(folder))
-            state = load_training_state(Path(folder), optimizer)
-        start_epoch, best = int(state["epoch"]) + 1, state.get("best")
-        log.info("distillation resumes after epoch %d", start_epoch)
-    unused = not (cfg.loss.task or cfg.loss.distill)  # hidden-only: the head gets no gradient
-    module = ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": unused})
-    student_module = unwrap(module).student
-
-    teacher_aliases = [data.model_tokenizer[t] for t in cfg.teachers]
-    student_alias = data.model_tokenizer[cfg.student.init_from]
-    step_fn = DistillStep(cfg, teacher_aliases, student_alias, data.num_labels, cfg.student.num_layers, layer_maps, setup.ensemble)
-    train_collate, eval_collate = distill_collates(cfg, data, setup.meta, use_cache)
-    train_shard = ray.train.get_dataset_shard("train")
-    eval_shard = ray.train.get_dataset_shard("validation")
-    select = loop_config.get("select_metric", "val_accuracy")
-
-    for epoch in range(start_epoch, cfg.distill.epochs):
-        module.train()
-        started, sums, steps = time.time(), {}, 0
-        batches = TimedBatches(iterate_batches(train_shard, cfg.distill.batch_size, train_collate, device, cfg.seed + 1000 + epoch))
-        for step, batch in enumerate(batches):
-            maybe_inject_fault("distill", epoch, step)
-            terms = step_fn.train_step(module, optimizer, batch)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            steps += 1
-            if rank == 0 and step % 50 == 0:
-                shown = " ".join(f"{k} {float(v.detach()):.4f}" for k, v in terms.items())
-                progress(f"[distill] epoch {epoch + 1}/{cfg.distill.epochs} step {step} {shown}")
-        train_seconds = time.time() - started
-        module.eval()
-        cms = evaluate(
-            lambda b: student_module.forward_batch(inputs_for(b, student_alias)).logits,
-            iterate_batches(eval_shard, cfg.distill.batch_size, eval_collate, device),
-            data.num_labels,
-            device=device,
-        )
-        metrics = {
-            "epoch": epoch + 1,
-            "start_epoch": start_epoch,  # > 0 when this attempt resumed from a checkpoint
-            "train_seconds": train_seconds,  # the training pass of this epoch (no evaluation)
-            "eval_seconds": time.time() - started - train_seconds,
-            "data_wait_seconds": batches.wait_seconds,  # of train_seconds, waiting for input batches
-            "train_steps": steps,
-            **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()},
-            **named_metrics(cms, ["val_"]),
-        }
-        best = metrics[select] if best is None else max(best, metrics[select])
-        metrics["best_" + select] = best
-        metrics["student_head_from_teachers"] = setup.head_from_teachers
-        if rank == 0:
-            with checkpoint_dir() as folder:
-                save_student_checkpoint(unwrap(module), folder, data.label_names)
-                save_training_state(folder, optimizer, {"epoch": epoch, "best": best, "metrics": metrics})
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report(metrics)
-    return None
+def head_widths(teachers_folder: str | Path, teacher_widths: list[int]) -> list[int]:
+    """Widths of the co-finetuned head(s): the first teacher's for a shared head, else each teacher's."""
+    return teacher_widths[:1] if read_ensemble_meta(teachers_folder)["shared_head"] else list(teacher_widths)
 
 
-def save_student_checkpoint(module: DistillModule, folder: Path, label_names: list[str]) -> None:
-    """``student/`` (encoder ``save_pretrained`` + head) and the W_ij, all safetensors."""
-    from mtbert_ray.export import save_student
+class DistillStep:
+    """The distillation model, optimizer groups and loss (``train.loop.Step``)."""
 
-    save_student(module.student, folder / STUDENT_DIR, label_names)
-    if module.projections is not None:
-        save_model(module.projections, str(folder / PROJECTIONS_FILE))
+    heads = [""]
 
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.module: DistillModule | None = None
+        self.ensemble: TeacherEnsemble | None = None
+        self.head_decision = ""
 
-def load_student_checkpoint(module: DistillModule, folder: Path) -> None:
-    from mtbert_ray.export import load_student_weights
+    @property
+    def uses_cache(self) -> bool:
+        return self.ctx.cache is not None
 
-    load_student_weights(module.student, folder / STUDENT_DIR)
-    if module.projections is not None:
-        load_model(module.projections, str(folder / PROJECTIONS_FILE))
+    def build(self, device: torch.device) -> DistillModule:
+        cfg, ctx = self.ctx.config, self.ctx
+        module, self.head_decision = build_distill_module(cfg, ctx.data.num_labels, ctx.teachers_checkpoint, ctx.teacher_widths)
+        if not (cfg.loss.task or cfg.loss.distill):  # hidden loss only: the head learns nothing, keep it fixed
+            for p in module.student.head.parameters():
+                p.requires_grad_(False)
+        self.module = module.to(device)
+        if not self.uses_cache and (cfg.loss.distill or cfg.loss.hidden):
+            self.ensemble = TeacherEnsemble.from_pretrained(ctx.teachers_checkpoint, cfg.trust_remote_code).to(device).eval()
+            for p in self.ensemble.parameters():
+                p.requires_grad_(False)
+        return self.module
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        cfg = self.ctx.config.distill
+        groups = [{"params": [p for p in self.module.student.parameters() if p.requires_grad], "lr": cfg.lr}]
+        if self.module.projections is not None:
+            groups.append({"params": list(self.module.projections.parameters()), "lr": cfg.projection_lr or cfg.lr})
+        return groups
+
+    def targets(self, batch: dict[str, torch.Tensor]):
+        """(teacher logits [N, B, C], aligned teacher states or None) for a training batch."""
+        cfg, ctx = self.ctx.config, self.ctx
+        if not (cfg.loss.distill or cfg.loss.hidden):
+            return None, None
+        if self.ensemble is None:
+            return cached_targets(batch, len(cfg.teachers), ctx.data.num_labels, cfg.student.num_layers, cfg.loss.hidden)
+        return teacher_targets(self.ensemble, batch, ctx.teacher_tokenizations, ctx.student_tokenization,
+                               ctx.layer_maps if cfg.loss.hidden else None)
+
+    def loss(self, train_module: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        cfg = self.ctx.config
+        t_logits, t_states = self.targets(batch)
+        logits, hidden = train_module(inputs_for(batch, self.ctx.student_tokenization), t_states if cfg.loss.hidden else None)
+        return mt_bert_objective(logits, batch["label"], t_logits, cfg.loss, cfg.distill, hidden_loss=hidden)
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.module.student.forward_batch(inputs_for(batch, self.ctx.student_tokenization)).logits.unsqueeze(0)
+
+    def report_extras(self) -> dict[str, Any]:
+        return {"student_head": self.head_decision, "student_head_from_teachers": self.head_decision.startswith("copied")}
+
+    def save(self, folder: Path) -> None:
+        save_student(self.module.student, folder / STUDENT_DIR, self.ctx.data.label_names)
+        if self.module.projections is not None:
+            save_model(self.module.projections, str(folder / PROJECTIONS_FILE))
+
+    def load(self, folder: Path) -> None:
+        load_student_weights(self.module.student, folder / STUDENT_DIR)
+        if self.module.projections is not None:
+            load_model(self.module.projections, str(folder / PROJECTIONS_FILE))
+
+    def collate(self, split: str) -> PadCollate:
+        ctx, cfg = self.ctx, self.ctx.config
+        pads = ctx.pad_ids
+        student = {ctx.student_tokenization: pads[ctx.student_tokenization]}
+        if split != "train":
+            return PadCollate(student)
+        if self.uses_cache:
+            floats = cache_float_columns(ctx.teacher_widths, cfg.student.num_layers, ctx.cache.hidden and cfg.loss.hidden)
+            return PadCollate(student, floats, stored_dtype=ctx.cache.dtype)
+        return PadCollate({t: pads[t] for t in dict.fromkeys([*ctx.teacher_tokenizations, ctx.student_tokenization])})

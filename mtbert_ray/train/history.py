@@ -1,38 +1,42 @@
-"""Per-report metrics of a Ray Train stage, kept as JSON lines beside its checkpoints.
+"""Per-report metrics of a stage, kept as JSON lines beside its checkpoints (and as TensorBoard scalars).
 
 Ray Train keeps only the metrics of the checkpoints it retains (best and latest); the history
 keeps every epoch's report so learning curves, per-epoch timings and resumed attempts can be
-read back later (``read_history``). It is a ``ray.train.UserCallback``: it runs in the Train
-controller, which writes to the run's storage path.
+read back later (``read_history``). ``HistoryWriter`` appends one report; ``MetricsHistory`` is the
+same as a ``ray.train.UserCallback`` (it runs in the Train controller, which writes to the run's
+storage path); in-process stages call the writer directly.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import ray.train
 
 HISTORY_FILE = "history.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 
 
-class MetricsHistory(ray.train.UserCallback):
-    """Appends rank 0's metrics of every ``ray.train.report`` as one JSON line to ``path``.
+class HistoryWriter:
+    """Appends a report's metrics as one JSON line to ``path``; numeric metrics also as TensorBoard scalars
+    under ``tensorboard_dir`` (tensorboardX, when installed), keyed by epoch.
 
     Each line also holds ``time`` (seconds since the epoch) and ``checkpoint`` (its path or null).
     A resumed run appends to the same file, so an epoch that ran twice appears twice; readers that
     want one row per epoch keep the last (``read_history(..., last_per_epoch=True)``).
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, tensorboard_dir: str | os.PathLike | None = None, tag: str = "") -> None:
         self.path = str(path)
+        self.tensorboard_dir = str(tensorboard_dir) if tensorboard_dir else None
+        self.tag = tag
 
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        if not metrics:
-            return
-        row = {**metrics[0], "time": time.time(), "checkpoint": getattr(checkpoint, "path", None)}
+    def append(self, metrics: Mapping[str, Any], checkpoint_path: str | None) -> None:
+        row = {**metrics, "time": time.time(), "checkpoint": checkpoint_path}
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(row, default=str) + "\n"
@@ -40,6 +44,36 @@ class MetricsHistory(ray.train.UserCallback):
             line = "\n" + line  # a line torn by a crash stays a line of its own
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(line)
+        if self.tensorboard_dir:
+            write_scalars(self.tensorboard_dir, metrics, self.tag)
+
+
+def write_scalars(folder: str | os.PathLike, metrics: Mapping[str, Any], tag: str = "") -> bool:
+    """Numeric metrics of one report as TensorBoard scalars at step ``metrics['epoch']`` (False without tensorboardX)."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:  # optional: Ray Tune's own TensorBoard logger needs it too
+        return False
+    step = int(metrics.get("epoch", 0))
+    writer = SummaryWriter(str(folder), flush_secs=1)
+    try:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("epoch", "start_epoch"):
+                writer.add_scalar(f"{tag}/{key}" if tag else key, value, step)
+    finally:
+        writer.close()
+    return True
+
+
+class MetricsHistory(ray.train.UserCallback):
+    """``HistoryWriter`` as a Ray Train callback: rank 0's metrics of every ``ray.train.report``."""
+
+    def __init__(self, path: str | os.PathLike, tensorboard_dir: str | os.PathLike | None = None, tag: str = "") -> None:
+        self.writer = HistoryWriter(path, tensorboard_dir, tag)
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if metrics:
+            self.writer.append(metrics[0], getattr(checkpoint, "path", None))
 
 
 def _ends_mid_line(path: Path) -> bool:

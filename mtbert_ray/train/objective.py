@@ -20,10 +20,12 @@ def mt_bert_objective(
     teacher_states: Sequence[Sequence[torch.Tensor]] | None = None,
     projections: Sequence[Sequence[nn.Module]] | None = None,
     attention_mask: torch.Tensor | None = None,
+    hidden_loss: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The enabled terms and their sum under ``"loss"``.
 
-    hidden:  mt_hidden_loss(student layers 1..K, mapped + aligned teacher states, W_ij)
+    hidden:  mt_hidden_loss(student layers 1..K, mapped + aligned teacher states, W_ij), or
+             ``hidden_loss`` when the caller computed it (inside the DDP-wrapped forward)
     distill: mt_distill_loss (``loss.ensemble == "none"``) or ensemble_distill_loss (Fig. 3 baselines)
     task:    task_loss (cross-entropy with the gold labels)
     """
@@ -40,6 +42,8 @@ def mt_bert_objective(
                 student_logits, teacher_logits, labels, distill.temperature, loss.ensemble, distill.t2_scale
             )
     if loss.hidden:
-        terms["hidden"] = mt_hidden_loss(student_states, teacher_states, projections, attention_mask, loss.project)
+        terms["hidden"] = hidden_loss if hidden_loss is not None else mt_hidden_loss(
+            student_states, teacher_states, projections, attention_mask, loss.project
+        )
     terms["loss"] = sum(terms.values())
     return terms

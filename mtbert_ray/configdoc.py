@@ -1,0 +1,88 @@
+"""``docs/config.md`` generated from the config models' field descriptions.
+
+    python -m mtbert_ray.configdoc > docs/config.md
+
+A test regenerates the page and fails when the committed copy is stale.
+"""
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from mtbert_ray.config import ExperimentConfig
+
+HEADER = """# Experiment configuration
+
+Generated from the field descriptions in `mtbert_ray/config.py` by `python -m mtbert_ray.configdoc`
+(a test fails when this page is stale). An experiment YAML holds these keys; unknown keys are
+errors, `--set dotted.key=value` overrides any of them, and the resolved config (every default
+written out) is saved as `config.yaml` in each run folder.
+"""
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " \\| ".join(str(a) for a in args)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        parts = [_type_name(a) for a in args if a is not type(None)]
+        return " \\| ".join(parts) + (" \\| null" if type(None) in args else "")
+    if origin is list:
+        return f"list of {_type_name(args[0])}" if args else "list"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default(field) -> str:
+    if field.is_required():
+        return "**required**"
+    value = field.get_default(call_default_factory=True)
+    if value is PydanticUndefined:
+        return ""
+    if isinstance(value, BaseModel):
+        return "(section)"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"`{value}`"
+
+
+def sections(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> list[tuple[str, type[BaseModel]]]:
+    """(dotted prefix, model) for the top level and every nested section, in declaration order."""
+    found = [(prefix, model)]
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found += sections(annotation, f"{prefix}{name}.")
+    return found
+
+
+def config_markdown() -> str:
+    lines = [HEADER]
+    for prefix, model in sections():
+        title = prefix.rstrip(".") or "top level"
+        lines += [f"## `{title}`" if prefix else "## Top level", ""]
+        doc = (model.__doc__ or "").strip().splitlines()
+        if doc:
+            lines += [" ".join(d.strip() for d in doc), ""]
+        lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                lines.append(f"| `{prefix}{name}` | section | | {field.description} See `{prefix}{name}` below. |")
+                continue
+            lines.append(f"| `{prefix}{name}` | {_type_name(annotation)} | {_default(field)} | {field.description or ''} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(config_markdown(), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""What every stage needs to know, in one typed object that crosses the Ray boundary as a dict.
+
+``StageContext`` holds the experiment config, the prepared data, the co-finetuned teachers (once
+stage 1 has run), the layer maps and the teacher cache (once stage 2 has run). Derived facts —
+each model's tokenization, the selection metric — are properties here, computed in one place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from mtbert_ray.config import ExperimentConfig, micro_batch
+from mtbert_ray.data.shards import PreparedData
+from mtbert_ray.errors import ConfigError
+
+#: Metrics the evaluation computes for a task of C classes (``train.metrics.metrics_from_confusion``).
+BINARY_ONLY = ("f1",)
+
+
+@dataclass
+class CacheInfo:
+    """A published teacher cache: its Parquet files per split and how its float columns are stored."""
+
+    files: dict[str, list[str]]
+    hidden: bool
+    dtype: str
+
+
+@dataclass
+class StageContext:
+    config: ExperimentConfig
+    data: PreparedData
+    teachers_checkpoint: str | None = None  # folder of the co-finetuned TeacherEnsemble (after stage 1)
+    teacher_widths: list[int] = field(default_factory=list)
+    teacher_depths: list[int] = field(default_factory=list)
+    layer_maps: list[list[int]] = field(default_factory=list)  # teacher layer for student layer j, per teacher
+    cache: CacheInfo | None = None  # the teacher cache (after stage 2), None: teachers on the fly
+
+    # ---- derived ------------------------------------------------------------------------------
+    @property
+    def teacher_tokenizations(self) -> list[str]:
+        return [self.data.model_tokenization[t] for t in self.config.teachers]
+
+    @property
+    def student_tokenization(self) -> str:
+        return self.data.model_tokenization[self.config.student.init_from]
+
+    @property
+    def pad_ids(self) -> dict[str, int]:
+        """Pad token id of every tokenization the experiment uses."""
+        return {t: spec.pad_token_id for t, spec in self.data.tokenizations.items()}
+
+    @property
+    def select_metric(self) -> str:
+        """The validation metric that decides "best" (``select.metric``; auto = the task's main metric)."""
+        return resolve_select_metric(self.config, self.data)
+
+    def micro_batch(self, section: str) -> int:
+        return micro_batch(self.config, section)  # type: ignore[arg-type]
+
+    def with_updates(self, **changes: Any) -> "StageContext":
+        return replace(self, **changes)
+
+    # ---- the Ray boundary ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "data": self.data.to_dict(),
+            "teachers_checkpoint": self.teachers_checkpoint,
+            "teacher_widths": list(self.teacher_widths),
+            "teacher_depths": list(self.teacher_depths),
+            "layer_maps": [list(m) for m in self.layer_maps],
+            "cache": None if self.cache is None else {"files": self.cache.files, "hidden": self.cache.hidden, "dtype": self.cache.dtype},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StageContext":
+        cache = data.get("cache")
+        return cls(
+            config=ExperimentConfig.model_validate(data["config"]),
+            data=PreparedData.from_dict(data["data"]),
+            teachers_checkpoint=data.get("teachers_checkpoint"),
+            teacher_widths=list(data.get("teacher_widths") or []),
+            teacher_depths=list(data.get("teacher_depths") or []),
+            layer_maps=[list(m) for m in data.get("layer_maps") or []],
+            cache=CacheInfo(**cache) if cache else None,
+        )
+
+
+def computed_metrics(data: PreparedData) -> list[str]:
+    """Metric names an evaluation of this dataset produces."""
+    names = ["accuracy", "macro_f1", "mcc", "f1"]
+    return [n for n in names if data.num_labels == 2 or n not in BINARY_ONLY]
+
+
+def select_metric_name(config: ExperimentConfig) -> str:
+    """``select.metric`` as a bare name without loading the data (auto → the task's main metric:
+    the GLUE leaderboard's for a GLUE task, accuracy otherwise)."""
+    name = config.select.metric
+    if name != "auto":
+        return name
+    if config.data.source == "glue" and config.data.task:
+        from mtbert_ray.data.glue_tasks import GLUE_TASKS
+
+        task = GLUE_TASKS.get(config.data.task.lower().replace("-", ""))
+        if task is not None:
+            return task.metrics[0]
+    return "accuracy"
+
+
+def resolve_select_metric(config: ExperimentConfig, data: PreparedData) -> str:
+    """``select.metric`` as a bare name (auto → the task's main metric); a one-line error when the task
+    does not report it."""
+    name = config.select.metric
+    if name == "auto":
+        return data.metrics[0]
+    available = computed_metrics(data)
+    if name not in available:
+        raise ConfigError(
+            f"select.metric: {name!r} is not reported for this task ({data.num_labels} classes); expected one of {', '.join(available)}"
+        )
+    return name

@@ -1,0 +1,158 @@
+"""The three stages of an experiment, each a function of the ``StageContext`` that returns what it made.
+
+- ``cofinetune`` — stage 1, a published stage keyed by everything that changes the trained teachers
+  (teachers, their tokenizations, dataset, max_length, co-finetuning settings, seed, global batch
+  and number of workers, precision); a crashed attempt resumes from its last checkpoint.
+- ``teacher_cache`` — stage 2, a published stage keyed by (co-finetuned teachers, dataset, student
+  tokenization, cached layers and dtype), built with Ray Data (``train.cache``).
+- ``distill`` — stage 3 in the run folder (a rerun of the run folder resumes).
+
+Stages 1 and 3 run their epoch loop through ``train.session.run_stage`` (in the calling process, or
+on Ray Train workers).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mtbert_ray.context import CacheInfo, StageContext
+from mtbert_ray.data.loader import read_split, view_columns
+from mtbert_ray.hashing import stable_hash
+from mtbert_ray.models.layer_map import layer_map
+from mtbert_ray.models.teachers import read_ensemble_meta
+from mtbert_ray.stage import Built, Published, reuse_or_build
+from mtbert_ray.train.common import OPTIMIZER_FILE, SCALER_FILE, read_training_state
+from mtbert_ray.train.session import StageRun, run_stage
+from mtbert_ray.train.worker import COFINETUNE, DISTILL, stage_worker
+
+STAGE_VERSION = 2
+CACHE_SPLITS = ("train",)  # distillation reads teacher outputs for training rows only; evaluation reads the view
+
+
+def cofinetune_inputs(ctx: StageContext, nonce: str | None = None) -> dict:
+    """What the co-finetuning key is computed from: everything that changes the trained teachers.
+
+    Left out, because they do not change the result: ``reuse``, ``grad_accum_steps`` (the effective
+    batch stays the same), ``gradient_checkpointing`` and where the loop runs (``resources.execution``).
+    ``nonce`` (a run folder, with ``cofinetune.reuse: false``) makes the key private to one run.
+    """
+    cfg = ctx.config
+    return {
+        "stage": "cofinetune",
+        "v": STAGE_VERSION,
+        "teachers": list(cfg.teachers),
+        "tokenizations": ctx.teacher_tokenizations,
+        "data": ctx.data.dataset_key,
+        "max_length": cfg.data.max_length,
+        "cofinetune": cfg.cofinetune.model_dump(mode="json", exclude={"reuse", "grad_accum_steps", "gradient_checkpointing"}),
+        "seed": cfg.seed,
+        "num_workers": cfg.resources.num_workers,  # per-rank dropout seeds and data shards
+        "precision": cfg.resources.precision,
+        **({"nonce": nonce} if nonce else {}),
+    }
+
+
+def cofinetune_key(ctx: StageContext, nonce: str | None = None) -> str:
+    return stable_hash(cofinetune_inputs(ctx, nonce))
+
+
+def _identity(ctx: StageContext) -> str:
+    cfg = ctx.config
+    return stable_hash({"teachers": list(cfg.teachers), "data": ctx.data.dataset_key, "max_length": cfg.data.max_length})
+
+
+def _splits(ctx: StageContext, names) -> list[str]:
+    return [s for s in names if s in ctx.data.splits]
+
+
+def _view(ctx: StageContext, tokenizations, split: str, offsets: bool, shuffle: bool = False):
+    seed = ctx.config.seed if shuffle else None
+    return read_split(ctx.data.splits[split], view_columns(tokenizations, with_offsets=offsets), shuffle_seed=seed)
+
+
+def cofinetune(ctx: StageContext, stages: Path, nonce: str | None = None, verify: bool = False) -> Published:
+    """Stage 1: the co-finetuned teachers of this key, reused or trained (resuming a stopped attempt)."""
+    cfg = ctx.config
+    inputs = cofinetune_inputs(ctx, nonce)
+
+    def build(folder: Path) -> Built:
+        tokenizations = ctx.teacher_tokenizations
+        datasets = {"train": _view(ctx, tokenizations, "train", offsets=False, shuffle=True)}
+        datasets.update({s: _view(ctx, tokenizations, s, offsets=False) for s in _splits(ctx, ("validation", "test"))})
+        run = run_stage(stage_worker, {"stage": COFINETUNE, "context": ctx.to_dict()}, cfg.resources, name="run",
+                        storage_path=folder, datasets=datasets, max_failures=cfg.max_failures,
+                        in_process=cfg.resources.in_process, tensorboard_tag="cofinetune")
+        state = read_training_state(run.best_checkpoint)
+        meta = {"metrics": run.best_metrics, "test": state.get("test"), "epoch": state.get("best_epoch")}
+        return Built(run.best_checkpoint, meta, exclude=(OPTIMIZER_FILE, SCALER_FILE))  # not needed once finished
+
+    return reuse_or_build(stages, "cofinetune", stable_hash(inputs), build, what=f"stage 1, co-finetuning {len(cfg.teachers)} teacher(s)",
+                          inputs=inputs, identity=_identity(ctx), verify=verify)
+
+
+def with_teachers(ctx: StageContext, teachers: Published) -> StageContext:
+    """The context once stage 1 is done: the teachers' folder, widths, depths and layer maps (decision c)."""
+    meta = read_ensemble_meta(teachers.path)
+    maps = [layer_map(ctx.config.student.num_layers, depth) for depth in meta["depths"]]
+    return ctx.with_updates(teachers_checkpoint=str(teachers.path), teacher_widths=meta["widths"],
+                            teacher_depths=meta["depths"], layer_maps=maps)
+
+
+def uses_cache(ctx: StageContext) -> bool:
+    """The cache replaces the teachers only when it holds everything the loss needs."""
+    cfg = ctx.config
+    return cfg.cache.enabled and (cfg.loss.distill or cfg.loss.hidden) and (not cfg.loss.hidden or cfg.cache.hidden)
+
+
+def teacher_cache(ctx: StageContext, stages: Path, teachers: Published, verify: bool = False) -> tuple[Published, StageContext]:
+    """Stage 2: teacher logits (and aligned states) of the training rows, once per key; the context that reads it."""
+    from mtbert_ray.train.cache import build_teacher_cache, check_cache_size, estimate_cache_bytes
+
+    cfg = ctx.config
+    hidden = cfg.cache.hidden and cfg.loss.hidden
+    splits = _splits(ctx, CACHE_SPLITS)
+    key = stable_hash({
+        "stage": "teacher_cache", "v": STAGE_VERSION, "teachers": teachers.key, "data": ctx.data.dataset_key,
+        "student_tokenization": ctx.student_tokenization, "max_length": cfg.data.max_length,
+        "layer_maps": ctx.layer_maps if hidden else None, "dtype": cfg.cache.dtype if hidden else None, "splits": splits,
+    })
+    building = ctx.with_updates(cache=CacheInfo({}, hidden, cfg.cache.dtype))
+
+    def build(folder: Path) -> Built:
+        estimate = estimate_cache_bytes(building, splits, hidden, cfg.cache.dtype)
+        print(f"[mtbert] teacher cache: estimated {estimate.gb:,.2f} GB on disk ({estimate.formula})", flush=True)
+        check_cache_size(building, estimate)
+        return build_teacher_cache(building, folder, splits)
+
+    published = reuse_or_build(stages, "teacher_cache", key, build,
+                               what="stage 2, teacher cache" + (" with hidden states" if hidden else ""), verify=verify)
+    files = {s: [str(p) for p in published.files(f"{s}/", ".parquet")] for s in splits}
+    info = CacheInfo(files, bool(published.meta.get("hidden", hidden)), published.meta.get("dtype", cfg.cache.dtype))
+    return published, ctx.with_updates(cache=info)
+
+
+def head_decision_of(ctx: StageContext) -> str:
+    """The student head's start (``train.distill.student_head_decision``), known before stage 3 runs."""
+    from mtbert_ray.models.hub import load_config
+    from mtbert_ray.train.distill import head_widths, student_head_decision
+
+    cfg = ctx.config
+    width = int(load_config(cfg.student.init_from, trust_remote_code=cfg.trust_remote_code).hidden_size)
+    return student_head_decision(cfg, head_widths(ctx.teachers_checkpoint, ctx.teacher_widths), width)
+
+
+def distill(ctx: StageContext, run_dir: Path) -> StageRun:
+    """Stage 3 in ``<run_dir>/distill`` (a rerun of the same run folder resumes from its latest checkpoint)."""
+    cfg = ctx.config
+    student = [ctx.student_tokenization]
+    if ctx.cache is not None:
+        train = read_split(ctx.cache.files["train"], shuffle_seed=cfg.seed)
+    else:
+        train = _view(ctx, [*ctx.teacher_tokenizations, ctx.student_tokenization], "train", offsets=True, shuffle=True)
+    datasets = {"train": train, **{s: _view(ctx, student, s, offsets=False) for s in _splits(ctx, ("validation", "test"))}}
+    print(f"[mtbert] student head: {head_decision_of(ctx)}", flush=True)
+    print(f"[mtbert] stage 3: distilling a {cfg.student.num_layers}-layer student "
+          f"({'teacher cache' if ctx.cache else 'teachers on the fly'}; {'in this process' if cfg.resources.in_process else 'Ray Train workers'})",
+          flush=True)
+    return run_stage(stage_worker, {"stage": DISTILL, "context": ctx.to_dict()}, cfg.resources, name="distill",
+                     storage_path=run_dir, datasets=datasets, max_failures=cfg.max_failures,
+                     in_process=cfg.resources.in_process, final_epoch=cfg.distill.epochs, tensorboard_tag="distill")

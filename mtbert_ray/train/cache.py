@@ -1,0 +1,187 @@
+"""Stage 2 — the teacher-output cache, built with Ray Data batch inference.
+
+Every split (train, validation, test) of the experiment's view streams through an actor pool of
+frozen teachers (``map_batches``: one actor per configured worker, each with the worker's CPUs
+and GPU share; the teachers run in ``resources.precision``), and ``write_parquet`` writes the
+rows as they come: memory stays bounded by a few blocks whatever the number of rows, no row is
+dropped or repeated (no equal split), and a failed block is retried by Ray Data. Each row holds
+what ``mtbert_ray.targets.cache_columns`` makes of it: logits, the student's token columns and,
+with ``cache.hidden``, the aligned states of the mapped layers in ``cache.dtype``.
+
+Before building, the cache's size is estimated from the data's token statistics
+(``estimate_cache_bytes``) and printed; a cache larger than ``cache.max_gb`` is refused with the
+switches that shrink it.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mtbert_ray.context import StageContext
+from mtbert_ray.data.floats import STORED_BYTES
+from mtbert_ray.data.loader import PadCollate, read_split, view_columns
+from mtbert_ray.errors import ConfigError
+from mtbert_ray.progress import emit, format_progress
+from mtbert_ray.stage import Built, build_dir
+
+ROWS_PER_FILE = 8192
+INDEX_BYTES_PER_TOKEN = 4 * 5  # the student's int32 token columns (ids, mask, specials, two offsets)
+
+
+@dataclass
+class CacheEstimate:
+    rows: int
+    tokens_per_row: float
+    bytes: float
+    hidden: bool
+    formula: str
+
+    @property
+    def gb(self) -> float:
+        return self.bytes / 1e9
+
+
+def estimate_cache_bytes(ctx: StageContext, splits: Sequence[str], hidden: bool, dtype: str) -> CacheEstimate:
+    """rows × (tokens × (index columns + [Σ_i width_i × K × dtype bytes]) + N × C × 4)."""
+    cfg, data = ctx.config, ctx.data
+    rows = sum(data.rows[s] for s in splits)
+    tokens = sum(data.rows[s] * data.mean_tokens(ctx.student_tokenization, s) for s in splits) / max(rows, 1)
+    per_token = INDEX_BYTES_PER_TOKEN
+    formula = f"{rows:,} rows × {tokens:.1f} tokens"
+    if hidden:
+        width = sum(ctx.teacher_widths) * cfg.student.num_layers * STORED_BYTES[dtype]
+        per_token += width
+        formula += (f" × (Σ teacher widths {sum(ctx.teacher_widths)} × {cfg.student.num_layers} student layers × "
+                    f"{STORED_BYTES[dtype]} bytes)")
+    per_row = tokens * per_token + len(cfg.teachers) * data.num_labels * 4
+    return CacheEstimate(rows, tokens, rows * per_row, hidden, formula)
+
+
+def check_cache_size(ctx: StageContext, estimate: CacheEstimate) -> None:
+    cfg = ctx.config
+    if estimate.gb <= cfg.cache.max_gb:
+        return
+    shrink = ["cache.hidden: false (logits only)"] if estimate.hidden else []
+    if estimate.hidden and cfg.cache.dtype == "float32":
+        shrink.append("cache.dtype: float16")
+    shrink += ["a smaller data.max_length or student.num_layers", "cache.enabled: false (teachers on the fly)",
+               f"or raise cache.max_gb (now {cfg.cache.max_gb:g})"]
+    raise ConfigError(
+        f"cache: the teacher cache would take ~{estimate.gb:,.1f} GB ({estimate.formula}), more than cache.max_gb="
+        f"{cfg.cache.max_gb:g}; shrink it with {', '.join(shrink)}"
+    )
+
+
+class TeacherCacheWriter:
+    """A Ray Data actor: frozen teachers → the cache rows of one batch (``targets.cache_columns``)."""
+
+    def __init__(self, context: dict[str, Any], counter=None) -> None:
+        import torch
+
+        from mtbert_ray.models.teachers import TeacherEnsemble
+        from mtbert_ray.train.common import configure_device
+
+        self.ctx = StageContext.from_dict(context)
+        cfg = self.ctx.config
+        self.device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
+        configure_device(self.device, None if cfg.resources.use_gpu else cfg.resources.cpus_per_worker)
+        self.ensemble = TeacherEnsemble.from_pretrained(self.ctx.teachers_checkpoint, cfg.trust_remote_code).to(self.device).eval()
+        pads = self.ctx.pad_ids
+        self.collate = PadCollate({t: pads[t] for t in dict.fromkeys([*self.ctx.teacher_tokenizations, self.ctx.student_tokenization])})
+        self.counter = counter
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        import torch
+
+        from mtbert_ray.targets import cache_columns, teacher_targets
+        from mtbert_ray.train.common import autocast
+
+        cfg, ctx = self.ctx.config, self.ctx
+        tensors = {k: v.to(self.device) for k, v in self.collate(batch).items()}
+        with torch.no_grad(), autocast(self.device, cfg.resources.precision):
+            logits, states = teacher_targets(self.ensemble, tensors, ctx.teacher_tokenizations, ctx.student_tokenization,
+                                             ctx.layer_maps if ctx.cache.hidden else None)
+        table = cache_columns(tensors, logits.float(), states, ctx.student_tokenization, ctx.cache.dtype)
+        if self.counter is not None:
+            self.counter.add.remote(table.num_rows)
+        return table
+
+
+def _counter_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class RowCounter:
+        def __init__(self) -> None:
+            self.rows = 0
+
+        def add(self, n: int) -> None:
+            self.rows += n
+
+        def value(self) -> int:
+            return self.rows
+
+    return RowCounter
+
+
+def build_teacher_cache(ctx: StageContext, folder: Path, splits: Sequence[str]) -> Built:
+    """Write ``<build>/<split>/*.parquet`` for every split through the actor pool; check every row is there."""
+    import ray
+
+    cfg = ctx.config
+    resources = cfg.resources
+    tokenizations = [*ctx.teacher_tokenizations, ctx.student_tokenization]
+    total = sum(ctx.data.rows[s] for s in splits)
+    counter = _counter_class().remote()
+    done = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(counter, total, done), daemon=True)
+    with build_dir(folder) as tmp:
+        watcher.start()
+        try:
+            for split in splits:
+                ds = read_split(ctx.data.splits[split], view_columns(tokenizations), materialize=False)
+                rows = ds.map_batches(
+                    TeacherCacheWriter,
+                    fn_constructor_kwargs={"context": ctx.to_dict(), "counter": counter},
+                    batch_size=ctx.micro_batch("distill"),
+                    batch_format="numpy",
+                    concurrency=resources.num_workers,
+                    num_cpus=resources.cpus_per_worker,
+                    num_gpus=resources.gpus_per_worker if resources.use_gpu else 0,
+                )
+                rows.write_parquet(str(tmp / split), min_rows_per_file=ROWS_PER_FILE)
+        finally:
+            done.set()
+            watcher.join(timeout=5)
+            ray.kill(counter)
+        written = _rows_written(tmp, splits)
+        for split in splits:
+            if written[split] != ctx.data.rows[split]:
+                raise RuntimeError(f"teacher cache: {written[split]} {split} rows written, expected {ctx.data.rows[split]}")
+        return Built(tmp, {"rows": written, "hidden": ctx.cache.hidden, "dtype": ctx.cache.dtype})
+
+
+def _rows_written(root: Path, splits: Sequence[str]) -> dict[str, int]:
+    import pyarrow.parquet as pq
+
+    return {s: sum(pq.read_metadata(p).num_rows for p in (root / s).glob("*.parquet")) for s in splits}
+
+
+def _watch(counter, total: int, done: threading.Event, every_s: float = 10.0) -> None:
+    """Progress of the cache build from the rows the actors have counted, every ``every_s`` seconds."""
+    import ray
+
+    started = time.monotonic()
+    while not done.wait(every_s):
+        try:
+            rows = ray.get(counter.value.remote(), timeout=5)
+        except Exception:  # noqa: BLE001 - progress is best effort
+            continue
+        emit(format_progress("[teacher cache]", rows, total, time.monotonic() - started, unit="rows"))

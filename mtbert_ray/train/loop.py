@@ -1,0 +1,301 @@
+"""The one epoch loop of every Train stage; each stage contributes a ``Step`` (its model, loss and optimizer).
+
+The loop owns what stages share — the way Lightning's ``fit`` loop owns what ``training_step``
+does not: seeding (identical initialisation on every rank, then per-rank dropout seeds),
+resume from the latest checkpoint (model on its device *before* the optimizer is built and its
+state loaded), per-epoch shuffled batches started before the model is built, autocast precision
+(bf16 / fp16 with a gradient scaler), gradient accumulation (DDP synchronises only the last
+micro-batch), progress lines with an ETA, evaluation on validation, evaluation on test only when
+the epoch improves the selection metric (so the selected checkpoint carries its test metrics and
+test never chooses anything), checkpoints (rank 0 writes the model; every rank its predictions)
+and ``report``.
+
+Steps implement: ``build(device)``, ``optimizer_groups()``, ``module`` (trainable, unwrapped),
+``loss(train_module, batch) -> dict`` (``"loss"`` plus its terms), ``predict(batch) -> [heads, B, C]``,
+``save(folder)`` / ``load(folder)``, ``collate(split)`` and ``heads`` (metric prefixes).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from mtbert_ray.progress import Progress
+from mtbert_ray.train.common import (
+    TimedBatches,
+    autocast,
+    checkpoint_dir,
+    configure_device,
+    confusion_matrices,
+    load_training_state,
+    maybe_inject_fault,
+    rank_seed,
+    read_training_state,
+    save_training_state,
+    seed_everything,
+)
+from mtbert_ray.train.metrics import metrics_from_confusion
+from mtbert_ray.train.session import NO_SCORE, SCORE, StageSession
+
+PREDICTIONS_DIR = "predictions"
+SHUFFLE_BUFFER_MIN = 1000
+
+
+class Step(Protocol):
+    heads: list[str]
+
+    def build(self, device: torch.device) -> torch.nn.Module: ...
+
+    def optimizer_groups(self) -> list[dict[str, Any]]: ...
+
+    def loss(self, train_module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def save(self, folder: Path) -> None: ...
+
+    def load(self, folder: Path) -> None: ...
+
+    def collate(self, split: str): ...
+
+
+@dataclass
+class LoopSpec:
+    """The loop's settings (from the experiment config's section of this stage)."""
+
+    stage: str  # "co-finetune" / "distill": progress lines, fault injection, metric names
+    epochs: int
+    micro_batch: int  # examples per worker per forward/backward
+    grad_accum_steps: int
+    seed: int
+    select: str  # bare metric name (accuracy, macro_f1, …) on validation
+    mode: str  # max / min
+    precision: str
+    use_gpu: bool
+    threads: float | None
+    train_rows: int
+    num_labels: int
+    label_names: list[str] = field(default_factory=list)
+    weight_decay: float = 0.0
+    find_unused_parameters: bool = False
+    submission: tuple[str, list[str]] | None = None  # (file name, label per class) for unlabelled test rows
+    test_labelled: bool = True
+
+    @property
+    def fault_name(self) -> str:
+        return self.stage.replace("-", "")
+
+
+def run_epochs(step: Step, session: StageSession, spec: LoopSpec) -> None:
+    rank, world = session.rank, session.world_size
+    device = session.device(spec.use_gpu)
+    configure_device(device, spec.threads)
+    start_epoch, best, best_epoch = 0, None, None
+    with session.latest_checkpoint() as folder:
+        if folder is not None:
+            state = read_training_state(folder)
+            start_epoch, best, best_epoch = int(state["epoch"]) + 1, state.get("best"), state.get("best_epoch")
+    # The first epoch's batches start flowing while the model is built (Ray Data's pipeline start-up).
+    first = _Prefetch(_batches(session, "train", step, spec, device, start_epoch)) if start_epoch < spec.epochs else None
+
+    seed_everything(spec.seed)  # identical initial weights on every rank (DDP broadcasts rank 0's anyway)
+    module = step.build(device)
+    optimizer = torch.optim.Adam(step.optimizer_groups(), weight_decay=spec.weight_decay)
+    optimization = Optimization(optimizer, spec.precision, device, spec.grad_accum_steps, world)
+    with session.latest_checkpoint() as folder:
+        if folder is not None:
+            step.load(folder)
+            load_training_state(folder, optimizer, optimization.scaler)
+    train_module = session.prepare_module(module, spec.find_unused_parameters)
+
+    per_worker = spec.train_rows // world if world > 1 else spec.train_rows
+    steps_per_epoch = math.ceil(per_worker / spec.micro_batch)
+    for epoch in range(start_epoch, spec.epochs):
+        seed_everything(rank_seed(spec.seed, rank, epoch))  # dropout: different per rank and epoch
+        module.train()
+        started = time.time()
+        batches = TimedBatches(first if first is not None else _batches(session, "train", step, spec, device, epoch))
+        first = None
+        progress = Progress(f"[{spec.stage}] epoch {epoch + 1}/{spec.epochs}", steps_per_epoch, "steps",
+                            examples_per_unit=spec.micro_batch * world, enabled=rank == 0)
+        sums: dict[str, float] = {}
+        micro = -1
+        for micro, batch in enumerate(batches):
+            maybe_inject_fault(spec.fault_name, epoch, micro, rank)
+            terms = optimization.micro_step(step, train_module, batch)
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            progress.update(micro + 1, extra=f"loss {float(terms['loss'].detach()):.4f}")
+        optimization.flush()  # an epoch whose micro-batches do not fill the last step: apply what was accumulated
+        steps = micro + 1
+        train_seconds = time.time() - started
+
+        module.eval()
+        metrics = {
+            "epoch": epoch + 1,
+            "start_epoch": start_epoch,  # > 0 when this attempt resumed from a checkpoint
+            "train_seconds": train_seconds,  # the training pass of this epoch (no evaluation)
+            "data_wait_seconds": batches.wait_seconds,  # of train_seconds, waiting for input batches
+            "train_steps": steps,
+            **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()},
+            **_evaluate(step, session, spec, device, "validation", "val_"),
+        }
+        current = metrics[f"val_{_head_metric(step, spec.select)}"]
+        improved = best is None or (current > best if spec.mode == "max" else current < best)
+        if improved:
+            best, best_epoch = current, epoch + 1
+        metrics[f"best_val_{spec.select}"] = best
+        metrics["selected_epoch"] = best_epoch
+        metrics[SCORE] = (current if spec.mode == "max" else -current) if improved else NO_SCORE
+        metrics.update(getattr(step, "report_extras", dict)())
+        metrics["eval_seconds"] = time.time() - started - train_seconds
+        with checkpoint_dir() as folder:
+            state: dict[str, Any] = {"epoch": epoch, "best": best, "best_epoch": best_epoch, "metrics": metrics}
+            if improved and session.has_dataset("test"):
+                # The selected checkpoint's test metrics: measured only once validation chose this epoch.
+                state["test"] = _evaluate(step, session, spec, device, "test", "test_", predictions=folder)
+            if rank == 0:
+                step.save(folder)
+                save_training_state(folder, optimizer, state, optimization.scaler)
+            has_files = rank == 0 or any(folder.iterdir())
+            session.report(metrics, folder if has_files else None)
+
+
+class Optimization:
+    """One optimizer step per ``grad_accum_steps`` micro-batches, under autocast, with a gradient scaler for fp16.
+
+    Each micro-batch's loss is divided by ``grad_accum_steps``, so the accumulated gradient is the mean over
+    the effective batch — the same update as one batch of that size. Under DDP, gradients are synchronised
+    only on the last micro-batch of a step (``no_sync`` before). Used by the loop and by plain-PyTorch code
+    (benchmarks) alike.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, precision: str = "fp32", device: torch.device | None = None,
+                 grad_accum_steps: int = 1, world_size: int = 1) -> None:
+        device = device or torch.device("cpu")
+        self.optimizer, self.precision, self.device = optimizer, precision, device
+        self.grad_accum_steps, self.world_size = grad_accum_steps, world_size
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.pending = 0
+        optimizer.zero_grad(set_to_none=True)
+
+    def micro_step(self, step: Step, train_module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.pending += 1
+        last = self.pending == self.grad_accum_steps
+        skip_sync = self.world_size > 1 and not last and hasattr(train_module, "no_sync")
+        with train_module.no_sync() if skip_sync else contextlib.nullcontext():
+            with autocast(self.device, self.precision):
+                terms = step.loss(train_module, batch)
+            self.scaler.scale(terms["loss"] / self.grad_accum_steps).backward()
+        if last:
+            self.flush()
+        return terms
+
+    def flush(self) -> None:
+        """Apply the accumulated gradient (if any) and start the next step."""
+        if self.pending:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.pending = 0
+
+
+def _head_metric(step: Step, name: str) -> str:
+    """The selection metric of the evaluated model: its mean over teachers in co-finetuning."""
+    return name if step.heads == [""] else f"mean_{name}"
+
+
+def _evaluate(step: Step, session: StageSession, spec: LoopSpec, device: torch.device, split: str, prefix: str,
+              predictions: Path | None = None) -> dict[str, Any]:
+    writer = None
+    if predictions is not None and not spec.test_labelled and spec.submission:
+        writer = _PredictionWriter(predictions / PREDICTIONS_DIR / f"part-{session.rank:05d}.tsv", spec.submission[1])
+    batches = _batches(session, split, step, spec, device, epoch=None)
+    with autocast(device, spec.precision):
+        cms = confusion_matrices(step.predict, batches, spec.num_labels, heads=len(step.heads), device=device,
+                                 on_predictions=writer)
+    if writer is not None:
+        writer.close()
+    out: dict[str, Any] = {}
+    for cm, head in zip(cms, step.heads):
+        out.update(metrics_from_confusion(cm, prefix=f"{prefix}{head}"))
+    if step.heads != [""]:  # co-finetuning: the teachers' mean of every metric
+        names = [k.removeprefix(f"{prefix}{step.heads[0]}") for k in out if k.startswith(f"{prefix}{step.heads[0]}")]
+        for name in names:
+            if name != "examples":
+                out[f"{prefix}mean_{name}"] = sum(out[f"{prefix}{h}{name}"] for h in step.heads) / len(step.heads)
+    return out
+
+
+class _PredictionWriter:
+    """``example_id \\t label`` lines of one rank's share of an unlabelled split (merged by the driver)."""
+
+    def __init__(self, path: Path, label_text: list[str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(path, "w", newline="")
+        self.writer = csv.writer(self.handle, delimiter="\t")
+        self.label_text = label_text
+
+    def __call__(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> None:
+        for example_id, label in zip(batch["example_id"].tolist(), logits[0].argmax(-1).tolist()):
+            self.writer.writerow([example_id, self.label_text[label]])
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _batches(session: StageSession, split: str, step: Step, spec: LoopSpec, device: torch.device, epoch: int | None):
+    """Padded batches of a split on ``device``; training batches through a shuffle buffer seeded by (seed, epoch)."""
+    kwargs: dict[str, Any] = {"batch_size": spec.micro_batch, "collate_fn": step.collate(split), "device": device}
+    if epoch is not None:
+        kwargs.update(local_shuffle_buffer_size=max(SHUFFLE_BUFFER_MIN, 16 * spec.micro_batch),
+                      local_shuffle_seed=spec.seed * 1000 + epoch)
+    return session.dataset(split).iter_torch_batches(**kwargs)
+
+
+class _Prefetch:
+    """An iterator whose first element is fetched in a background thread from construction on."""
+
+    def __init__(self, iterable) -> None:
+        self._it = iter(iterable)
+        self._first: list[Any] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._fetch, daemon=True)
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            self._first.append(next(self._it))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
+            self._error = exc
+
+    def __iter__(self):
+        self._thread.join()
+        if isinstance(self._error, StopIteration):
+            return
+        if self._error is not None:
+            raise self._error
+        yield from self._first
+        yield from self._it
+
+
+def merge_predictions(checkpoint: Path, out: Path) -> int:
+    """Merge the ranks' prediction parts of a checkpoint into one ``index \\t prediction`` file (GLUE's format)."""
+    rows: list[tuple[int, str]] = []
+    for part in sorted((checkpoint / PREDICTIONS_DIR).glob("part-*.tsv")):
+        with open(part, newline="") as handle:
+            rows += [(int(i), label) for i, label in csv.reader(handle, delimiter="\t")]
+    rows.sort()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["index", "prediction"])
+        writer.writerows(rows)
+    return len(rows)
