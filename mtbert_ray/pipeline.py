@@ -23,7 +23,7 @@ from mtbert_ray.errors import ResultsError
 from mtbert_ray.export import export_student, parameter_counts
 from mtbert_ray.models.hub import check_models
 from mtbert_ray.ray_runtime import init_ray
-from mtbert_ray.results import ExperimentResult, ModelScores, StageSummary, scores_from
+from mtbert_ray.results import ExperimentResult
 from mtbert_ray.stage import Published
 from mtbert_ray.storage import atomic_write_text, ensure_writable_dir, resolve_storage
 from mtbert_ray.train.common import read_training_state
@@ -102,48 +102,24 @@ class Experiment:
         return result
 
     def _result(self, distilled: StageRun, distill_seconds: float, started: float) -> ExperimentResult:
-        cfg, ctx, data, teachers, cache = self.config, self.ctx, self.ctx.data, self.teachers, self.cache
+        cfg, ctx, data, teachers = self.config, self.ctx, self.ctx.data, self.teachers
         student_dir = export_student(distilled.best_checkpoint / STUDENT_DIR, self.run_dir / STUDENT_DIR,
                                      init_from=cfg.student.init_from, max_length=cfg.data.max_length, pair=data.pair,
                                      teachers=cfg.teachers, experiment_yaml=dump_config(cfg),
                                      trust_remote_code=cfg.trust_remote_code)
         params = parameter_counts(teachers.path, student_dir, cfg.teachers)
-        labelled_test = data.labelled.get("test", False)
         predictions, note = None, None
         if "test" not in data.splits:
             note = "no test split: test scores are missing"
-        elif not labelled_test:
+        elif not data.labelled.get("test", False):
             out = self.run_dir / "predictions" / (data.submission_file or "test.tsv")
             rows = merge_predictions(distilled.best_checkpoint, out)
             predictions = str(out)
             note = f"the test split has no labels: {rows} predictions written to {out} (submit them to the benchmark)"
-        teacher_test = teachers.meta.get("test") or {}
-        student_test = read_training_state(distilled.best_checkpoint).get("test") or {}
-        return ExperimentResult(
-            name=cfg.name,
-            run_dir=self.run_dir,
-            student_dir=student_dir,
-            seconds=time.time() - started,
-            data={"dataset_key": data.dataset_key, "rows": data.rows, "label_names": data.label_names, "pair": data.pair,
-                  "metrics": data.metrics},
-            select={"metric": ctx.select_metric, "mode": cfg.select.mode},
-            cofinetune=StageSummary(teachers.key, str(teachers.path), teachers.reused, teachers.seconds),
-            teacher_cache=StageSummary(cache.key, str(cache.path), cache.reused, cache.seconds) if cache else None,
-            distill=StageSummary("", str(distilled.best_checkpoint), False, distill_seconds),
-            teachers={
-                name: ModelScores(scores_from(teachers.meta["metrics"], f"val_teacher{i}_"),
-                                  scores_from(teacher_test, f"test_teacher{i}_") if labelled_test else None,
-                                  params["teachers"][name], teachers.meta.get("epoch"))
-                for i, name in enumerate(cfg.teachers)
-            },
-            student=ModelScores(scores_from(distilled.best_metrics, "val_"),
-                                scores_from(student_test, "test_") if labelled_test else None,
-                                params["student"], int(distilled.best_metrics["epoch"])),
-            shared_head_params=params["shared_head"],
-            layer_maps=ctx.layer_maps,
-            decisions={"student_head": distilled.best_metrics["student_head"]} if "student_head" in distilled.best_metrics else {},
-            test_note=note,
-            predictions=predictions,
+        return ExperimentResult.from_stages(
+            ctx, teachers, self.cache, distilled, student_dir=student_dir, params=params, seconds=time.time() - started,
+            distill_seconds=distill_seconds, student_test=read_training_state(distilled.best_checkpoint).get("test"),
+            test_note=note, predictions=predictions,
         )
 
 

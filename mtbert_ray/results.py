@@ -141,6 +141,42 @@ class ExperimentResult:
         )
 
     @classmethod
+    def from_stages(cls, ctx, teachers, cache, distilled, *, student_dir: Path, params: dict[str, Any], seconds: float,
+                    distill_seconds: float, student_test: dict[str, Any] | None, test_note: str | None,
+                    predictions: str | None) -> "ExperimentResult":
+        """The result of a finished experiment from its stages: ``ctx`` (StageContext), ``teachers`` and ``cache``
+        (published stages 1 and 2), ``distilled`` (stage 3's StageRun); test scores only for a labelled test split."""
+        cfg, data = ctx.config, ctx.data
+        labelled = data.labelled.get("test", False)
+        teacher_test = teachers.meta.get("test") or {}
+        return cls(
+            name=cfg.name,
+            run_dir=Path(student_dir).parent,
+            student_dir=Path(student_dir),
+            seconds=seconds,
+            data={"dataset_key": data.dataset_key, "rows": data.rows, "label_names": data.label_names, "pair": data.pair,
+                  "metrics": data.metrics},
+            select={"metric": ctx.select_metric, "mode": cfg.select.mode},
+            cofinetune=StageSummary(teachers.key, str(teachers.path), teachers.reused, teachers.seconds),
+            teacher_cache=StageSummary(cache.key, str(cache.path), cache.reused, cache.seconds) if cache else None,
+            distill=StageSummary("", str(distilled.best_checkpoint), False, distill_seconds),
+            teachers={
+                name: ModelScores(scores_from(teachers.meta["metrics"], f"val_teacher{i}_"),
+                                  scores_from(teacher_test, f"test_teacher{i}_") if labelled else None,
+                                  params["teachers"][name], teachers.meta.get("epoch"))
+                for i, name in enumerate(cfg.teachers)
+            },
+            student=ModelScores(scores_from(distilled.best_metrics, "val_"),
+                                scores_from(student_test or {}, "test_") if labelled else None,
+                                params["student"], int(distilled.best_metrics["epoch"])),
+            shared_head_params=params["shared_head"],
+            layer_maps=ctx.layer_maps,
+            decisions={"student_head": distilled.best_metrics["student_head"]} if "student_head" in distilled.best_metrics else {},
+            test_note=test_note,
+            predictions=predictions,
+        )
+
+    @classmethod
     def read(cls, path: Path) -> "ExperimentResult":
         return cls.from_json(json.loads(Path(path).read_text()))
 
