@@ -4,15 +4,19 @@
 ``write_report(result_grid_or_path)`` / ``study_table(load_study(path))``.
 
 Rows are what the study varies (``analysis.rows`` in the space file): teacher subsets (Table 3),
-variants (ablations, ensembles: Fig. 3–5), or single trials (Optuna studies). Columns are the
-student's validation metrics in percent, mean ± sample standard deviation over the trials of a
-row (the seeds), with the number of trials.
+variants (ablations, ensembles: Fig. 3–5), or single trials (Optuna studies). Every number is the
+student selected on validation (``select.metric``) and then measured on test: columns are the test
+(and validation) metrics in percent, mean ± sample standard deviation over the row's seeds, with n
+(a row of one seed says so instead of showing ±0). ``comparisons`` are paired by seed: the mean of
+(a − b) over the seeds both rows finished, with its 95 % t-interval. Trials a scheduler stopped
+early are counted apart ("stopped early"), never averaged in and never chosen as best.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,33 @@ import pandas as pd
 from mtbert_ray.errors import ResultsError
 
 SWEEP_FILE = "mtbert_sweep.json"
-METRIC_COLUMNS = {"accuracy": "val_accuracy", "macro_f1": "val_macro_f1"}
+DEFAULT_METRICS = ["accuracy", "macro_f1"]
+SPLITS = ("test", "val")
+LABELS = {"accuracy": "Acc.", "macro_f1": "Macro-F", "mcc": "MCC", "f1": "F1"}
+#: Two-sided 95 % Student-t critical values t_{0.975, df} for df = 1..30.
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def t_critical(df: int) -> float:
+    """t_{0.975, df}: the table for df ≤ 30, the Cornish–Fisher expansion beyond (error < 1e-4)."""
+    if df < 1:
+        raise ValueError("df must be >= 1")
+    if df <= 30:
+        return T_975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2) \
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+
+
+def mean_interval(values: list[float]) -> tuple[float, float | None, float | None]:
+    """(mean, sample std, 95 % half-width t_{n−1} · std / √n); std and half-width None for one value."""
+    n = len(values)
+    mean = statistics.fmean(values) if values else math.nan
+    if n < 2:
+        return mean, None, None
+    std = statistics.stdev(values)
+    return mean, std, t_critical(n - 1) * std / math.sqrt(n)
 
 
 @dataclass
@@ -39,12 +69,26 @@ class Study:
     def params(self) -> list[str]:
         return [c for c in self.trials.columns if c.startswith("param:")]
 
+    @property
+    def metrics(self) -> list[str]:
+        spec = self.meta.get("spec", {}).get("analysis", {})
+        return list(spec.get("metrics") or self.meta.get("metrics") or DEFAULT_METRICS)
+
+    @property
+    def select(self) -> dict[str, str]:
+        return self.meta.get("select") or {"metric": "accuracy", "mode": "max"}
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        return self.trials[self.trials["finished"]]
+
 
 @dataclass
 class Report:
     out_dir: Path
     table: pd.DataFrame
     table_markdown: str
+    comparisons: pd.DataFrame = field(default_factory=pd.DataFrame)
     files: list[Path] = field(default_factory=list)
     best: dict[str, Any] | None = None
 
@@ -62,22 +106,32 @@ def load_study(source) -> Study:
         analysis = ExperimentAnalysis(str(path))
     except Exception as exc:  # no experiment state yet
         raise ResultsError(f"{path}: holds no Tune results yet ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    metrics = list(meta.get("metrics") or DEFAULT_METRICS)
+    for extra in ("accuracy", "macro_f1", "mcc", "f1"):
+        if extra not in metrics:
+            metrics.append(extra)
     rows = []
     for trial in analysis.trials:
         last = trial.last_result or {}
+        finished = bool(last.get("finished", last.get("done") and last.get("student_dir")))
         row: dict[str, Any] = {"trial_id": trial.trial_id, "status": trial.status}
         for key, value in (trial.config or {}).items():
             row[f"param:{key}"] = value
-        for name, column in METRIC_COLUMNS.items():
-            row[name] = last.get(column, math.nan)
+        for name in metrics:
+            for split in SPLITS:
+                row[f"{split}_{name}"] = last.get(f"{split}_{name}", math.nan) if (finished or split == "val") else math.nan
         row["epoch"] = last.get("epoch", math.nan)
-        row["done"] = bool(last.get("done", False))
-        row["teacher_mean_accuracy"] = last.get("teacher_mean_accuracy", math.nan)
-        row["student_dir"] = last.get("student_dir")
+        row["finished"] = finished
+        row["stopped_early"] = not finished and trial.status == "TERMINATED"
+        row["errored"] = trial.status == "ERROR"
+        row["teacher_mean_test_accuracy"] = last.get("teacher_mean_test_accuracy", math.nan)
+        row["teacher_mean_val_accuracy"] = last.get("teacher_mean_val_accuracy", last.get("teacher_mean_accuracy", math.nan))
+        row["student_dir"] = last.get("student_dir") if finished else None
         rows.append(row)
     trials = pd.DataFrame(rows)
     if trials.empty:
-        trials = pd.DataFrame(columns=["trial_id", "status", *METRIC_COLUMNS, "done", "student_dir"])
+        trials = pd.DataFrame(columns=["trial_id", "status", "finished", "stopped_early", "errored", "student_dir"])
+    trials["finished"] = trials["finished"].astype(bool)
     return Study(path, meta, trials)
 
 
@@ -95,51 +149,119 @@ def _row_order(study: Study, labels: list[str]) -> list[str]:
         return [v for v in order if v in labels] + [v for v in labels if v not in order]
     if study.row_key == "teachers":
         pool = list(spec.get("teacher_pool") or {})
+
         def rank(label: str):
             parts = label.split("+")
             return (len(parts), [pool.index(p) if p in pool else len(pool) for p in parts])
+
         return sorted(labels, key=rank)
     return labels
 
 
 def study_table(study: Study, metrics: list[str] | None = None) -> pd.DataFrame:
-    """Rows × metrics: mean and std (in %, over the row's trials) and n; finished trials only."""
-    metrics = metrics or list(study.meta.get("spec", {}).get("analysis", {}).get("metrics") or METRIC_COLUMNS)
-    done = study.trials[study.trials["done"] == True] if "done" in study.trials else study.trials  # noqa: E712
-    if done.empty:
-        return pd.DataFrame(columns=["row", *[f"{m}_mean" for m in metrics], *[f"{m}_std" for m in metrics], "n"])
-    done = done.assign(row=[_row_label(study, r) for _, r in done.iterrows()])
+    """Rows × (test, val) × metrics: mean, std, 95 % half-width (in %, over the row's finished seeds), n and
+    the number of trials stopped early."""
+    metrics = metrics or study.metrics
+    trials = study.trials
+    if trials.empty:
+        return pd.DataFrame(columns=["row", "n", "stopped_early"])
+    trials = trials.assign(row=[_row_label(study, r) for _, r in trials.iterrows()])
     records = []
-    for label, group in done.groupby("row", sort=False):
-        rec: dict[str, Any] = {"row": label, "n": len(group)}
-        for m in metrics:
-            values = group[m].astype(float) * 100
-            rec[f"{m}_mean"] = float(values.mean())
-            rec[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    for label, group in trials.groupby("row", sort=False):
+        done = group[group["finished"]]
+        rec: dict[str, Any] = {"row": label, "n": len(done), "stopped_early": int(group["stopped_early"].sum())}
+        for split in SPLITS:
+            for m in metrics:
+                values = [float(v) * 100 for v in done[f"{split}_{m}"] if not pd.isna(v)]
+                mean, std, half = mean_interval(values)
+                rec[f"{split}_{m}_mean"], rec[f"{split}_{m}_std"], rec[f"{split}_{m}_ci"] = mean, std, half
         if study.row_key == "trial":
             for p in study.params:
                 rec[p.removeprefix("param:")] = group[p].iloc[0]
         records.append(rec)
     table = pd.DataFrame(records)
+    select = f"val_{study.select['metric']}_mean"
     if study.row_key == "trial":
-        table = table.sort_values(f"{metrics[0]}_mean", ascending=False, kind="stable")
+        ascending = study.select.get("mode") == "min"
+        table = table.sort_values(select, ascending=ascending, kind="stable", na_position="last")
     else:
         order = _row_order(study, table["row"].tolist())
         table = table.set_index("row").loc[order].reset_index()
     return table.reset_index(drop=True)
 
 
+def comparison_table(study: Study, comparisons: list[tuple[str, str]] | None = None,
+                     metrics: list[str] | None = None) -> pd.DataFrame:
+    """Paired differences a − b on test (in points), over the seeds both rows finished, with 95 % intervals."""
+    metrics = metrics or study.metrics
+    comparisons = comparisons if comparisons is not None else [tuple(c) for c in study.meta.get("comparisons") or []]
+    done = study.finished
+    if done.empty or not comparisons or "param:seed" not in done:
+        return pd.DataFrame(columns=["a", "b", "pairs"])
+    done = done.assign(row=[_row_label(study, r) for _, r in done.iterrows()])
+    records = []
+    for a, b in comparisons:
+        left = done[done["row"] == a].set_index("param:seed")
+        right = done[done["row"] == b].set_index("param:seed")
+        seeds = sorted(set(left.index) & set(right.index))
+        rec: dict[str, Any] = {"a": a, "b": b, "pairs": len(seeds)}
+        for m in metrics:
+            diffs = [100 * (float(left.loc[s, f"test_{m}"]) - float(right.loc[s, f"test_{m}"])) for s in seeds
+                     if not pd.isna(left.loc[s, f"test_{m}"]) and not pd.isna(right.loc[s, f"test_{m}"])]
+            mean, _, half = mean_interval(diffs)
+            rec[f"{m}_diff"], rec[f"{m}_ci"] = mean, half
+            rec[f"{m}_low"] = mean - half if half is not None else math.nan
+            rec[f"{m}_high"] = mean + half if half is not None else math.nan
+        records.append(rec)
+    return pd.DataFrame(records)
+
+
+def _cell(mean: float, std: float | None, n: int) -> str:
+    if n == 0 or pd.isna(mean):
+        return "—"
+    if n == 1 or std is None or pd.isna(std):
+        return f"{mean:.2f} (1 seed)"
+    return f"{mean:.2f} ± {std:.2f}"
+
+
 def table_markdown(table: pd.DataFrame, study: Study, metrics: list[str] | None = None) -> str:
-    metrics = metrics or [c.removesuffix("_mean") for c in table.columns if c.endswith("_mean")]
+    metrics = metrics or study.metrics
     header = {"teachers": "Teachers", "variant": "Method", "trial": "Trial"}.get(study.row_key, study.row_key)
-    params = [c for c in table.columns if c not in ("row", "n") and not c.endswith(("_mean", "_std"))]
-    cols = [header, *params, *[m.replace("macro_f1", "Macro-F").replace("accuracy", "Acc.") for m in metrics], "n"]
+    params = [c for c in table.columns if c not in ("row", "n", "stopped_early") and not c.endswith(("_mean", "_std", "_ci"))]
+    cols = [header, *params]
+    cols += [f"{LABELS.get(m, m)} test" for m in metrics] + [f"{LABELS.get(m, m)} val" for m in metrics] + ["n"]
+    stopped = int(table["stopped_early"].sum()) if "stopped_early" in table else 0
+    if stopped:
+        cols.append("stopped early")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():
-        cells = [str(r["row"])]
-        cells += [_fmt_param(r[p]) for p in params]
-        cells += [f"{r[f'{m}_mean']:.2f} ± {r[f'{m}_std']:.2f}" for m in metrics]
-        cells.append(str(int(r["n"])))
+        n = int(r["n"])
+        label = str(r["row"]) + (" (stopped early)" if study.row_key == "trial" and n == 0 and r["stopped_early"] else "")
+        cells = [label, *[_fmt_param(r[p]) for p in params]]
+        cells += [_cell(r[f"test_{m}_mean"], r[f"test_{m}_std"], n) for m in metrics]
+        cells += [_cell(r[f"val_{m}_mean"], r[f"val_{m}_std"], n) for m in metrics]
+        cells.append(str(n))
+        if stopped:
+            cells.append(str(int(r["stopped_early"])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparisons_markdown(table: pd.DataFrame, metrics: list[str]) -> str:
+    if table.empty:
+        return ""
+    cols = ["Comparison (test, a − b, points)", *[f"Δ {LABELS.get(m, m)} [95% interval]" for m in metrics], "paired seeds"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in table.iterrows():
+        cells = [f"{r['a']} − {r['b']}"]
+        for m in metrics:
+            if r["pairs"] == 0 or pd.isna(r[f"{m}_diff"]):
+                cells.append("no seeds in common")
+            elif pd.isna(r[f"{m}_ci"]):
+                cells.append(f"{r[f'{m}_diff']:+.2f} (1 pair: no interval)")
+            else:
+                cells.append(f"{r[f'{m}_diff']:+.2f} [{r[f'{m}_low']:+.2f}, {r[f'{m}_high']:+.2f}]")
+        cells.append(str(int(r["pairs"])))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -151,26 +273,29 @@ def _fmt_param(value: Any) -> str:
 
 
 def _bar_chart(table: pd.DataFrame, study: Study, metrics: list[str], path: Path) -> None:
+    """Test metrics per row; error bars: the 95 % interval over seeds (none for a single seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
     colors = plt.get_cmap("tab10").colors
     for ax, m in zip(axes[0], metrics):
-        means, stds = table[f"{m}_mean"].to_numpy(), table[f"{m}_std"].to_numpy()
+        means = table[f"test_{m}_mean"].astype(float).to_numpy()
+        errors = table[f"test_{m}_ci"].astype(float).fillna(0.0).to_numpy()
         x = range(len(table))
-        bars = ax.bar(x, means, yerr=stds, capsize=4, color=[colors[i % 10] for i in x])
-        for bar, value in zip(bars, means):
-            ax.annotate(f"{value:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
-        low = max(0.0, float((means - stds).min()) - 3)
-        high = float((means + stds).max()) + 2
-        ax.set_ylim(low, high)
+        bars = ax.bar(x, means, yerr=errors, capsize=4, color=[colors[i % 10] for i in x])
+        for bar, value, n in zip(bars, means, table["n"]):
+            if not math.isnan(value):
+                ax.annotate(f"{value:.2f}\nn={int(n)}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+        finite = [v for v in means - errors if not math.isnan(v)]
+        if finite:
+            ax.set_ylim(max(0.0, min(finite) - 3), max(v for v in means + errors if not math.isnan(v)) + 3)
         ax.set_xticks(list(x), table["row"].tolist(), rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel(m.replace("_", " ").replace("macro f1", "Macro-F") + " (%)")
-        ax.set_title(m.replace("_", "-"))
+        ax.set_ylabel(f"{LABELS.get(m, m)} on test (%)")
+        ax.set_title(f"test {m.replace('_', '-')} (error bars: 95% interval)", fontsize=9)
     fig.suptitle(study.meta.get("name", ""))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -183,36 +308,43 @@ def _scatter(study: Study, metric: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = study.trials[study.trials["done"] == True]  # noqa: E712
+    done = study.finished
     numeric = [p for p in study.params if pd.api.types.is_numeric_dtype(done[p]) and done[p].nunique() > 1]
     if not numeric:
         numeric = study.params[:1]
     space = study.meta.get("spec", {}).get("space", {})
     fig, axes = plt.subplots(1, max(len(numeric), 1), figsize=(4.2 * max(len(numeric), 1), 3.6), squeeze=False)
     for ax, p in zip(axes[0], numeric):
-        ax.scatter(done[p], done[metric] * 100)
+        ax.scatter(done[p], done[f"val_{metric}"] * 100, label="validation (selects)")
+        ax.scatter(done[p], done[f"test_{metric}"] * 100, marker="x", label="test")
         key = p.removeprefix("param:")
         if (space.get(key) or {}).get("loguniform"):
             ax.set_xscale("log")
         ax.set_xlabel(key)
         ax.set_ylabel(f"{metric} (%)")
-    fig.suptitle(f"{study.meta.get('name', '')}: {metric} per trial")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{study.meta.get('name', '')}: {metric} per finished trial")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def best_trial(study: Study, metric: str = "accuracy") -> dict[str, Any] | None:
-    done = study.trials[study.trials["done"] == True]  # noqa: E712
-    if done.empty:
+def best_trial(study: Study) -> dict[str, Any] | None:
+    """The finished trial best by the validation selection metric (never a trial stopped early), with its test scores."""
+    done = study.finished
+    metric = f"val_{study.select['metric']}"
+    if done.empty or metric not in done or done[metric].isna().all():
         return None
-    row = done.sort_values(metric, ascending=False, kind="stable").iloc[0]
+    row = done.sort_values(metric, ascending=study.select.get("mode") == "min", kind="stable").iloc[0]
     out = {
         "trial_id": row["trial_id"],
+        "selected_by": metric,
         "params": {p.removeprefix("param:"): _jsonable(row[p]) for p in study.params},
-        "metrics": {m: float(row[m]) for m in METRIC_COLUMNS},
+        "validation": {m: _jsonable(row[f"val_{m}"]) for m in study.metrics},
+        "test": {m: _jsonable(row[f"test_{m}"]) for m in study.metrics},
         "student_dir": row["student_dir"],
     }
+    out["metrics"] = out["validation"]  # earlier name of the validation scores
     run_dir = Path(row["student_dir"]).parent if row["student_dir"] else None
     if run_dir is not None and (run_dir / "config.yaml").is_file():
         out["config_file"] = str(run_dir / "config.yaml")
@@ -222,35 +354,48 @@ def best_trial(study: Study, metric: str = "accuracy") -> dict[str, Any] | None:
 
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
     return value
 
 
 def write_report(source, out: str | Path | None = None) -> Report:
-    """Write ``table.md``, ``table.csv``, ``trials.csv``, a PNG chart and ``best.json``; return them."""
+    """Write ``table.md``, ``table.csv``, ``comparisons.csv``, ``trials.csv``, a PNG chart and ``best.json``."""
     study = load_study(source)
     out_dir = Path(out) if out is not None else study.path / "analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = list(study.meta.get("spec", {}).get("analysis", {}).get("metrics") or METRIC_COLUMNS)
+    metrics = study.metrics
     table = study_table(study, metrics)
-    markdown = table_markdown(table, study, metrics) if not table.empty else "(no finished trials)"
+    has_rows = not table.empty and int(table["n"].sum()) > 0
+    markdown = table_markdown(table, study, metrics) if has_rows else "(no finished trials)"
+    comparisons = comparison_table(study, metrics=metrics)
+    compared = comparisons_markdown(comparisons, metrics)
     name = study.meta.get("name", study.path.name)
+    select = study.select
+    note = (f"Student checkpoints selected on validation {select['metric']} ({select['mode']}); test = the same "
+            "checkpoints on the test split. Mean ± sample std over seeds (n); paired comparisons: mean difference over "
+            "the seeds both rows finished, with its 95 % t-interval.")
+    text = f"# {name}\n\n{note}\n\n{markdown}\n"
+    if compared:
+        text += f"\n## Paired comparisons\n\n{compared}\n"
     files = []
-    (out_dir / "table.md").write_text(f"# {name}\n\n{markdown}\n")
+    (out_dir / "table.md").write_text(text)
     table.to_csv(out_dir / "table.csv", index=False)
+    comparisons.to_csv(out_dir / "comparisons.csv", index=False)
     study.trials.to_csv(out_dir / "trials.csv", index=False)
-    files += [out_dir / "table.md", out_dir / "table.csv", out_dir / "trials.csv"]
-    if not table.empty:
+    files += [out_dir / "table.md", out_dir / "table.csv", out_dir / "comparisons.csv", out_dir / "trials.csv"]
+    if has_rows:
         chart = out_dir / ("chart.png" if study.row_key != "trial" else "trials.png")
         if study.row_key == "trial":
-            _scatter(study, metrics[0], chart)
+            _scatter(study, select["metric"], chart)
         else:
             _bar_chart(table, study, metrics, chart)
         files.append(chart)
-    best = best_trial(study, metrics[0])
+    best = best_trial(study)
     (out_dir / "best.json").write_text(json.dumps(best, indent=2, default=str))
     files.append(out_dir / "best.json")
-    return Report(out_dir, table, markdown, files, best)
+    return Report(out_dir, table, markdown + (f"\n\n{compared}" if compared else ""), comparisons, files, best)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -265,7 +410,8 @@ def main(argv: list[str] | None = None) -> None:
         report = write_report(args.results, args.out)
         print(report.table_markdown)
         if report.best:
-            print(f"best trial {report.best['trial_id']}: {report.best['metrics']}  student {report.best['student_dir']}")
+            print(f"best trial {report.best['trial_id']} (by {report.best['selected_by']}): validation {report.best['validation']}  "
+                  f"test {report.best['test']}  student {report.best['student_dir']}")
         print(f"written: {', '.join(str(f) for f in report.files)}")
         return 0
 

@@ -117,6 +117,9 @@ class DistillConfig(_Strict):
     temperature: float = Field(default=1.0, gt=0, description="Softmax temperature t of the soft labels (Eq. 2).")
     t2_scale: bool = Field(False, description="Multiply the distillation loss by t² (Hinton et al.; not in the paper).")
     weight_decay: float = Field(default=0.0, ge=0, description="Adam weight decay.")
+    seed: int | None = Field(
+        None, description="Seed of the student's initialisation, dropout and data order; default: the experiment seed. "
+        "A study that varies only distill.seed distils several students from the same co-finetuned teachers.")
 
 
 class LossConfig(_Strict):

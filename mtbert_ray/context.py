@@ -93,19 +93,23 @@ def computed_metrics(data: PreparedData) -> list[str]:
     return [n for n in names if data.num_labels == 2 or n not in BINARY_ONLY]
 
 
-def select_metric_name(config: ExperimentConfig) -> str:
-    """``select.metric`` as a bare name without loading the data (auto → the task's main metric:
-    the GLUE leaderboard's for a GLUE task, accuracy otherwise)."""
-    name = config.select.metric
-    if name != "auto":
-        return name
+def task_metrics(config: ExperimentConfig) -> list[str]:
+    """The metrics reported for the configured task without loading the data, main metric first: GLUE's
+    leaderboard metrics for a GLUE task, accuracy and macro-F1 for MIND and files sources."""
     if config.data.source == "glue" and config.data.task:
         from mtbert_ray.data.glue_tasks import GLUE_TASKS
 
         task = GLUE_TASKS.get(config.data.task.lower().replace("-", ""))
         if task is not None:
-            return task.metrics[0]
-    return "accuracy"
+            return list(task.metrics)
+    return ["accuracy", "macro_f1"]
+
+
+def select_metric_name(config: ExperimentConfig) -> str:
+    """``select.metric`` as a bare name without loading the data (auto → the task's main metric:
+    the GLUE leaderboard's for a GLUE task, accuracy otherwise)."""
+    name = config.select.metric
+    return task_metrics(config)[0] if name == "auto" else name
 
 
 def resolve_select_metric(config: ExperimentConfig, data: PreparedData) -> str:

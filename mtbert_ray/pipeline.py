@@ -112,8 +112,11 @@ class Experiment:
         if "test" not in data.splits:
             note = "no test split: test scores are missing"
         elif not data.labelled.get("test", False):
-            out = self.run_dir / "predictions" / (data.submission_file or "test.tsv")
+            name = data.submission_file or "test.tsv"
+            out = self.run_dir / "predictions" / name
             rows = merge_predictions(distilled.best_checkpoint, out)
+            for i in range(len(cfg.teachers)):  # the selected teachers' predictions, the same way
+                merge_predictions(teachers.path, self.run_dir / "predictions" / f"teacher{i}" / name, head=f"teacher{i}_")
             predictions = str(out)
             note = f"the test split has no labels: {rows} predictions written to {out} (submit them to the benchmark)"
         return ExperimentResult.from_stages(

@@ -61,6 +61,17 @@ def _job_runtime_env_vars() -> dict[str, str]:
         return {}
 
 
+DRIVER_RESOURCE = "mtbert_driver"
+LOCAL_DRIVER_SLOTS = 1000
+
+
+def has_resource(name: str) -> bool:
+    """Whether any node of the connected cluster offers the custom resource ``name``."""
+    import ray
+
+    return ray.cluster_resources().get(name, 0) > 0
+
+
 def local_cpu_count(required: float) -> int:
     """Logical CPUs for an embedded Ray: at least the cores, and ``required`` + 1 spare for Ray Data."""
     return max(os.cpu_count() or 1, math.ceil(required) + 1)
@@ -86,6 +97,7 @@ def init_ray(required_cpus: float = 1.0, **kwargs: Any) -> None:
     ray.init(
         address="local",
         num_cpus=cpus,
+        resources={DRIVER_RESOURCE: LOCAL_DRIVER_SLOTS},  # this one node is where trial drivers may run
         include_dashboard=True,  # Ray Train's placement-group cleaner queries the State API, served by it
         dashboard_host="127.0.0.1",
         runtime_env=runtime_env,

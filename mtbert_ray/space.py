@@ -52,6 +52,10 @@ class SearchSettings(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     max_concurrent_trials: int = Field(default=1, ge=1)
     trial_cpus: float = Field(default=0.5, gt=0)  # the trial driver (waits on its TorchTrainer)
+    max_failures: int = Field(default=2, ge=0)  # Tune retries of a failed trial (its run folder resumes where it stopped)
+    # A custom resource trial drivers ask for when their stages run on Ray Train workers: the cluster files give it
+    # to on-demand nodes only, so a preempted spot node never takes a trial driver with it (null: no constraint).
+    driver_resource: str | None = "mtbert_driver"
     grace_period: int = Field(default=1, ge=1)  # ASHA: epochs before a trial can be stopped
     reduction_factor: float = Field(default=2, gt=1)
     optuna_seed: int = 0
@@ -78,7 +82,10 @@ class SearchSettings(_Strict):
 
 class AnalysisSettings(_Strict):
     rows: str = "auto"  # auto, trial, or a space key (teachers, variant, student.num_layers, …)
-    metrics: list[str] = Field(default_factory=lambda: ["accuracy", "macro_f1"])
+    metrics: list[str] | None = None  # default: the task's metrics (GLUE's leaderboard ones; accuracy and macro-F1 else)
+    # (row a, row b) pairs compared seed by seed (a − b on test, 95% interval); default: MT-BERT against every other
+    # variant, or all the pool's teachers against each single teacher
+    comparisons: list[tuple[str, str]] | None = None
 
 
 class Dimension(_Strict):
@@ -183,6 +190,29 @@ class Space:
             return "teachers"
         return "trial"
 
+    def row_labels(self) -> list[str] | None:
+        """The analysis rows this study produces (None when rows are trials or a sampled dimension)."""
+        key = self.row_key
+        dim = self.spec.space.get(key)
+        if dim is None:
+            return None
+        values = self.dimension_values(key, dim)
+        return [str(v) for v in values] if values is not None else None
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        """The paired comparisons of the analysis (``analysis.comparisons`` or the paper's, by study kind)."""
+        if self.spec.analysis.comparisons is not None:
+            return [tuple(c) for c in self.spec.analysis.comparisons]
+        rows = self.row_labels() or []
+        if self.row_key == "variant" and "MT-BERT" in rows:
+            return [("MT-BERT", r) for r in rows if r != "MT-BERT"]
+        if self.row_key == "teachers":
+            full = "+".join(self.spec.teacher_pool or {})
+            singles = [r for r in rows if "+" not in r]
+            if full in rows and len(singles) > 1:
+                return [(full, r) for r in singles]
+        return []
+
     def trial_config(self, params: Mapping[str, Any]) -> ExperimentConfig:
         """The experiment config of one trial: base + variant overrides + sampled values."""
         data = apply_overrides(self.base, [])
@@ -264,6 +294,14 @@ class Space:
         rows = spec.analysis.rows
         if rows not in ("auto", "trial") and rows not in spec.space:
             raise ConfigError(f"{src}: analysis.rows: expected auto, trial or a space key ({', '.join(spec.space)}), got {rows!r}")
+        labels = self.row_labels()
+        for a, b in spec.analysis.comparisons or []:
+            missing = [r for r in (a, b) if labels is None or r not in labels]
+            if missing:
+                raise ConfigError(
+                    f"{src}: analysis.comparisons: row {missing[0]!r} is not a row of this study "
+                    f"({', '.join(labels) if labels else 'its rows are trials, which cannot be compared'})"
+                )
         for name, overrides in (spec.variants or {}).items():
             for k, v in overrides.items():
                 self._check_value(k, v, f"{src}: variants.{name}.{k}")
@@ -280,15 +318,36 @@ class Space:
             raise ConfigError(format_validation_error(exc, where)) from None
 
 
+#: Top-level keys of a space file that ``--set`` addresses in the file itself (any other key: the base experiment).
+SPACE_KEYS = ("name", "description", "search", "analysis", "teacher_pool", "variants", "space", "overrides")
+
+
+def _set_keyed(raw: dict[str, Any], parts: list[str], value: Any, label: str) -> None:
+    """``space.<dotted key>[.<distribution>]=value`` and ``overrides.<dotted key>=value``: the key itself has dots."""
+    section = raw.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"--set {label}: {parts[0]!r} is not a section")
+    if parts[0] == "space" and parts[-1] in DISTRIBUTIONS and len(parts) > 2:
+        section[".".join(parts[1:-1])] = {parts[-1]: value}
+    else:
+        section[".".join(parts[1:])] = value
+
+
 def load_space(path: str | Path, overrides: Iterable[str] = ()) -> Space:
-    """Read a space file; ``--set search.x=…`` sets search settings, any other key the base experiment."""
+    """Read a space file. ``--set`` on a key of the file (``search.seeds=[0,1]``, ``teacher_pool.unilm=/path``,
+    ``space.distill.temperature.grid=[1,2]``, ``variants.X={...}``) changes the study; any other key changes the
+    base experiment (``data.task=rte``)."""
     path = Path(path)
     raw = read_yaml(path)
-    experiment_sets, search_sets = [], []
+    experiment_sets = []
     for text in overrides:
-        parts, _ = parse_override(text)
-        (search_sets if parts[0] in ("search", "analysis", "name") else experiment_sets).append(text)
-    raw = apply_overrides(raw, search_sets)
+        parts, value = parse_override(text)
+        if parts[0] not in SPACE_KEYS:
+            experiment_sets.append(text)
+        elif parts[0] in ("space", "overrides") and len(parts) > 1:
+            _set_keyed(raw, parts, value, text)
+        else:
+            set_dotted(raw, parts, value, label=text)
     try:
         spec = SpaceFile.model_validate(raw)
     except ValidationError as exc:

@@ -22,7 +22,7 @@ from mtbert_ray.models.teachers import read_ensemble_meta
 from mtbert_ray.stage import Built, Published, reuse_or_build
 from mtbert_ray.train.common import OPTIMIZER_FILE, SCALER_FILE, read_training_state
 from mtbert_ray.train.session import StageRun, run_stage
-from mtbert_ray.train.worker import COFINETUNE, DISTILL, stage_worker
+from mtbert_ray.train.worker import COFINETUNE, DISTILL, distill_seed, stage_worker
 
 STAGE_VERSION = 2
 CACHE_SPLITS = ("train",)  # distillation reads teacher outputs for training rows only; evaluation reads the view
@@ -64,8 +64,8 @@ def _splits(ctx: StageContext, names) -> list[str]:
     return [s for s in names if s in ctx.data.splits]
 
 
-def _view(ctx: StageContext, tokenizations, split: str, offsets: bool, shuffle: bool = False):
-    seed = ctx.config.seed if shuffle else None
+def _view(ctx: StageContext, tokenizations, split: str, offsets: bool, seed: int | None = None):
+    """A split of the view with the columns of ``tokenizations``; ``seed``: shuffled blocks per epoch (training)."""
     return read_split(ctx.data.splits[split], view_columns(tokenizations, with_offsets=offsets), shuffle_seed=seed)
 
 
@@ -76,7 +76,7 @@ def cofinetune(ctx: StageContext, stages: Path, nonce: str | None = None, verify
 
     def build(folder: Path) -> Built:
         tokenizations = ctx.teacher_tokenizations
-        datasets = {"train": _view(ctx, tokenizations, "train", offsets=False, shuffle=True)}
+        datasets = {"train": _view(ctx, tokenizations, "train", offsets=False, seed=cfg.seed)}
         datasets.update({s: _view(ctx, tokenizations, s, offsets=False) for s in _splits(ctx, ("validation", "test"))})
         run = run_stage(stage_worker, {"stage": COFINETUNE, "context": ctx.to_dict()}, cfg.resources, name="run",
                         storage_path=folder, datasets=datasets, max_failures=cfg.max_failures,
@@ -145,9 +145,9 @@ def distill(ctx: StageContext, run_dir: Path) -> StageRun:
     cfg = ctx.config
     student = [ctx.student_tokenization]
     if ctx.cache is not None:
-        train = read_split(ctx.cache.files["train"], shuffle_seed=cfg.seed)
+        train = read_split(ctx.cache.files["train"], shuffle_seed=distill_seed(cfg))
     else:
-        train = _view(ctx, [*ctx.teacher_tokenizations, ctx.student_tokenization], "train", offsets=True, shuffle=True)
+        train = _view(ctx, [*ctx.teacher_tokenizations, ctx.student_tokenization], "train", offsets=True, seed=distill_seed(cfg))
     datasets = {"train": train, **{s: _view(ctx, student, s, offsets=False) for s in _splits(ctx, ("validation", "test"))}}
     print(f"[mtbert] student head: {head_decision_of(ctx)}", flush=True)
     print(f"[mtbert] stage 3: distilling a {cfg.student.num_layers}-layer student "

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mtbert_ray.context import select_metric_name
+from mtbert_ray.context import select_metric_name, task_metrics
 from mtbert_ray.errors import ConfigError, ResultsError
 from mtbert_ray.results import ExperimentResult
 from mtbert_ray.space import Space, SpaceFile, load_space
@@ -125,13 +125,28 @@ def _scheduler(space: Space, max_epochs: int):
     return None
 
 
-def trial_resources(space: Space, base_config) -> dict[str, float]:
-    """What Tune reserves for one trial: the trial driver alone when its stages run on Ray Train workers
-    (they reserve their own), or the one worker's CPUs (and GPU) when the stages run in the trial itself."""
+def trial_resources(space: Space, base_config, driver_resource: str | None = None) -> dict[str, float]:
+    """What Tune reserves for one trial: the one worker's CPUs (and GPU) when the stages run in the trial
+    itself; else the trial driver alone (its Train workers reserve their own), on a node offering
+    ``driver_resource`` (on-demand capacity in the cluster files) when given."""
     r = base_config.resources
     if r.in_process:
         return {"cpu": r.cpus_per_worker, **({"gpu": r.gpus_per_worker} if r.use_gpu else {})}
-    return {"cpu": space.search.trial_cpus}
+    return {"cpu": space.search.trial_cpus, **({driver_resource: 0.001} if driver_resource else {})}
+
+
+def driver_resource(space: Space, base_config) -> str | None:
+    """``search.driver_resource`` if the cluster offers it (with a note when it does not), else None."""
+    from mtbert_ray.ray_runtime import has_resource
+
+    name = space.search.driver_resource
+    if not name or base_config.resources.in_process:
+        return None
+    if has_resource(name):
+        return name
+    print(f"[mtbert] no node offers the resource {name!r} (search.driver_resource): trial drivers may run on any node, "
+          "spot capacity included — see cluster/README.md", flush=True)
+    return None
 
 
 def cluster_cpus_needed(space: Space, base_config) -> float:
@@ -182,12 +197,16 @@ def run_sweep(
                 f"--name {name}: {experiment_dir} already holds a sweep; use --resume to continue it, or another --name"
             )
         space = Space(space.spec, absolutize_paths(space.base), space.source)
+        base_config = validate_config(space.base, source=f"{space.source}: experiment")
         sweep = {
             "name": name,
             "source": space.source,
             "spec": space.spec.model_dump(mode="json"),
             "base": space.base,
             "row_key": space.row_key,
+            "select": {"metric": select_metric_name(base_config), "mode": base_config.select.mode},
+            "metrics": task_metrics(base_config),
+            "comparisons": [list(c) for c in space.comparisons()],
             "storage": str(root),
             "experiment_dir": str(experiment_dir),
             "created": time.time(),
@@ -198,14 +217,19 @@ def run_sweep(
     base_config = validate_config(space.base, source=f"{space.source}: experiment")
     metric = f"val_{select_metric_name(base_config)}"
     init_ray(required_cpus=cluster_cpus_needed(space, base_config))
-    trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), trial_resources(space, base_config))
+    resources = trial_resources(space, base_config, driver_resource(space, base_config))
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), resources)
+    # Tune's newer console output ignores a passed ProgressReporter; ask for the classic one so the trial table
+    # shows the metrics chosen here (RAY_AIR_NEW_OUTPUT=1 in the environment keeps Tune's own table).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if resume:
         print(f"[mtbert] resuming sweep {experiment_dir}", flush=True)
         tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         s = space.search
         reporter = tune.CLIReporter(
-            metric_columns=["epoch", metric, "val_macro_f1"],
+            metric_columns={"epoch": "epoch", metric: metric, "best_epoch": "best epoch",
+                            f"test_{select_metric_name(base_config)}": f"test_{select_metric_name(base_config)}"},
             parameter_columns=list(space.param_space()),
             metric=metric,
             mode=base_config.select.mode,
@@ -227,7 +251,7 @@ def run_sweep(
                 name=name,
                 storage_path=str(root / "sweeps"),
                 progress_reporter=reporter,
-                failure_config=tune.FailureConfig(max_failures=0),
+                failure_config=tune.FailureConfig(max_failures=s.max_failures),
             ),
         )
     grid = tuner.fit()
@@ -245,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep (finished trials are kept)")
     parser.add_argument("--upload", default=None, metavar="URI",
                         help="when the sweep ends, copy its folder and best student to URI/<name> (s3://, gs://, file://)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the trials, shared co-finetuning runs and caches (with sizes) and resources; run nothing")
+    parser.add_argument("--verify", action="store_true", help="re-hash every reused artefact (sizes and row counts are always checked)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")
@@ -259,6 +286,16 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(f"--num-samples: expected a positive integer, got {args.num_samples}")
         if args.upload:
             check_upload_uri(args.upload)
+        if args.dry_run:
+            if args.resume:
+                raise ConfigError("--dry-run: give --space (a resumed sweep runs what is left of its trials)")
+            from mtbert_ray.dryrun import plan
+
+            space = load_space(args.space, args.set)
+            if args.num_samples is not None:
+                space.spec.search.num_samples = args.num_samples
+            print(plan(space))
+            return 0
         name = args.name
         if args.resume and not name and args.space:
             name = load_space(args.space, args.set).spec.name

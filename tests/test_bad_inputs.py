@@ -160,6 +160,16 @@ CATALOGUE: dict[str, Case] = {
     "upload URI without a scheme": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space("base: _rt_polarity_base.yaml\n")),
                                                                      "--upload", "my-bucket/studies"),
                                         r"--upload: expected a URI with one of the schemes"),
+    "selection metric the task does not report": Case("run", lambda ws: ws.run("select.metric=bleu"),
+                                                      r"select.metric: expected auto or one of accuracy, macro_f1, mcc, f1"),
+    "comparison with a row the study lacks": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space(
+        "base: _rt_polarity_base.yaml\nvariants: {MT-BERT: {}, A: {loss.weighted: false}}\nspace: {variant: {grid: all}}\n"
+        "analysis: {comparisons: [[MT-BERT, B]]}\n"))), r"analysis.comparisons: row 'B' is not a row of this study"),
+    "dry run of a broken space": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space(
+        "base: _rt_polarity_base.yaml\nspace: {distill.temperature: {grid: [1.0, -2.0]}}\n")), "--dry-run"),
+        r"space.distill.temperature: distill.temperature: Input should be greater than 0"),
+    "search.metric instead of select.metric": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space(
+        "base: _rt_polarity_base.yaml\nsearch: {metric: val_macro_f1}\n"))), r"search.metric moved to the experiment's select.metric"),
     # ---- analysis and prediction ----
     "analysis of a folder without a sweep": Case("analysis", lambda ws: [str(ws.storage / "runs")], r"runs.*no .*sweep"),
     "predict with a folder that is no student": Case("predict", _student_export_without_weights, r"not-a-student"),

@@ -85,6 +85,9 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
         from ray.data import RandomSeedConfig
 
         ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
+    # The block order of execution (epoch) e is seeded by (seed, e): Ray Data counts executions in the dataset's
+    # context, which it copies from the process's current one — in a reused worker process that count is not 0.
+    ds.context._execution_idx = 0
     return ds
 
 

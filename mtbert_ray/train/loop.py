@@ -216,7 +216,7 @@ def _evaluate(step: Step, session: StageSession, spec: LoopSpec, device: torch.d
               predictions: Path | None = None) -> dict[str, Any]:
     writer = None
     if predictions is not None and not spec.test_labelled and spec.submission:
-        writer = _PredictionWriter(predictions / PREDICTIONS_DIR / f"part-{session.rank:05d}.tsv", spec.submission[1])
+        writer = _PredictionWriter(predictions / PREDICTIONS_DIR, session.rank, step.heads, spec.submission[1])
     batches = _batches(session, split, step, spec, device, epoch=None)
     with autocast(device, spec.precision):
         cms = confusion_matrices(step.predict, batches, spec.num_labels, heads=len(step.heads), device=device,
@@ -235,20 +235,23 @@ def _evaluate(step: Step, session: StageSession, spec: LoopSpec, device: torch.d
 
 
 class _PredictionWriter:
-    """``example_id \\t label`` lines of one rank's share of an unlabelled split (merged by the driver)."""
+    """``example_id \\t label`` lines of one rank's share of an unlabelled split, one file per evaluated model
+    (``<head>part-<rank>.tsv``; merged by the driver with ``merge_predictions``)."""
 
-    def __init__(self, path: Path, label_text: list[str]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(path, "w", newline="")
-        self.writer = csv.writer(self.handle, delimiter="\t")
+    def __init__(self, folder: Path, rank: int, heads: list[str], label_text: list[str]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.handles = [open(folder / f"{head}part-{rank:05d}.tsv", "w", newline="") for head in heads]
+        self.writers = [csv.writer(h, delimiter="\t") for h in self.handles]
         self.label_text = label_text
 
     def __call__(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> None:
-        for example_id, label in zip(batch["example_id"].tolist(), logits[0].argmax(-1).tolist()):
-            self.writer.writerow([example_id, self.label_text[label]])
+        ids = batch["example_id"].tolist()
+        for writer, head_logits in zip(self.writers, logits):
+            writer.writerows([i, self.label_text[label]] for i, label in zip(ids, head_logits.argmax(-1).tolist()))
 
     def close(self) -> None:
-        self.handle.close()
+        for handle in self.handles:
+            handle.close()
 
 
 def _batches(session: StageSession, split: str, step: Step, spec: LoopSpec, device: torch.device, epoch: int | None):
@@ -286,10 +289,11 @@ class _Prefetch:
         yield from self._it
 
 
-def merge_predictions(checkpoint: Path, out: Path) -> int:
-    """Merge the ranks' prediction parts of a checkpoint into one ``index \\t prediction`` file (GLUE's format)."""
+def merge_predictions(checkpoint: Path, out: Path, head: str = "") -> int:
+    """Merge the ranks' prediction parts of a checkpoint (of one evaluated model, ``head``) into one
+    ``index \\t prediction`` file, sorted by index (the GLUE benchmark's submission format)."""
     rows: list[tuple[int, str]] = []
-    for part in sorted((checkpoint / PREDICTIONS_DIR).glob("part-*.tsv")):
+    for part in sorted((checkpoint / PREDICTIONS_DIR).glob(f"{head}part-*.tsv")):
         with open(part, newline="") as handle:
             rows += [(int(i), label) for i, label in csv.reader(handle, delimiter="\t")]
     rows.sort()

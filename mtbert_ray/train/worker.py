@@ -12,6 +12,11 @@ from mtbert_ray.train.session import RayTrainSession, StageSession
 COFINETUNE, DISTILL = "co-finetune", "distill"
 
 
+def distill_seed(cfg) -> int:
+    """Stage 3's seed: ``distill.seed``, else derived from the experiment seed."""
+    return cfg.distill.seed if cfg.distill.seed is not None else cfg.seed + 1000
+
+
 def loop_spec(ctx: StageContext, stage: str) -> LoopSpec:
     """The loop settings of ``stage`` from the experiment config (batch sizes per worker and micro-batch)."""
     cfg = ctx.config
@@ -23,7 +28,7 @@ def loop_spec(ctx: StageContext, stage: str) -> LoopSpec:
         epochs=section.epochs,
         micro_batch=ctx.micro_batch("cofinetune" if stage == COFINETUNE else "distill"),
         grad_accum_steps=section.grad_accum_steps,
-        seed=cfg.seed if stage == COFINETUNE else cfg.seed + 1000,
+        seed=cfg.seed if stage == COFINETUNE else distill_seed(cfg),
         select=ctx.select_metric,
         mode=cfg.select.mode,
         precision=cfg.resources.precision,

@@ -1,0 +1,105 @@
+"""Results a paper reader can trust (tiny models, CPU): selection on validation and scores on test, GLUE's
+unlabelled test split as a submission file, and early stopping that stops only the losers."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from mtbert_ray.analysis import load_study, write_report
+from mtbert_ray.config import validate_config
+from mtbert_ray.export import StudentClassifier
+from mtbert_ray.pipeline import run_experiment
+from mtbert_ray.sweep import run_sweep
+from mtbert_ray.train.history import HISTORY_FILE, read_history
+from mtbert_ray.train.metrics import confusion_matrix, macro_f1
+from tests import data_fixtures as fx
+from tests.conftest import tiny_experiment
+
+pytestmark = pytest.mark.slow
+
+
+def test_glue_test_split_without_labels_becomes_the_benchmarks_submission_file(ray_session, tiny_models, tmp_path):
+    folder = fx.write_sst2_tsv(tmp_path / "glue" / "SST-2", n=40)
+    raw = tiny_experiment(tiny_models, tmp_path, distill={"epochs": 1})
+    raw["data"] = {"source": "glue", "task": "sst2", "path": str(folder), "max_length": 32, "cache_dir": str(tmp_path / "cache")}
+    result = run_experiment(validate_config(raw), storage=tmp_path / "results")
+    assert result.student.test is None and all(t.test is None for t in result.teachers.values())
+    assert "no labels" in result.test_note and result.select["metric"] == "accuracy"
+    submission = Path(result.predictions)
+    assert submission.name == "SST-2.tsv" and submission.parent == result.run_dir / "predictions"
+    with open(submission, newline="") as handle:
+        rows = list(csv.reader(handle, delimiter="\t"))
+    assert rows[0] == ["index", "prediction"]
+    assert [int(r[0]) for r in rows[1:]] == [0, 1, 2, 3] and {r[1] for r in rows[1:]} <= {"0", "1"}  # GLUE's labels
+    teacher_file = result.run_dir / "predictions" / "teacher1" / "SST-2.tsv"
+    assert len(teacher_file.read_text().splitlines()) == 5, "each selected teacher's predictions, the same way"
+    saved = json.loads((result.run_dir / "result.json").read_text())
+    assert saved["predictions"] == str(submission) and saved["stages"]["distill"]["test"] is None
+
+
+def _learnable(folder: Path, train: int = 96, validation: int = 32) -> Path:
+    """Six sentences the tiny tokenizers know, three positive and three negative, repeated: a student with a
+    useful learning rate separates them within an epoch, one with a negligible rate stays at chance."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", train), ("validation", validation), ("test", validation)):
+        pd.DataFrame({"text": [fx.POS[i % 3] if i % 2 else fx.NEG[i % 3] for i in range(n)],
+                      "label": [i % 2 for i in range(n)]}).to_parquet(folder / f"{split}.parquet")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def asha_sweep(ray_session, tiny_models, tmp_path_factory, shared_storage):
+    """Four trials of three epochs under ASHA (grace 1, reduction 2), ranked and selected on validation macro-F1:
+    two learn (a useful learning rate), two cannot (a negligible one) and are the losers ASHA must stop."""
+    tmp = tmp_path_factory.mktemp("asha")
+    base = tiny_experiment(tiny_models, tmp, loss={"hidden": False, "distill": False}, cache={"enabled": False},
+                           distill={"epochs": 3, "batch_size": 16}, select={"metric": "macro_f1"})
+    base["data"].update(path=str(_learnable(tmp / "data")), text_fields=["text"], limit_train=None, limit_eval=None)
+    spec = {"name": "tiny-asha", "experiment": base,
+            "space": {"distill.lr": {"grid": [1e-2, 1e-9, 3e-3, 1e-10]}},
+            "search": {"searcher": "grid", "scheduler": "asha", "grace_period": 1, "reduction_factor": 2, "seeds": [0]}}
+    path = tmp / "space.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    grid, experiment_dir = run_sweep(str(path), storage=str(shared_storage), name="tiny-asha")
+    return grid, experiment_dir
+
+
+def test_asha_stops_only_losers_and_every_finished_trial_exports_and_reports(asha_sweep):
+    grid, experiment_dir = asha_sweep
+    study = load_study(experiment_dir)
+    trials = study.trials
+    assert len(trials) == 4 and not trials["errored"].any()
+    stopped, finished = trials[trials["stopped_early"]], trials[trials["finished"]]
+    assert len(stopped) >= 1, "ASHA stopped no trial: the test needs one loser"
+    assert len(finished) >= 1 and len(stopped) + len(finished) == 4
+    for _, trial in finished.iterrows():
+        assert Path(trial["student_dir"]).is_dir() and not pd.isna(trial["test_macro_f1"]) and trial["epoch"] == 3
+    for _, trial in stopped.iterrows():
+        assert pd.isna(trial["student_dir"]) and pd.isna(trial["test_macro_f1"]) and trial["epoch"] < 3
+    report = write_report(experiment_dir, experiment_dir / "analysis-test")
+    assert report.best["trial_id"] in set(finished["trial_id"]), "a trial stopped early was chosen as best"
+    assert report.best["selected_by"] == "val_macro_f1"
+    assert int(report.table["stopped_early"].sum()) == len(stopped)
+    assert "(stopped early)" in report.table_markdown
+
+
+def test_a_sweep_ranked_on_macro_f1_exports_the_checkpoint_best_by_macro_f1(asha_sweep):
+    grid, experiment_dir = asha_sweep
+    finished = [r for r in grid if r.metrics.get("finished")]
+    val = pd.read_parquet(Path(load_study(experiment_dir).meta["base"]["data"]["path"]) / "validation.parquet")
+    for r in finished:
+        run_dir = Path(r.metrics["run_dir"])
+        history = read_history(run_dir / "distill" / HISTORY_FILE, last_per_epoch=True)
+        scores = [h["val_macro_f1"] for h in history]
+        best_epoch = scores.index(max(scores)) + 1  # the first epoch that reached the best macro-F1
+        assert r.metrics["best_epoch"] == best_epoch and r.metrics["val_macro_f1"] == pytest.approx(max(scores))
+        model = StudentClassifier.from_pretrained(r.metrics["student_dir"])
+        predicted = torch.tensor([int(p.label) for p in model.predict(val["text"].tolist())])
+        exported = macro_f1(confusion_matrix(predicted, torch.tensor(val["label"].tolist()), 2))
+        assert exported == pytest.approx(r.metrics["val_macro_f1"], abs=1e-9), "the export is not the checkpoint best by macro-F1"
