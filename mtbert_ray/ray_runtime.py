@@ -18,17 +18,18 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: Variables workers need to find models and caches as the driver does. Never a secret: an HF token
+#: travelling in a runtime_env shows in the dashboard and job info; it comes from each node's own
+#: environment instead (cluster/README.md), and tests/test_cluster.py keeps secrets out of this list.
 ENV_PASSTHROUGH = (
     "HF_HUB_CACHE",
     "HF_HUB_OFFLINE",
     "HF_HOME",
     "HF_DATASETS_CACHE",
     "HF_DATASETS_OFFLINE",
-    "HF_TOKEN",
     "TRANSFORMERS_OFFLINE",
     "MTBERT_RAY_CACHE",
     "MTBERT_FAULT",
-    "TOKENIZERS_PARALLELISM",
     "RAY_DATA_DISABLE_PROGRESS_BARS",
 )
 
@@ -41,7 +42,6 @@ def runtime_env_vars() -> dict[str, str]:
     ``runtime_env`` that repeats one of its keys.
     """
     env = {k: os.environ[k] for k in ENV_PASSTHROUGH if k in os.environ}
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
     job_env = _job_runtime_env_vars()
     return {k: v for k, v in env.items() if k not in job_env}
 

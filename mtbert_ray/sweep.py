@@ -231,9 +231,7 @@ def run_sweep(
             metric_columns={"epoch": "epoch", metric: metric, "best_epoch": "best epoch",
                             f"test_{select_metric_name(base_config)}": f"test_{select_metric_name(base_config)}"},
             parameter_columns=list(space.param_space()),
-            metric=metric,
-            mode=base_config.select.mode,
-            sort_by_metric=True,
+            sort_by_metric=True,  # by TuneConfig's metric and mode
             max_report_frequency=30,
         )
         tuner = tune.Tuner(

@@ -38,10 +38,28 @@ def test_cluster_yaml_passes_rays_schema(path):
     assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
     assert not re.search(r"(aws_secret|aws_access_key|private_key_id|BEGIN [A-Z ]*PRIVATE KEY)", text, re.I)
     setup = " ".join(cfg.get("setup_commands", []))
-    assert "mtbert-ray==" in setup and " -e " not in setup, "install a pinned release, never an editable path"
-    for name, node in (cfg.get("available_node_types") or {}).items():
+    image = (cfg.get("docker") or {}).get("image", "")
+    assert re.search(r":0\.1\.0-gpu$", image) or "mtbert-ray==" in setup, "a pinned release: the project's image or version"
+    assert " -e " not in setup, "never an editable path"
+    assert ">> ~/.bashrc" not in text, "set-up must not append to a file on every `ray up`"
+    assert "HF_TOKEN" not in json.dumps(cfg.get("docker", {}).get("run_options", [])).replace("--env-file", ""), \
+        "no token value in the file: containers read it from the node's environment file"
+    nodes = cfg.get("available_node_types") or {}
+    for name, node in nodes.items():
         if name != cfg.get("head_node_type"):
             assert node.get("min_workers", 0) == 0 and node["max_workers"] >= 1
+            assert "mtbert_driver" not in (node.get("resources") or {}), "trial drivers only on the on-demand head"
+    if nodes:  # cloud files: the head hosts the trial drivers and is not spot / preemptible
+        head = nodes[cfg["head_node_type"]]
+        assert head["resources"].get("mtbert_driver", 0) >= 1 and "spot" not in json.dumps(head).lower()
+        assert "preemptible" not in json.dumps(head)
+    else:
+        assert "mtbert_driver" in " ".join(cfg["head_start_ray_commands"])
+    if cfg["provider"]["type"] == "gcp":
+        for name, node in nodes.items():
+            if node["node_config"].get("guestAccelerators"):
+                items = node["node_config"]["metadata"]["items"]
+                assert {"key": "install-nvidia-driver", "value": "True"} in items, f"{name}: no NVIDIA driver"
 
 
 BROKEN = {
@@ -82,6 +100,26 @@ def test_gpu_settings_reach_the_scaling_config_and_trial_resources(tiny_models, 
     # a global batch of 64 over 4 GPU workers is 16 per worker
     wide = base.model_copy(update={"resources": base.resources.model_copy(update={"num_workers": 4})})
     assert micro_batch(wide, "distill") == 16
+
+
+def test_the_pass_through_never_carries_a_secret(monkeypatch):
+    from mtbert_ray.ray_runtime import ENV_PASSTHROUGH, runtime_env_vars
+
+    secret = re.compile(r"TOKEN|KEY|SECRET|PASSWORD")
+    assert not [name for name in ENV_PASSTHROUGH if secret.search(name)]
+    monkeypatch.setenv("HF_TOKEN", "hf_do_not_ship")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    assert not [name for name in runtime_env_vars() if secret.search(name)]
+
+
+def test_the_image_is_rays_gpu_image_of_the_pinned_ray_with_the_project_wheel():
+    dockerfile = (REPO / "cluster" / "Dockerfile").read_text()
+    assert re.search(r"^FROM rayproject/ray:2\.60\.0-py311-gpu$", dockerfile, re.M)
+    assert "COPY dist/mtbert_ray-*.whl" in dockerfile and "constraints.txt" in dockerfile
+    assert not re.search(r"HF_TOKEN|ARG .*TOKEN|ENV .*TOKEN", dockerfile), "no secret baked into the image"
+    import ray
+
+    assert ray.__version__ == "2.60.0"
 
 
 def test_a_job_driver_leaves_out_of_its_runtime_env_what_the_job_sets(monkeypatch):

@@ -59,7 +59,7 @@ def view_columns(tokenizations: Iterable[str], with_offsets: bool = True) -> lis
 
 
 def read_split(files: Sequence[str], columns: Sequence[str] | None = None, materialize: bool | str = "auto",
-               shuffle_seed: int | None = None):
+               shuffle_seed: int | None = None, blocks: int | None = None):
     """A Ray Dataset of a view (or teacher-cache) split, projected to the columns asked for.
 
     ``materialize=False``: ``ray.data.read_parquet`` — streamed from Parquet by read tasks,
@@ -67,6 +67,7 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
     once on the driver with pyarrow and handed to Ray Data as in-memory blocks of ``BLOCK_ROWS``
     (``ray.data.from_arrow``). ``"auto"``: ``True`` when it fits comfortably in the object store.
     ``shuffle_seed``: blocks come in a new seeded order each epoch (for the training split).
+    ``blocks``: read into at least this many blocks (so an actor pool of that many workers all get input).
     """
     import pyarrow.parquet as pq
     import ray.data
@@ -80,7 +81,7 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
         blocks = [table.slice(start, BLOCK_ROWS) for start in range(0, max(table.num_rows, 1), BLOCK_ROWS)]
         ds = ray.data.from_arrow(blocks)
     else:
-        ds = ray.data.read_parquet(list(files), columns=keep)
+        ds = ray.data.read_parquet(list(files), columns=keep, override_num_blocks=blocks)
     if shuffle_seed is not None:
         from ray.data import RandomSeedConfig
 

@@ -6,6 +6,7 @@ Works offline with ``HF_HUB_OFFLINE=1`` and a populated ``HF_HUB_CACHE``; never 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from typing import Any
 
@@ -24,6 +25,14 @@ class ModelLoadError(MTBertError, ValueError):
 def _warn_remote_code(name: str, trust_remote_code: bool) -> None:
     if trust_remote_code:
         warnings.warn(f"trust_remote_code is on: code shipped with {name!r} will run on this machine", stacklevel=3)
+
+
+def quiet_transformers() -> None:
+    """No per-file progress bars from transformers (loading / saving weights) in stage processes: a stage
+    prints its own progress lines, and a bar per checkpoint save is noise in a sweep's output. Tokenizers
+    do not fork their thread pool in them either (they run in Ray's worker processes)."""
+    hf_logging.disable_progress_bar()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def load_config(name_or_path: str, *, trust_remote_code: bool = False, **overrides: Any):

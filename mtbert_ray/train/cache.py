@@ -85,9 +85,11 @@ class TeacherCacheWriter:
     def __init__(self, context: dict[str, Any], counter=None) -> None:
         import torch
 
+        from mtbert_ray.models.hub import quiet_transformers
         from mtbert_ray.models.teachers import TeacherEnsemble
         from mtbert_ray.train.common import configure_device
 
+        quiet_transformers()
         self.ctx = StageContext.from_dict(context)
         cfg = self.ctx.config
         self.device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
@@ -134,6 +136,7 @@ def _counter_class():
 def build_teacher_cache(ctx: StageContext, folder: Path, splits: Sequence[str]) -> Built:
     """Write ``<build>/<split>/*.parquet`` for every split through the actor pool; check every row is there."""
     import ray
+    import ray.data
 
     cfg = ctx.config
     resources = cfg.resources
@@ -146,13 +149,14 @@ def build_teacher_cache(ctx: StageContext, folder: Path, splits: Sequence[str]) 
         watcher.start()
         try:
             for split in splits:
-                ds = read_split(ctx.data.splits[split], view_columns(tokenizations), materialize=False)
+                ds = read_split(ctx.data.splits[split], view_columns(tokenizations), materialize=False,
+                                blocks=max(8, 4 * resources.num_workers))
                 rows = ds.map_batches(
                     TeacherCacheWriter,
                     fn_constructor_kwargs={"context": ctx.to_dict(), "counter": counter},
                     batch_size=ctx.micro_batch("distill"),
                     batch_format="numpy",
-                    concurrency=resources.num_workers,
+                    compute=ray.data.ActorPoolStrategy(size=resources.num_workers),
                     num_cpus=resources.cpus_per_worker,
                     num_gpus=resources.gpus_per_worker if resources.use_gpu else 0,
                 )
@@ -184,4 +188,5 @@ def _watch(counter, total: int, done: threading.Event, every_s: float = 10.0) ->
             rows = ray.get(counter.value.remote(), timeout=5)
         except Exception:  # noqa: BLE001 - progress is best effort
             continue
-        emit(format_progress("[teacher cache]", rows, total, time.monotonic() - started, unit="rows"))
+        if rows:
+            emit(format_progress("[teacher cache]", rows, total, time.monotonic() - started, unit="rows"))

@@ -105,14 +105,7 @@ def run_epochs(step: Step, session: StageSession, spec: LoopSpec) -> None:
     # The first epoch's batches start flowing while the model is built (Ray Data's pipeline start-up).
     first = _Prefetch(_batches(session, "train", step, spec, device, start_epoch)) if start_epoch < spec.epochs else None
 
-    seed_everything(spec.seed)  # identical initial weights on every rank (DDP broadcasts rank 0's anyway)
-    module = step.build(device)
-    optimizer = torch.optim.Adam(step.optimizer_groups(), weight_decay=spec.weight_decay)
-    optimization = Optimization(optimizer, spec.precision, device, spec.grad_accum_steps, world)
-    with session.latest_checkpoint() as folder:
-        if folder is not None:
-            step.load(folder)
-            load_training_state(folder, optimizer, optimization.scaler)
+    module, optimization = build_and_resume(step, session, spec, device)
     train_module = session.prepare_module(module, spec.find_unused_parameters)
 
     per_worker = spec.train_rows // world if world > 1 else spec.train_rows
@@ -163,9 +156,24 @@ def run_epochs(step: Step, session: StageSession, spec: LoopSpec) -> None:
                 state["test"] = _evaluate(step, session, spec, device, "test", "test_", predictions=folder)
             if rank == 0:
                 step.save(folder)
-                save_training_state(folder, optimizer, state, optimization.scaler)
+                save_training_state(folder, optimization.optimizer, state, optimization.scaler)
             has_files = rank == 0 or any(folder.iterdir())
             session.report(metrics, folder if has_files else None)
+
+
+def build_and_resume(step: Step, session: StageSession, spec: LoopSpec, device: torch.device) -> tuple[torch.nn.Module, "Optimization"]:
+    """The step's model on ``device``, then its optimizer, then — when resuming — the checkpoint's weights and
+    optimizer state. In this order the optimizer's moments land on each parameter's device (a GPU after a
+    preempted node's restart); loading them before the model moved left them on the CPU."""
+    seed_everything(spec.seed)  # identical initial weights on every rank (DDP broadcasts rank 0's anyway)
+    module = step.build(device)
+    optimizer = torch.optim.Adam(step.optimizer_groups(), weight_decay=spec.weight_decay)
+    optimization = Optimization(optimizer, spec.precision, device, spec.grad_accum_steps, session.world_size)
+    with session.latest_checkpoint() as folder:
+        if folder is not None:
+            step.load(folder)
+            load_training_state(folder, optimizer, optimization.scaler)
+    return module, optimization
 
 
 class Optimization:
@@ -255,12 +263,20 @@ class _PredictionWriter:
 
 
 def _batches(session: StageSession, split: str, step: Step, spec: LoopSpec, device: torch.device, epoch: int | None):
-    """Padded batches of a split on ``device``; training batches through a shuffle buffer seeded by (seed, epoch)."""
-    kwargs: dict[str, Any] = {"batch_size": spec.micro_batch, "collate_fn": step.collate(split), "device": device}
-    if epoch is not None:
-        kwargs.update(local_shuffle_buffer_size=max(SHUFFLE_BUFFER_MIN, 16 * spec.micro_batch),
-                      local_shuffle_seed=spec.seed * 1000 + epoch)
-    return session.dataset(split).iter_torch_batches(**kwargs)
+    return batches_of(session.dataset(split), spec.micro_batch, step.collate(split), device,
+                      None if epoch is None else (spec.seed, epoch))
+
+
+def batches_of(dataset, batch_size: int, collate, device: torch.device | None = None,
+               shuffle: tuple[int, int] | None = None):
+    """Padded batches of a dataset (shard) on ``device``. ``shuffle=(seed, epoch)``: training order — the
+    dataset's blocks in their per-epoch seeded order (``data.loader.read_split``) through a local shuffle buffer
+    of max(1000, 16 × batch) rows seeded by (seed, epoch)."""
+    kwargs: dict[str, Any] = {"batch_size": batch_size, "collate_fn": collate, "device": device or torch.device("cpu")}
+    if shuffle is not None:
+        seed, epoch = shuffle
+        kwargs.update(local_shuffle_buffer_size=max(SHUFFLE_BUFFER_MIN, 16 * batch_size), local_shuffle_seed=seed * 1000 + epoch)
+    return dataset.iter_torch_batches(**kwargs)
 
 
 class _Prefetch:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from mtbert_ray.context import StageContext
+from mtbert_ray.models.hub import quiet_transformers
 from mtbert_ray.train.cofinetune import CofinetuneStep
 from mtbert_ray.train.distill import DistillStep
 from mtbert_ray.train.loop import LoopSpec, run_epochs
@@ -45,6 +46,7 @@ def loop_spec(ctx: StageContext, stage: str) -> LoopSpec:
 
 def stage_worker(config: dict[str, Any], session: StageSession | None = None) -> None:
     """``config = {"stage": "co-finetune" | "distill", "context": StageContext.to_dict()}``."""
+    quiet_transformers()
     ctx = StageContext.from_dict(config["context"])
     stage = config["stage"]
     step = CofinetuneStep(ctx) if stage == COFINETUNE else DistillStep(ctx)

@@ -1,0 +1,184 @@
+"""MIND-size data on 2 workers: per-row time and peak memory at 10k vs 100k rows, and data preparation speed.
+
+A synthetic MIND-shaped dataset (18 topics, title-length texts cut deterministically from the vendored
+Rotten Tomatoes sentences; a files source) goes through ``data prepare``, co-finetuning (1 epoch),
+the teacher cache with hidden states and one distillation epoch, with the tests' tiny random encoders
+(a 2-layer BERT and a 2-layer RoBERTa of other tokenizers and widths), 2 data-parallel workers, so the
+whole benchmark takes minutes on 2 cores. Each size runs in a fresh results folder.
+
+Figures (each from one run, both sizes side by side):
+- per-row time at 100k ÷ at 10k, per stage (target ≤ 1.2): stage wall seconds ÷ rows — the start-up of
+  each stage counts against the 10k run, so the ratio shows whether anything grows faster than the rows;
+- peak resident memory at 100k ÷ at 10k (target ≤ 1.3) of the driver and of the stage workers (Ray Train
+  workers, the cache's Ray Data actors), sampled every 0.2 s with psutil;
+- ``data prepare`` rows/s ÷ the tokenizer's own batch-encode rows/s on the same texts (target ≥ 0.5),
+  for each tokenizer of the experiment.
+
+Last line: ``scale_per_row_ratio_max=<worst stage ratio> peak_memory_ratio_max=<worst process ratio>
+prepare_vs_tokenizer=<ratio>``.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import threading
+import time
+import zlib
+from pathlib import Path
+
+from _common import DATA, REPO, header, storage, timed
+
+TOPICS = 18
+LABELS = ["autos", "entertainment", "finance", "foodanddrink", "health", "kids", "lifestyle", "middleeast", "movies",
+          "music", "news", "northamerica", "sports", "travel", "tv", "video", "weather", "games"]
+
+
+def synthetic_mind(folder: Path, train_rows: int, eval_rows: int = 5000) -> Path:
+    """Title-length texts (6–14 words) cut from the vendored sentences; topic = a hash of the text (deterministic)."""
+    import pandas as pd
+
+    sentences = pd.read_parquet(DATA / "train.parquet")["sentence"].tolist()
+    words = [s.split() for s in sentences]
+
+    def rows(n: int, offset: int) -> pd.DataFrame:
+        texts, labels = [], []
+        for i in range(n):
+            source = words[(i * 7919 + offset) % len(words)]
+            length = 6 + (i * 31 + offset) % 9
+            start = (i * 13) % max(1, len(source) - length + 1)
+            text = " ".join(source[start:start + length]) or "untitled"
+            texts.append(text)
+            labels.append(LABELS[zlib.crc32(text.encode()) % TOPICS])
+        return pd.DataFrame({"Title": texts, "Category": labels})
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows(train_rows, 0).to_parquet(folder / "train.parquet")
+    rows(eval_rows, 10_000_019).to_parquet(folder / "validation.parquet")
+    rows(eval_rows, 20_000_033).to_parquet(folder / "test.parquet")
+    return folder
+
+
+class MemorySampler:
+    """Peak RSS of this process and of Ray's stage workers (by process title), sampled in a thread."""
+
+    KINDS = {"ray::RayTrainWorker": "train worker", "ray::MapWorker": "cache actor", "ray::_MapWorker": "cache actor"}
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        import psutil
+
+        self.psutil, self.every_s = psutil, every_s
+        self.peaks: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = self.psutil.Process()
+        while not self._stop.wait(self.every_s):
+            self._note("driver", me)
+            for proc in self.psutil.process_iter(["cmdline"]):
+                title = " ".join(proc.info.get("cmdline") or [])[:40]
+                kind = next((k for prefix, k in self.KINDS.items() if title.startswith(prefix)), None)
+                if kind:
+                    self._note(kind, proc)
+
+    def _note(self, kind: str, proc) -> None:
+        try:
+            rss = proc.memory_info().rss / 2**20
+        except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
+            return
+        self.peaks[kind] = max(self.peaks.get(kind, 0.0), rss)
+
+
+def run_size(rows: int, models: dict[str, str], root: Path) -> dict:
+    """Stage wall seconds and peak memory for one dataset size, in a fresh folder."""
+    from mtbert_ray.config import validate_config
+    from mtbert_ray.pipeline import Experiment
+
+    folder = root / f"rows-{rows}"
+    shutil.rmtree(folder, ignore_errors=True)
+    data = synthetic_mind(folder / "data", rows)
+    config = validate_config({
+        "name": f"scale-{rows}", "seed": 0,
+        "teachers": [models["bert"], models["roberta"]],
+        "student": {"init_from": models["bert"], "num_layers": 1, "query_dim": 16},
+        "data": {"source": "files", "path": str(data), "text_fields": ["Title"], "label_field": "Category",
+                 "max_length": 32, "cache_dir": str(folder / "data-cache")},
+        "cofinetune": {"epochs": 1, "lr": 1e-3, "head_lr": 1e-3, "batch_size": 64, "query_dim": 16},
+        "distill": {"epochs": 1, "lr": 1e-3, "batch_size": 64},
+        "cache": {"enabled": True, "hidden": True, "dtype": "float16"},
+        "resources": {"num_workers": 2, "cpus_per_worker": 1},
+    })
+    exp = Experiment(config, storage=folder / "results")
+    seconds, memory = {}, {}
+    for stage, fn in (("prepare", exp.prepare), ("cofinetune", exp.cofinetune), ("cache", exp.teacher_cache),
+                      ("distill", lambda: exp.distill(folder / "run"))):
+        with MemorySampler() as sampler:
+            seconds[stage], _ = timed(fn)
+        memory[stage] = dict(sampler.peaks)
+        print(f"  {rows:,} rows · {stage}: {seconds[stage]:.1f} s ({1e6 * seconds[stage] / rows:.0f} µs/row); peak RSS "
+              + ", ".join(f"{k} {v:,.0f} MiB" for k, v in sorted(sampler.peaks.items())), flush=True)
+    return {"rows": rows, "seconds": seconds, "memory": memory, "exp": exp, "data": data}
+
+
+def tokenizer_ratio(run: dict) -> dict[str, float]:
+    """``data prepare`` rows/s (all tokenizations, the view and the manifests) ÷ the tokenizers' own batch-encode
+    rows/s on the same texts (truncated to max_length, batches of 2,000)."""
+    import pandas as pd
+
+    from mtbert_ray.models.hub import load_tokenizer
+
+    exp = run["exp"]
+    texts = []
+    for split in ("train", "validation", "test"):
+        texts += pd.read_parquet(run["data"] / f"{split}.parquet")["Title"].tolist()
+    tokenizer_seconds = 0.0
+    for spec in exp.ctx.data.tokenizations.values():
+        tok = load_tokenizer(spec.name)
+        started = time.perf_counter()
+        for start in range(0, len(texts), 2000):
+            tok(texts[start:start + 2000], truncation=True, max_length=exp.config.data.max_length)
+        tokenizer_seconds += time.perf_counter() - started
+    return {"tokenizer_rows_per_s": len(texts) / tokenizer_seconds * len(exp.ctx.data.tokenizations),
+            "prepare_rows_per_s": len(texts) / run["seconds"]["prepare"] * len(exp.ctx.data.tokenizations),
+            "ratio": tokenizer_seconds / run["seconds"]["prepare"]}
+
+
+def main() -> None:
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    from tests.tiny_models import make_tiny_bert, make_tiny_roberta
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs=2, default=[10_000, 100_000])
+    args = parser.parse_args()
+    header("scale: MIND-shaped data at 10k and 100k rows, 2 workers, tiny encoders")
+    root = storage() / "scale"
+    models = {"bert": str(make_tiny_bert(root / "tiny-bert")), "roberta": str(make_tiny_roberta(root / "tiny-roberta"))}
+    small, large = (run_size(n, models, root) for n in args.sizes)
+    factor = large["rows"] / small["rows"]
+    per_row = {s: (large["seconds"][s] / large["rows"]) / (small["seconds"][s] / small["rows"]) for s in small["seconds"]}
+    memory = {}
+    for stage in small["memory"]:
+        for kind, peak in large["memory"][stage].items():
+            if kind in small["memory"][stage]:
+                memory[f"{stage}/{kind}"] = peak / small["memory"][stage][kind]
+    tokenizer = tokenizer_ratio(large)
+    print(f"rows ×{factor:.0f}: per-row time ratio " + ", ".join(f"{s} {r:.2f}" for s, r in per_row.items()))
+    print("peak RSS ratio " + ", ".join(f"{k} {r:.2f}" for k, r in memory.items()))
+    print(f"data prepare {tokenizer['prepare_rows_per_s']:,.0f} rows/s vs the tokenizers' own batch encode "
+          f"{tokenizer['tokenizer_rows_per_s']:,.0f} rows/s (per tokenization, {large['rows']:,} training rows + evaluation)")
+    print(f"scale_per_row_ratio_max={max(per_row.values()):.2f} peak_memory_ratio_max={max(memory.values()):.2f} "
+          f"prepare_vs_tokenizer={tokenizer['ratio']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
