@@ -28,6 +28,7 @@ from mtbert_ray.stage import Published
 from mtbert_ray.storage import atomic_write_text, ensure_writable_dir, resolve_storage
 from mtbert_ray.train.common import read_training_state
 from mtbert_ray.train.distill import STUDENT_DIR
+from mtbert_ray.train.history import HISTORY_FILE, TENSORBOARD_DIR, history_to_tensorboard
 from mtbert_ray.train.loop import merge_predictions
 from mtbert_ray.train.session import StageRun
 
@@ -95,6 +96,8 @@ class Experiment:
         ensure_writable_dir(self.run_dir, "run folder")
         atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(self.config))
         self.teacher_cache()
+        # the co-finetuning curves beside the distillation ones, in the run folder (shared stages live elsewhere)
+        history_to_tensorboard(self.teachers.path.parent / HISTORY_FILE, self.run_dir / TENSORBOARD_DIR / "cofinetune", "cofinetune")
         distill_started = time.time()
         distilled = self.distill()
         result = self._result(distilled, time.time() - distill_started, started)

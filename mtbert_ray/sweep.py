@@ -101,6 +101,20 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any]) -> None:
     tune.report(final_report(result, config.distill.epochs))
 
 
+def tracking_callbacks(name: str, mlflow: str | None) -> list:
+    """Ray Tune's own loggers for experiment trackers: every trial's reports (its distillation epochs and the final
+    summary, co-finetuning scores included) as MLflow runs with the trial's parameters. TensorBoard needs none:
+    Tune writes each trial's event files into the sweep folder, the stages theirs into the trials' run folders."""
+    if not mlflow:
+        return []
+    try:
+        import mlflow as _  # noqa: F401 - the optional extra
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+    except ImportError:
+        raise ConfigError("--mlflow: MLflow is not installed; pip install 'mtbert-ray[mlflow]'") from None
+    return [MLflowLoggerCallback(tracking_uri=mlflow, experiment_name=name, save_artifact=False)]
+
+
 def _searcher(space: Space):
     s = space.search
     if s.searcher == "optuna":
@@ -163,6 +177,7 @@ def run_sweep(
     name: str | None = None,
     num_samples: int | None = None,
     resume: bool = False,
+    mlflow: str | None = None,
 ):
     """Start (or ``resume``) a sweep; returns (ResultGrid, experiment folder)."""
     from ray import tune
@@ -250,6 +265,7 @@ def run_sweep(
                 storage_path=str(root / "sweeps"),
                 progress_reporter=reporter,
                 failure_config=tune.FailureConfig(max_failures=s.max_failures),
+                callbacks=tracking_callbacks(name, mlflow),
             ),
         )
     grid = tuner.fit()
@@ -267,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep (finished trials are kept)")
     parser.add_argument("--upload", default=None, metavar="URI",
                         help="when the sweep ends, copy its folder and best student to URI/<name> (s3://, gs://, file://)")
+    parser.add_argument("--mlflow", default=None, metavar="URI",
+                        help="also log every trial's parameters and metrics to MLflow at URI (e.g. sqlite:///mlflow.db, http://host:5000)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the trials, shared co-finetuning runs and caches (with sizes) and resources; run nothing")
     parser.add_argument("--verify", action="store_true", help="re-hash every reused artefact (sizes and row counts are always checked)")
@@ -297,7 +315,9 @@ def main(argv: list[str] | None = None) -> None:
         name = args.name
         if args.resume and not name and args.space:
             name = load_space(args.space, args.set).spec.name
-        grid, experiment_dir = run_sweep(args.space, args.set, args.storage, name, args.num_samples, args.resume)
+        if args.mlflow:
+            tracking_callbacks("check", args.mlflow)  # installed? (one line, exit 2, before anything runs)
+        grid, experiment_dir = run_sweep(args.space, args.set, args.storage, name, args.num_samples, args.resume, args.mlflow)
         from mtbert_ray.analysis import write_report
 
         report = write_report(experiment_dir, experiment_dir / ANALYSIS_DIR)

@@ -197,23 +197,32 @@ def _job_status(dashboard: str, job_id: str) -> str:
     return str(JobSubmissionClient(dashboard).get_job_status(job_id).value)
 
 
+BOOT_DELAY_S = 75  # longer than Ray Train's default 60 s worker-group start-up timeout
+
+
 @pytest.mark.slow
 def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_path, shared_storage, monkeypatch):
+    """A 2-trial sweep submitted as a job to a cluster of 0 worker nodes whose nodes take 75 s to come up
+    (longer than Ray Train's default start-up timeout): the trial drivers wait on the head (the only node
+    offering `mtbert_driver`), the stages' workers wait for the slow nodes, the study finishes and the idle
+    nodes go away."""
     from ray._private.services import get_node_ip_address
 
     ip = get_node_ip_address()
     # every port of this head chosen free, so another Ray on the machine (e.g. the tests' embedded one) does not collide
     gcs_port, dash_port, client_port, agent_port, metrics_port = _free_ports(5)
     provider = {
-        "cluster_name": "mtbert-fake", "max_workers": 3, "upscaling_speed": 1.0, "idle_timeout_minutes": 0.1,
-        "provider": {"type": "fake_multinode", "gcs_address": f"{ip}:{gcs_port}",
+        "cluster_name": "mtbert-fake", "max_workers": 3, "upscaling_speed": 1.0, "idle_timeout_minutes": 0.5,
+        "provider": {"type": "external", "module": "tests.slow_node_provider.SlowFakeProvider",
+                     "gcs_address": f"{ip}:{gcs_port}", "launch_multiple": True,
                      "disable_node_updaters": True, "disable_launch_config_check": True,
                      "use_node_id_as_ip": True},  # fake nodes share one IP
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": {
-            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
-            "cpu1": {"resources": {"CPU": 1, "object_store_memory": 200 * 2**20}, "node_config": {},
-                     "min_workers": 0, "max_workers": 3},
+            # the head: on-demand, hosts the trial drivers (as in cluster/*.yaml), no room for a stage's worker
+            "ray.head.default": {"resources": {"CPU": 1, "mtbert_driver": 4}, "node_config": {}, "max_workers": 0},
+            "cpu1": {"resources": {"CPU": 1, "object_store_memory": 200 * 2**20},
+                     "node_config": {"boot_delay_s": BOOT_DELAY_S}, "min_workers": 0, "max_workers": 3},
         },
         "head_node_type": "ray.head.default",
         **{k: [] for k in ("cluster_synced_files", "rsync_exclude", "rsync_filter", "initialization_commands",
@@ -224,11 +233,13 @@ def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_p
     config_file = tmp_path / "fake-cluster.yaml"
     config_file.write_text(yaml.safe_dump(provider))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="disabled", RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_USAGE_STATS_ENABLED="0")
+    env.update(RAY_AUTH_MODE="disabled", RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_USAGE_STATS_ENABLED="0",
+               PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))  # the autoscaler imports the provider
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # for this test's job client
     address, dashboard = f"{ip}:{gcs_port}", f"http://127.0.0.1:{dash_port}"
     head = subprocess.Popen(
-        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={gcs_port}", "--num-cpus=0",
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={gcs_port}", "--num-cpus=1",
+         "--resources", json.dumps({"mtbert_driver": 4}),
          f"--autoscaling-config={config_file}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
          f"--ray-client-server-port={client_port}", f"--dashboard-agent-listen-port={agent_port}",
          f"--metrics-export-port={metrics_port}", "--object-store-memory=300000000", "--disable-usage-stats"],
@@ -241,7 +252,7 @@ def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_p
         assert _node_counts(address, env).get("cpu1", 0) == 0
 
         base = tiny_experiment(tiny_models, tmp_path, loss={"hidden": False}, cache={"enabled": False},
-                               distill={"epochs": 1})
+                               distill={"epochs": 1}, resources={"num_workers": 1, "cpus_per_worker": 1, "execution": "trainer"})
         space = tmp_path / "space.yaml"
         space.write_text(yaml.safe_dump({
             "name": "fake-cluster", "experiment": base,
@@ -267,7 +278,7 @@ def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_p
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
         job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
         peak, status = 0, None
-        deadline = time.time() + 480
+        deadline = time.time() + 720
         while time.time() < deadline:
             peak = max(peak, _node_counts(address, env).get("cpu1", 0))
             status = _job_status(dashboard, job_id)
@@ -281,8 +292,8 @@ def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_p
         uploaded = tmp_path / "bucket" / "studies" / "fake-cluster"
         assert (uploaded / "analysis" / "table.md").is_file() and (uploaded / "mtbert_sweep.json").is_file()
         assert peak >= 2, f"the cluster never scaled up (peak {peak} one-CPU workers)"
-        # idle workers go away again (idle_timeout_minutes: 0.1)
-        deadline = time.time() + 120
+        # idle workers go away again (idle_timeout_minutes: 0.5)
+        deadline = time.time() + 180
         while _node_counts(address, env).get("cpu1", 0) and time.time() < deadline:
             time.sleep(3)
         assert _node_counts(address, env).get("cpu1", 0) == 0, "idle nodes were not removed"
@@ -292,3 +303,11 @@ def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_p
         except ProcessLookupError:
             pass
         _forget_cluster_address(address)
+
+
+def test_the_gpu_smoke_script_parses_and_its_configs_validate():
+    script = REPO / "scripts" / "gpu_smoke.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    out = subprocess.run(["bash", str(script), "--check"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHON": sys.executable}, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip() == "ok gpu_smoke bf16", out.stdout + out.stderr

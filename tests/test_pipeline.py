@@ -166,3 +166,36 @@ def test_altered_teacher_cache_is_detected_and_rebuilt(first_run, tiny_models, s
     assert read_stage(rebuilt.folder, verify=True) is not None
     rows = sum(pq.read_metadata(p).num_rows for p in rebuilt.path.rglob("*.parquet"))
     assert rows == rebuilt.meta["rows"]["train"] == 128
+
+
+def test_in_process_and_ray_train_workers_give_the_same_student(first_run, tiny_models, storage, tmp_path):
+    """The same config and seed on the two execution paths: stage 3 on a 1-worker TorchTrainer reproduces the
+    in-process run's metrics (stages 1 and 2 are shared: where a loop runs is not part of their keys)."""
+    raw = tiny_experiment(tiny_models, storage, cache={"enabled": True, "hidden": True},
+                          resources={"num_workers": 1, "cpus_per_worker": 1, "execution": "trainer"})
+    again = run_experiment(validate_config(raw), storage=storage, run_dir=tmp_path / "trainer")
+    assert again.cofinetune.reused and again.teacher_cache.reused
+    assert again.student_metrics == first_run.student_metrics and again.student.test == first_run.student.test
+
+
+def test_a_killed_in_process_run_resumes_from_its_latest_checkpoint(ray_session, tiny_models, tmp_path):
+    """``python -m mtbert_ray.run`` runs one-worker stages in its own process: killed in distillation epoch 2
+    (a preempted trial), the same command with the same run folder continues from the epoch-1 checkpoint."""
+    import os
+
+    config = tmp_path / "exp.yaml"
+    config.write_text(__import__("yaml").safe_dump(tiny_experiment(tiny_models, tmp_path, cache={"enabled": False},
+                                                                   loss={"hidden": False})))
+    run_dir, storage = tmp_path / "run", tmp_path / "results"
+    command = [sys.executable, "-m", "mtbert_ray.run", "--config", str(config), "--storage", str(storage), "--run-dir", str(run_dir)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    killed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**env, "MTBERT_FAULT": "distill:0:1:1", "MTBERT_FAULT_DELAY": "0"})
+    assert killed.returncode == 17, killed.stdout[-2000:] + killed.stderr[-2000:]
+    assert not (run_dir / "result.json").exists()
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
+    history = read_history(run_dir / "distill" / HISTORY_FILE)
+    assert [(h["epoch"], h["start_epoch"]) for h in history] == [(1, 0), (2, 1)], "the rerun did not resume"
+    assert "reusing cofinetune/" in finished.stdout, "stage 1 finished in the killed run and is reused"
+    assert json.loads((run_dir / "result.json").read_text())["stages"]["distill"]["metrics"]["epoch"] in (1, 2)

@@ -41,7 +41,8 @@ def grid_sweep(ray_session, tiny_models, tmp_path_factory, shared_storage):
         space={"variant": {"grid": "all"}},
         search={"searcher": "grid", "seeds": [0]},
     )
-    grid, experiment_dir = run_sweep(str(space), storage=str(shared_storage), name="tiny-grid")
+    grid, experiment_dir = run_sweep(str(space), storage=str(shared_storage), name="tiny-grid",
+                                     mlflow=f"sqlite:///{shared_storage / 'mlflow-tiny-grid.db'}")
     return grid, experiment_dir
 
 
@@ -81,6 +82,30 @@ def test_analysis_reproduces_the_table_of_a_stored_study(grid_sweep, tmp_path):
     assert "MT-BERT" in report.table_markdown and "±" in report.table_markdown
     csv = pd.read_csv(tmp_path / "a" / "table.csv")
     assert csv["accuracy_mean"].tolist() == pytest.approx(report.table["accuracy_mean"].tolist())
+
+
+def test_every_trial_reaches_mlflow_and_tensorboard(grid_sweep, shared_storage):
+    """MLflow (Ray Tune's MLflowLoggerCallback, ``--mlflow``): one run per trial with its parameters and metrics.
+    TensorBoard: event files under the sweep folder for every trial (Tune's) and for both stages of each trial."""
+    from mlflow.tracking import MlflowClient
+
+    grid, experiment_dir = grid_sweep
+    client = MlflowClient(f"sqlite:///{shared_storage / 'mlflow-tiny-grid.db'}")
+    experiment = client.get_experiment_by_name("tiny-grid")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2
+    assert sorted(r.data.params["variant"] for r in runs) == ["MT-BERT", "w/o weighting"]
+    by_variant = {r.data.params["variant"]: r for r in grid}
+    for run in runs:
+        expected = by_variant[run.data.params["variant"]].metrics
+        assert run.data.metrics["val_accuracy"] == pytest.approx(expected["val_accuracy"])
+        assert run.data.metrics["test_accuracy"] == pytest.approx(expected["test_accuracy"])
+    events = [p.relative_to(experiment_dir) for p in experiment_dir.rglob("events.out.tfevents.*")]
+    for r in grid:
+        trial = Path(r.metrics["run_dir"]).name
+        mine = [str(e) for e in events if trial in str(e)]
+        assert any("/distill/" in e for e in mine) and any("/cofinetune" in e for e in mine), mine
+    assert sum(1 for e in events if str(e).startswith("trial_driver")) >= 2, "Tune's own per-trial event files"
 
 
 def test_analysis_of_a_folder_without_a_sweep_is_an_error(tmp_path):

@@ -143,6 +143,7 @@ def build_teacher_cache(ctx: StageContext, folder: Path, splits: Sequence[str]) 
     tokenizations = [*ctx.teacher_tokenizations, ctx.student_tokenization]
     total = sum(ctx.data.rows[s] for s in splits)
     counter = _counter_class().remote()
+    started = time.time()
     done = threading.Event()
     watcher = threading.Thread(target=_watch, args=(counter, total, done), daemon=True)
     with build_dir(folder) as tmp:
@@ -169,7 +170,9 @@ def build_teacher_cache(ctx: StageContext, folder: Path, splits: Sequence[str]) 
         for split in splits:
             if written[split] != ctx.data.rows[split]:
                 raise RuntimeError(f"teacher cache: {written[split]} {split} rows written, expected {ctx.data.rows[split]}")
-        return Built(tmp, {"rows": written, "hidden": ctx.cache.hidden, "dtype": ctx.cache.dtype})
+        seconds = time.time() - started
+        return Built(tmp, {"rows": written, "hidden": ctx.cache.hidden, "dtype": ctx.cache.dtype, "seconds": seconds,
+                           "examples_per_s": sum(written.values()) / seconds if seconds > 0 else 0.0})
 
 
 def _rows_written(root: Path, splits: Sequence[str]) -> dict[str, int]:

@@ -34,6 +34,10 @@ class HistoryWriter:
         self.path = str(path)
         self.tensorboard_dir = str(tensorboard_dir) if tensorboard_dir else None
         self.tag = tag
+        self._writer = None  # opened on the first report, where the writer runs (not pickled)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_writer": None}
 
     def append(self, metrics: Mapping[str, Any], checkpoint_path: str | None) -> None:
         row = {**metrics, "time": time.time(), "checkpoint": checkpoint_path}
@@ -45,24 +49,40 @@ class HistoryWriter:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(line)
         if self.tensorboard_dir:
-            write_scalars(self.tensorboard_dir, metrics, self.tag)
+            if self._writer is None:
+                self._writer = tensorboard_writer(self.tensorboard_dir)
+            if self._writer is not None:
+                add_scalars(self._writer, metrics, self.tag)
 
 
-def write_scalars(folder: str | os.PathLike, metrics: Mapping[str, Any], tag: str = "") -> bool:
-    """Numeric metrics of one report as TensorBoard scalars at step ``metrics['epoch']`` (False without tensorboardX)."""
+def tensorboard_writer(folder: str | os.PathLike):
+    """tensorboardX's ``SummaryWriter`` for ``folder`` (None without tensorboardX, which Ray Tune installs)."""
     try:
         from tensorboardX import SummaryWriter
-    except ImportError:  # optional: Ray Tune's own TensorBoard logger needs it too
-        return False
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder), flush_secs=5)
+
+
+def add_scalars(writer, metrics: Mapping[str, Any], tag: str = "") -> None:
+    """Numeric metrics of one report as TensorBoard scalars at step ``metrics['epoch']``, flushed."""
     step = int(metrics.get("epoch", 0))
-    writer = SummaryWriter(str(folder), flush_secs=1)
-    try:
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("epoch", "start_epoch"):
-                writer.add_scalar(f"{tag}/{key}" if tag else key, value, step)
-    finally:
-        writer.close()
-    return True
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("epoch", "start_epoch"):
+            writer.add_scalar(f"{tag}/{key}" if tag else key, value, step)
+    writer.flush()
+
+
+def history_to_tensorboard(history: str | os.PathLike, folder: str | os.PathLike, tag: str) -> int:
+    """A stage's ``history.jsonl`` (one row per epoch) as TensorBoard scalars in ``folder``; returns the rows written."""
+    rows = read_history(history, last_per_epoch=True) if Path(history).is_file() else []
+    writer = tensorboard_writer(folder) if rows else None
+    if writer is None:
+        return 0
+    for row in rows:
+        add_scalars(writer, row, tag)
+    writer.close()
+    return len(rows)
 
 
 class MetricsHistory(ray.train.UserCallback):

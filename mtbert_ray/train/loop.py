@@ -137,6 +137,7 @@ def run_epochs(step: Step, session: StageSession, spec: LoopSpec) -> None:
             "train_seconds": train_seconds,  # the training pass of this epoch (no evaluation)
             "data_wait_seconds": batches.wait_seconds,  # of train_seconds, waiting for input batches
             "train_steps": steps,
+            "train_examples_per_s": steps * spec.micro_batch * world / train_seconds if train_seconds > 0 else 0.0,
             **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()},
             **_evaluate(step, session, spec, device, "validation", "val_"),
         }
@@ -149,6 +150,9 @@ def run_epochs(step: Step, session: StageSession, spec: LoopSpec) -> None:
         metrics[SCORE] = (current if spec.mode == "max" else -current) if improved else NO_SCORE
         metrics.update(getattr(step, "report_extras", dict)())
         metrics["eval_seconds"] = time.time() - started - train_seconds
+        if device.type == "cuda":  # peak memory of this epoch on this rank's GPU (rank 0's is reported)
+            metrics["gpu_memory_peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+            torch.cuda.reset_peak_memory_stats(device)
         with checkpoint_dir() as folder:
             state: dict[str, Any] = {"epoch": epoch, "best": best, "best_epoch": best_epoch, "metrics": metrics}
             if improved and session.has_dataset("test"):
