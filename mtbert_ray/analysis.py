@@ -82,6 +82,12 @@ class Study:
     def finished(self) -> pd.DataFrame:
         return self.trials[self.trials["finished"]]
 
+    @property
+    def seed_key(self) -> str:
+        """The trial column the seeds of a row are in: ``distill.seed`` when the study varies it (students of the
+        same co-finetuned teachers), else the experiment ``seed``."""
+        return "param:distill.seed" if "param:distill.seed" in self.trials else "param:seed"
+
 
 @dataclass
 class Report:
@@ -196,13 +202,14 @@ def comparison_table(study: Study, comparisons: list[tuple[str, str]] | None = N
     metrics = metrics or study.metrics
     comparisons = comparisons if comparisons is not None else [tuple(c) for c in study.meta.get("comparisons") or []]
     done = study.finished
-    if done.empty or not comparisons or "param:seed" not in done:
+    key = study.seed_key
+    if done.empty or not comparisons or key not in done:
         return pd.DataFrame(columns=["a", "b", "pairs"])
     done = done.assign(row=[_row_label(study, r) for _, r in done.iterrows()])
     records = []
     for a, b in comparisons:
-        left = done[done["row"] == a].set_index("param:seed")
-        right = done[done["row"] == b].set_index("param:seed")
+        left = done[done["row"] == a].set_index(key)
+        right = done[done["row"] == b].set_index(key)
         seeds = sorted(set(left.index) & set(right.index))
         rec: dict[str, Any] = {"a": a, "b": b, "pairs": len(seeds)}
         for m in metrics:

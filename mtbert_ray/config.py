@@ -99,6 +99,10 @@ class CofinetuneConfig(_Strict):
         "checkpointing): ~30 % slower, far less activation memory.")
     shared_head: bool = Field(
         True, description="false: each teacher is finetuned with its own head (the paper's 'w/o co-finetuning').")
+    head_width: Literal["first_teacher", "student"] = Field(
+        "first_teacher", description="Width of the shared pooling + dense head: the first teacher's (the paper's "
+        "teachers and student are all 768 wide), or the student's, so the student can start from the co-finetuned head "
+        "whatever the teachers' widths (a teacher of another width reaches the head through a learned linear adapter).")
     weight_decay: float = Field(default=0.0, ge=0, description="Adam weight decay.")
     query_dim: int = Field(default=200, ge=1, description="Attentive-pooling query dimension of the shared head (paper: 200).")
     reuse: bool = Field(
@@ -133,6 +137,10 @@ class LossConfig(_Strict):
         "none", description="Fig. 3 baselines: distil one ensembled soft label instead of L_MT-Dis.")
     project: Literal["teacher", "student"] = Field(
         "teacher", description="Side of W_ij in the hidden loss: MSE(H_s, W H_t) (paper) or MSE(W H_s, H_t).")
+    projection_init: Literal["auto", "identity", "least_squares", "xavier"] = Field(
+        "auto", description="Start of W_ij: least_squares fits each W_ij (ridge, closed form) to the states of the first "
+        "training batch before the first step; identity needs equal widths; auto = identity where the widths match, "
+        "least squares where they differ.")
 
     @model_validator(mode="after")
     def _at_least_one_term(self) -> "LossConfig":

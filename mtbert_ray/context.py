@@ -46,6 +46,20 @@ class StageContext:
         return self.data.model_tokenization[self.config.student.init_from]
 
     @property
+    def student_width(self) -> int:
+        """Hidden width of the student (its checkpoint's config.json)."""
+        from mtbert_ray.models.hub import load_config
+
+        cfg = self.config
+        return int(load_config(cfg.student.init_from, trust_remote_code=cfg.trust_remote_code).hidden_size)
+
+    @property
+    def head_width(self) -> int | None:
+        """Width of the co-finetuned shared head: the student's with ``cofinetune.head_width: student``, else None
+        (the first teacher's)."""
+        return self.student_width if self.config.cofinetune.head_width == "student" else None
+
+    @property
     def pad_ids(self) -> dict[str, int]:
         """Pad token id of every tokenization the experiment uses."""
         return {t: spec.pad_token_id for t, spec in self.data.tokenizations.items()}

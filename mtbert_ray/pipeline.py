@@ -125,7 +125,7 @@ class Experiment:
         return ExperimentResult.from_stages(
             ctx, teachers, self.cache, distilled, student_dir=student_dir, params=params, seconds=time.time() - started,
             distill_seconds=distill_seconds, student_test=read_training_state(distilled.best_checkpoint).get("test"),
-            test_note=note, predictions=predictions,
+            test_note=note, predictions=predictions, decisions=stages.distill_decisions(ctx),
         )
 
 

@@ -143,7 +143,7 @@ class ExperimentResult:
     @classmethod
     def from_stages(cls, ctx, teachers, cache, distilled, *, student_dir: Path, params: dict[str, Any], seconds: float,
                     distill_seconds: float, student_test: dict[str, Any] | None, test_note: str | None,
-                    predictions: str | None) -> "ExperimentResult":
+                    predictions: str | None, decisions: dict[str, str]) -> "ExperimentResult":
         """The result of a finished experiment from its stages: ``ctx`` (StageContext), ``teachers`` and ``cache``
         (published stages 1 and 2), ``distilled`` (stage 3's StageRun); test scores only for a labelled test split."""
         cfg, data = ctx.config, ctx.data
@@ -171,7 +171,7 @@ class ExperimentResult:
                                 params["student"], int(distilled.best_metrics["epoch"])),
             shared_head_params=params["shared_head"],
             layer_maps=ctx.layer_maps,
-            decisions={"student_head": distilled.best_metrics["student_head"]} if "student_head" in distilled.best_metrics else {},
+            decisions=decisions,
             test_note=test_note,
             predictions=predictions,
         )

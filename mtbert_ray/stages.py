@@ -19,7 +19,7 @@ from mtbert_ray.data.loader import read_split, view_columns
 from mtbert_ray.hashing import stable_hash
 from mtbert_ray.models.layer_map import layer_map
 from mtbert_ray.models.teachers import read_ensemble_meta
-from mtbert_ray.stage import Built, Published, reuse_or_build
+from mtbert_ray.stage import Built, Published, read_stage, reuse_or_build
 from mtbert_ray.train.common import OPTIMIZER_FILE, SCALER_FILE, read_training_state
 from mtbert_ray.train.session import StageRun, run_stage
 from mtbert_ray.train.worker import COFINETUNE, DISTILL, distill_seed, stage_worker
@@ -44,6 +44,7 @@ def cofinetune_inputs(ctx: StageContext, nonce: str | None = None) -> dict:
         "data": ctx.data.dataset_key,
         "max_length": cfg.data.max_length,
         "cofinetune": cfg.cofinetune.model_dump(mode="json", exclude={"reuse", "grad_accum_steps", "gradient_checkpointing"}),
+        **({"head_width_value": ctx.head_width} if ctx.head_width else {}),
         "seed": cfg.seed,
         "num_workers": cfg.resources.num_workers,  # per-rank dropout seeds and data shards
         "precision": cfg.resources.precision,
@@ -110,11 +111,23 @@ def teacher_cache(ctx: StageContext, stages: Path, teachers: Published, verify: 
     cfg = ctx.config
     hidden = cfg.cache.hidden and cfg.loss.hidden
     splits = _splits(ctx, CACHE_SPLITS)
-    key = stable_hash({
-        "stage": "teacher_cache", "v": STAGE_VERSION, "teachers": teachers.key, "data": ctx.data.dataset_key,
-        "student_tokenization": ctx.student_tokenization, "max_length": cfg.data.max_length,
-        "layer_maps": ctx.layer_maps if hidden else None, "dtype": cfg.cache.dtype if hidden else None, "splits": splits,
-    })
+
+    def cache_key(with_states: bool) -> str:
+        return stable_hash({
+            "stage": "teacher_cache", "v": STAGE_VERSION, "teachers": teachers.key, "data": ctx.data.dataset_key,
+            "student_tokenization": ctx.student_tokenization, "max_length": cfg.data.max_length,
+            "layer_maps": ctx.layer_maps if with_states else None, "dtype": cfg.cache.dtype if with_states else None,
+            "splits": splits,
+        })
+
+    key = cache_key(hidden)
+    if not hidden:  # a cache with hidden states also holds every logit: reuse it rather than build a logits-only one
+        richer = read_stage(stages / "teacher_cache" / cache_key(True), verify)
+        if richer is not None:
+            print(f"[mtbert] stage 2, teacher cache: reusing teacher_cache/{richer.key} (logits of a cache with hidden states)",
+                  flush=True)
+            files = {s: [str(p) for p in richer.files(f"{s}/", ".parquet")] for s in splits}
+            return richer, ctx.with_updates(cache=CacheInfo(files, False, richer.meta.get("dtype", cfg.cache.dtype)))
     building = ctx.with_updates(cache=CacheInfo({}, hidden, cfg.cache.dtype))
 
     def build(folder: Path) -> Built:
@@ -130,14 +143,34 @@ def teacher_cache(ctx: StageContext, stages: Path, teachers: Published, verify: 
     return published, ctx.with_updates(cache=info)
 
 
-def head_decision_of(ctx: StageContext) -> str:
-    """The student head's start (``train.distill.student_head_decision``), known before stage 3 runs."""
-    from mtbert_ray.models.hub import load_config
+def distill_decisions(ctx: StageContext) -> dict[str, str]:
+    """The choices stage 3 makes where the configured one cannot apply as is, in words, known before it runs:
+    how the student's head starts, how each W_i· starts, how each teacher's states reach the student's tokens."""
+    from mtbert_ray.models.projection import projection_plan
     from mtbert_ray.train.distill import head_widths, student_head_decision
 
+    cfg, width = ctx.config, ctx.student_width
+    decisions = {"student_head": student_head_decision(cfg, head_widths(ctx.teachers_checkpoint, ctx.teacher_widths), width)}
+    if cfg.loss.hidden:
+        plan = projection_plan(ctx.teacher_widths, width, cfg.loss.projection_init)
+        for i, (name, w, start) in enumerate(zip(cfg.teachers, ctx.teacher_widths, plan)):
+            how = {"identity": "identity", "xavier": "random (Xavier)",
+                   "least_squares": "least squares on the first training batch"}[start]
+            decisions[f"projection_{i}"] = f"W for {name} ({w} → {width}): {how}"
+            same = ctx.teacher_tokenizations[i] == ctx.student_tokenization
+            decisions[f"alignment_{i}"] = (f"{name}: the student's tokenization" if same else
+                                           f"{name}: other tokenizer — states averaged onto the student's tokens by character overlap")
+    return decisions
+
+
+def cache_read_columns(ctx: StageContext) -> list[str]:
+    """The cache columns stage 3 reads: ids, labels, the student's tokens, logits and — only with the hidden
+    loss — the states (a logits-only run reading a cache with states leaves them on disk)."""
+    from mtbert_ray.targets import cache_float_columns
+
     cfg = ctx.config
-    width = int(load_config(cfg.student.init_from, trust_remote_code=cfg.trust_remote_code).hidden_size)
-    return student_head_decision(cfg, head_widths(ctx.teachers_checkpoint, ctx.teacher_widths), width)
+    floats = cache_float_columns(ctx.teacher_widths, cfg.student.num_layers, ctx.cache.hidden and cfg.loss.hidden)
+    return [*view_columns([ctx.student_tokenization]), *floats]
 
 
 def distill(ctx: StageContext, run_dir: Path) -> StageRun:
@@ -145,11 +178,12 @@ def distill(ctx: StageContext, run_dir: Path) -> StageRun:
     cfg = ctx.config
     student = [ctx.student_tokenization]
     if ctx.cache is not None:
-        train = read_split(ctx.cache.files["train"], shuffle_seed=distill_seed(cfg))
+        train = read_split(ctx.cache.files["train"], cache_read_columns(ctx), shuffle_seed=distill_seed(cfg))
     else:
         train = _view(ctx, [*ctx.teacher_tokenizations, ctx.student_tokenization], "train", offsets=True, seed=distill_seed(cfg))
     datasets = {"train": train, **{s: _view(ctx, student, s, offsets=False) for s in _splits(ctx, ("validation", "test"))}}
-    print(f"[mtbert] student head: {head_decision_of(ctx)}", flush=True)
+    for what, decision in distill_decisions(ctx).items():
+        print(f"[mtbert] {what.rstrip('0123456789').rstrip('_').replace('_', ' ')}: {decision}", flush=True)
     print(f"[mtbert] stage 3: distilling a {cfg.student.num_layers}-layer student "
           f"({'teacher cache' if ctx.cache else 'teachers on the fly'}; {'in this process' if cfg.resources.in_process else 'Ray Train workers'})",
           flush=True)

@@ -206,3 +206,31 @@ def test_soft_label_losses_send_gradients_to_student_only(gen, fn):
     loss.backward()
     assert student.grad is not None and student.grad.abs().sum() > 0
     assert teacher.grad is None
+
+
+def test_least_squares_map_recovers_a_linear_map():
+    from mtbert_ray.models.projection import least_squares_map
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 5, generator=g), torch.randn(3, generator=g)
+    x = torch.randn(400, 5, generator=g)
+    weight, bias = least_squares_map(x, x @ a.T + b, ridge=1e-9)
+    assert torch.allclose(weight, a, atol=1e-4) and torch.allclose(bias, b, atol=1e-4)
+
+
+def test_projection_plan_and_a_fitted_start_beats_a_random_one():
+    from mtbert_ray.models.projection import build_projections, fit_projection, projection_plan
+
+    assert projection_plan([384, 768], 384, "auto") == ["identity", "least_squares"]
+    assert projection_plan([384, 768], 384, "identity") == ["identity", "xavier"]  # identity needs equal widths
+    assert projection_plan([768], 384, "xavier") == ["xavier"]
+    g = torch.Generator().manual_seed(1)
+    teacher = torch.randn(4, 9, 12, generator=g)
+    student = teacher @ torch.randn(12, 6, generator=g) * 0.5 + 0.1 * torch.randn(4, 9, 6, generator=g)
+    mask = torch.ones(4, 9)
+    mask[0, 5:] = 0
+    projections = build_projections([12], 6, 1, "teacher", "xavier")
+    random_start = mt_hidden_loss([student], [[teacher]], projections, mask).item()
+    fit_projection(projections[0][0], teacher, student, mask)
+    fitted = mt_hidden_loss([student], [[teacher]], projections, mask).item()
+    assert fitted < 0.1 * random_start, (fitted, random_start)

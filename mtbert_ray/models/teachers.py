@@ -39,8 +39,8 @@ class TeacherEnsemble(nn.Module):
 
     ``shared_head=False`` gives every teacher its own head instead: the paper's
     "w/o multi-teacher co-finetuning" ablation (each teacher finetuned alone).
-    The shared head works at the first teacher's width; wider or narrower teachers reach
-    it through a per-teacher adapter (see ``SharedHead``).
+    The shared head works at ``head_width`` (default: the first teacher's width); teachers of another
+    width reach it through a per-teacher adapter ``nn.Linear(width, head_width)`` (see ``SharedHead``).
     """
 
     def __init__(
@@ -50,6 +50,7 @@ class TeacherEnsemble(nn.Module):
         query_dim: int = 200,
         shared_head: bool = True,
         trust_remote_code: bool = False,
+        head_width: int | None = None,
     ) -> None:
         super().__init__()
         if len(teachers) == 0:
@@ -64,8 +65,9 @@ class TeacherEnsemble(nn.Module):
         self.query_dim = query_dim
         self.shared_head = shared_head
         widths = self.widths
+        self.head_width = int(head_width or widths[0])
         if shared_head:
-            self.head = SharedHead(widths[0], num_labels, query_dim, input_sizes=widths)
+            self.head = SharedHead(self.head_width, num_labels, query_dim, input_sizes=widths)
             self.heads = None
         else:
             self.head = None
@@ -123,6 +125,7 @@ class TeacherEnsemble(nn.Module):
             "num_labels": self.num_labels,
             "query_dim": self.query_dim,
             "shared_head": self.shared_head,
+            "head_width": self.head_width,
         }
         (folder / ENSEMBLE_FILE).write_text(json.dumps(meta, indent=2))
 
@@ -134,7 +137,7 @@ class TeacherEnsemble(nn.Module):
             load_encoder(str(folder / f"teacher_{i}"), trust_remote_code=trust_remote_code)
             for i in range(len(meta["names"]))
         ]
-        model = cls(encoders, meta["num_labels"], meta["query_dim"], meta["shared_head"])
+        model = cls(encoders, meta["num_labels"], meta["query_dim"], meta["shared_head"], head_width=meta.get("head_width"))
         model.names = list(meta["names"])
         load_model(model.head if model.shared_head else model.heads, str(folder / HEADS_FILE))
         return model

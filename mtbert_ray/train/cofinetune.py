@@ -34,7 +34,7 @@ class CofinetuneStep:
     def build(self, device: torch.device) -> TeacherEnsemble:
         cfg = self.ctx.config
         model = TeacherEnsemble(cfg.teachers, self.ctx.data.num_labels, cfg.cofinetune.query_dim,
-                                cfg.cofinetune.shared_head, cfg.trust_remote_code)
+                                cfg.cofinetune.shared_head, cfg.trust_remote_code, head_width=self.ctx.head_width)
         if cfg.cofinetune.gradient_checkpointing:
             for encoder in model.encoders:
                 encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

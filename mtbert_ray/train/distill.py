@@ -9,6 +9,7 @@ frozen teachers on the fly otherwise (``mtbert_ray.targets``, the same functions
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from mtbert_ray.context import StageContext
 from mtbert_ray.data.loader import PadCollate, inputs_for
 from mtbert_ray.export import load_student_weights, save_student
 from mtbert_ray.losses import mt_hidden_loss
-from mtbert_ray.models.projection import build_projections
+from mtbert_ray.models.projection import build_projections, fit_projection, projection_plan
 from mtbert_ray.models.student import StudentModel, build_student, init_head_from
 from mtbert_ray.models.teachers import TeacherEnsemble, load_head_states, read_ensemble_meta
 from mtbert_ray.targets import cache_float_columns, cached_targets, teacher_targets
@@ -36,20 +37,41 @@ class DistillModule(nn.Module):
 
     ``forward`` returns the student's logits and, given the teachers' states, the hidden loss
     L_MT-Hid = Σ_i Σ_j MSE(H^s_j, W_ij H^i_j) — computed here so W_ij are used inside the wrapped forward.
+    The W_ij of the teachers listed in ``fit_pending`` are fitted by least squares to the first batch's states
+    before that batch's loss (``models.projection``); under DDP rank 0's fit is broadcast so every rank starts equal.
     """
 
-    def __init__(self, student: StudentModel, projections: nn.ModuleList | None, project: str = "teacher") -> None:
+    def __init__(self, student: StudentModel, projections: nn.ModuleList | None, project: str = "teacher",
+                 fit_pending: Sequence[int] = ()) -> None:
         super().__init__()
         self.student = student
         self.projections = projections
         self.project = project
+        self.fit_pending = list(fit_pending)
 
     def forward(self, inputs: dict[str, torch.Tensor], teacher_states: list[list[torch.Tensor]] | None = None):
         out = self.student.forward_batch(inputs, output_hidden_states=teacher_states is not None)
         if teacher_states is None:
             return out.logits, None
-        hidden = mt_hidden_loss(out.hidden_states[1:], teacher_states, self.projections, inputs["attention_mask"], self.project)
+        student_states = out.hidden_states[1:]
+        if self.fit_pending:
+            self._fit(student_states, teacher_states, inputs["attention_mask"])
+        hidden = mt_hidden_loss(student_states, teacher_states, self.projections, inputs["attention_mask"], self.project)
         return out.logits, hidden
+
+    @torch.no_grad()
+    def _fit(self, student_states, teacher_states, mask) -> None:
+        import torch.distributed as dist
+
+        for i in self.fit_pending:
+            for j, linear in enumerate(self.projections[i]):
+                source, target = (teacher_states[i][j], student_states[j]) if self.project == "teacher" else \
+                    (student_states[j], teacher_states[i][j])
+                fit_projection(linear, source.detach(), target.detach(), mask)
+                if dist.is_available() and dist.is_initialized():
+                    for tensor in (linear.weight, linear.bias):
+                        dist.broadcast(tensor.data, src=0)
+        self.fit_pending = []
 
 
 def student_head_decision(cfg: ExperimentConfig, head_widths: list[int], student_width: int) -> str:
@@ -75,15 +97,19 @@ def build_distill_module(cfg: ExperimentConfig, num_labels: int, teachers_folder
     decision = student_head_decision(cfg, head_widths(teachers_folder, teacher_widths), student.width)
     if decision.startswith("copied") and not init_head_from(student, load_head_states(teachers_folder)):
         raise RuntimeError(f"{teachers_folder}: no co-finetuned head of width {student.width} to copy")
-    projections = (
-        build_projections(teacher_widths, student.width, student.num_layers, cfg.loss.project) if cfg.loss.hidden else None
-    )
-    return DistillModule(student, projections, cfg.loss.project), decision
+    projections, fit = None, []
+    if cfg.loss.hidden:
+        projections = build_projections(teacher_widths, student.width, student.num_layers, cfg.loss.project,
+                                        cfg.loss.projection_init)
+        plan = projection_plan(teacher_widths, student.width, cfg.loss.projection_init)
+        fit = [i for i, start in enumerate(plan) if start == "least_squares"]
+    return DistillModule(student, projections, cfg.loss.project, fit), decision
 
 
 def head_widths(teachers_folder: str | Path, teacher_widths: list[int]) -> list[int]:
-    """Widths of the co-finetuned head(s): the first teacher's for a shared head, else each teacher's."""
-    return teacher_widths[:1] if read_ensemble_meta(teachers_folder)["shared_head"] else list(teacher_widths)
+    """Widths of the co-finetuned head(s): the shared head's (``cofinetune.head_width``), else each teacher's."""
+    meta = read_ensemble_meta(teachers_folder)
+    return [int(meta.get("head_width") or teacher_widths[0])] if meta["shared_head"] else list(teacher_widths)
 
 
 class DistillStep:
@@ -152,6 +178,7 @@ class DistillStep:
         load_student_weights(self.module.student, folder / STUDENT_DIR)
         if self.module.projections is not None:
             load_model(self.module.projections, str(folder / PROJECTIONS_FILE))
+        self.module.fit_pending = []  # resumed: the W_ij come from the checkpoint
 
     def collate(self, split: str) -> PadCollate:
         ctx, cfg = self.ctx, self.ctx.config

@@ -1,0 +1,90 @@
+"""Distillation quality: does a stronger teacher give a stronger student, and do several beat the best one?
+
+The study is ``benchmarks/quality.yaml`` run through ``python -m mtbert_ray.sweep`` and
+``mtbert_ray.analysis`` (nothing here trains): rt_polarity with 4,000 training sentences, students selected
+on validation and scored on the **test** split, 3 distillation seeds per row from teachers co-finetuned once
+per teacher set; rows: students of {L6}, {L3}, {MPNet}, {L6, L3}, {L6, MPNet}, {L6, L3, MPNet} (MT-BERT), the
+average and weighted ensemble baselines, MT-BERT minus each loss, the hidden loss switched off for the rows
+with MPNet, task-only fine-tuning of the same student, and the {MPNet} student with the earlier starts of W
+(random) and of the student's head (random) — the mechanisms measured.
+
+MPNet-base comes from ``<shared>/tools/seed_mpnet.sh`` (``--shared``, default ``$MTBERT_SHARED`` or ../shared),
+which also links the two MiniLMs into the hub cache it builds. ~4 h on the 2-core development machine; an
+interrupted study continues with ``--resume``.
+
+The targets are paired differences on test (a − b over the seeds both rows finished, 95 % t-interval):
+(a) {MPNet} − {L6} ≥ 0; (b) {L6, L3, MPNet} − the best single-teacher row ≥ 0 and − each ensemble ≥ 0;
+(c) every row with the hidden loss − its twin without it ≥ 0.
+
+Last line: ``quality_targets_met=<n>/<total>``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from _common import REPO, header, storage
+
+ALL = "{L6, L3, MPNet}"
+SINGLES = ["{L6}", "{L3}", "{MPNet}"]
+HIDDEN_TWINS = [(ALL, f"{ALL} - hidden loss"), ("{MPNet}", "{MPNet} - hidden loss"), ("{L6, MPNet}", "{L6, MPNet} - hidden loss")]
+
+
+def mpnet_hub(shared: Path) -> Path:
+    """The hub cache with MPNet-base and the MiniLMs, built once by the shared seeding script."""
+    out = storage() / "mpnet"
+    hub = out / "hub"
+    if not (hub / "models--sentence-transformers--all-mpnet-base-v2").is_dir():
+        subprocess.run(["bash", str(shared / "tools" / "seed_mpnet.sh"), str(out), sys.executable], check=True)
+    return hub
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", default=os.environ.get("MTBERT_SHARED", str(REPO.parent / "shared")))
+    parser.add_argument("--name", default="quality")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    parser.add_argument("--analysis-only", action="store_true", help="tables of a finished study, no training")
+    args = parser.parse_args()
+    header("quality: teacher sets, ensembles and ablations on rt_polarity (4,000 sentences), test split, 3 seeds")
+    results = storage() / "quality"
+    env = {**os.environ, "HF_HUB_CACHE": str(mpnet_hub(Path(args.shared))), "HF_HUB_OFFLINE": "1"}
+    if not args.analysis_only:
+        command = [sys.executable, "-m", "mtbert_ray.sweep", "--storage", str(results), "--name", args.name]
+        command += ["--resume"] if args.resume else ["--space", str(REPO / "benchmarks" / "quality.yaml")]
+        subprocess.run(command, cwd=REPO, env=env, check=True)
+
+    from mtbert_ray.analysis import load_study, write_report
+
+    study_dir = results / "sweeps" / args.name
+    report = write_report(study_dir)
+    print(report.table_markdown)
+    table = report.table.set_index("row")
+    diffs = report.comparisons.set_index(["a", "b"])
+
+    def diff(a: str, b: str) -> float:
+        return float(diffs.loc[(a, b), "accuracy_diff"]) if (a, b) in diffs.index else float("nan")
+
+    best_single = max(SINGLES, key=lambda r: table.loc[r, "test_accuracy_mean"])
+    targets = {
+        "(a) {MPNet} − {L6}": diff("{MPNet}", "{L6}"),
+        f"(b) {ALL} − best single {best_single}": diff(ALL, best_single),
+        f"(b) {ALL} − Average Ensemble": diff(ALL, "Average Ensemble"),
+        f"(b) {ALL} − Weighted Ensemble": diff(ALL, "Weighted Ensemble"),
+        **{f"(c) {a} − {b}": diff(a, b) for a, b in HIDDEN_TWINS},
+    }
+    met = 0
+    for name, value in targets.items():
+        ok = value >= 0
+        met += ok
+        print(f"{name}: {value:+.2f} points test accuracy → {'met' if ok else 'missed'}")
+    trials = load_study(study_dir).trials
+    print(f"trials: {len(trials)} ({int(trials['finished'].sum())} finished); tables: {report.out_dir}")
+    print(f"quality_targets_met={met}/{len(targets)}")
+
+
+if __name__ == "__main__":
+    main()
