@@ -1,25 +1,26 @@
 """mtbert-ray: multi-teacher knowledge distillation (MT-BERT, Wu, Wu & Huang 2021) on Ray.
 
-``StudentClassifier`` (an exported student) and ``run_experiment`` are importable from here;
-they load lazily so that ``import mtbert_ray`` stays cheap.
+``StudentClassifier`` (an exported student), ``run_experiment`` / ``Experiment`` (one experiment, all its
+stages or one at a time), ``ExperimentResult`` (its typed result) and ``load_config`` are importable from
+here; they load lazily so that ``import mtbert_ray`` stays cheap.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["StudentClassifier", "run_experiment", "load_config"]
+__all__ = ["Experiment", "ExperimentResult", "StudentClassifier", "load_config", "run_experiment"]
+
+_WHERE = {
+    "StudentClassifier": "mtbert_ray.export",
+    "run_experiment": "mtbert_ray.pipeline",
+    "Experiment": "mtbert_ray.pipeline",
+    "ExperimentResult": "mtbert_ray.results",
+    "load_config": "mtbert_ray.config",
+}
 
 
 def __getattr__(name: str):
-    if name == "StudentClassifier":
-        from mtbert_ray.export import StudentClassifier
+    if name in _WHERE:
+        import importlib
 
-        return StudentClassifier
-    if name == "run_experiment":
-        from mtbert_ray.pipeline import run_experiment
-
-        return run_experiment
-    if name == "load_config":
-        from mtbert_ray.config import load_config
-
-        return load_config
+        return getattr(importlib.import_module(_WHERE[name]), name)
     raise AttributeError(f"module 'mtbert_ray' has no attribute {name!r}")

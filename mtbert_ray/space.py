@@ -38,7 +38,6 @@ from mtbert_ray.config import (
 from mtbert_ray.errors import ConfigError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
-SPECIAL_KEYS = ("teachers", "variant", "seed")
 
 
 class _Strict(BaseModel):

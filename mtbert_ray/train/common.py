@@ -34,22 +34,10 @@ def rank_seed(seed: int, rank: int, epoch: int) -> int:
     return (seed * 1_000_003 + rank * 10_007 + epoch * 101) % (2**31)
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size) of this Train worker (0, 1 outside a process group)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DDP wrapper."""
-    return model.module if hasattr(model, "module") else model
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -113,17 +101,6 @@ def confusion_matrices(
     return [cm.cpu() for cm in cms]
 
 
-def device_for_worker(use_gpu: bool = False) -> torch.device:
-    """This worker's device: Ray Train's (GPU when it has one), else CPU."""
-    try:
-        import ray.train.torch
-
-        return ray.train.torch.get_device()
-    except Exception:  # outside Ray Train (in-process stages)
-        return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-
-
-@contextlib.contextmanager
 def checkpoint_dir() -> Iterator[Path]:
     """A temporary local folder to assemble a checkpoint in (copied to storage on ``report``)."""
     with tempfile.TemporaryDirectory(prefix="mtbert-ckpt-") as tmp:

@@ -21,7 +21,7 @@ import csv
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -82,9 +82,7 @@ class LoopSpec:
     threads: float | None
     train_rows: int
     num_labels: int
-    label_names: list[str] = field(default_factory=list)
     weight_decay: float = 0.0
-    find_unused_parameters: bool = False
     submission: tuple[str, list[str]] | None = None  # (file name, label per class) for unlabelled test rows
     test_labelled: bool = True
 
@@ -106,7 +104,7 @@ def run_epochs(step: Step, session: StageSession, spec: LoopSpec) -> None:
     first = _Prefetch(_batches(session, "train", step, spec, device, start_epoch)) if start_epoch < spec.epochs else None
 
     module, optimization = build_and_resume(step, session, spec, device)
-    train_module = session.prepare_module(module, spec.find_unused_parameters)
+    train_module = session.prepare_module(module)
 
     per_worker = spec.train_rows // world if world > 1 else spec.train_rows
     steps_per_epoch = math.ceil(per_worker / spec.micro_batch)

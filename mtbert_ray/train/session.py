@@ -34,7 +34,6 @@ from mtbert_ray.train.history import HISTORY_FILE, TENSORBOARD_DIR, HistoryWrite
 SCORE = "selection_score"  # reported by the loop: the selection metric on improving epochs, else NO_SCORE
 NO_SCORE = -1e30
 CHECKPOINT_INDEX = "checkpoints.json"
-FINISHED = "finished"  # in-process stages: the loop returned (every epoch ran)
 
 
 @dataclass
@@ -64,7 +63,8 @@ class StageSession:
     def latest_checkpoint(self) -> contextlib.AbstractContextManager[Path | None]:
         raise NotImplementedError
 
-    def prepare_module(self, module: torch.nn.Module, find_unused_parameters: bool = False) -> torch.nn.Module:
+    def prepare_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The module the loop trains: DDP-wrapped on Ray Train workers, itself in process."""
         return module
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
@@ -105,11 +105,10 @@ class RayTrainSession(StageSession):
         with checkpoint.as_directory() as folder:
             yield Path(folder)
 
-    def prepare_module(self, module: torch.nn.Module, find_unused_parameters: bool = False) -> torch.nn.Module:
+    def prepare_module(self, module: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
 
-        kwargs = {"find_unused_parameters": True} if find_unused_parameters else None
-        return ray.train.torch.prepare_model(module, parallel_strategy_kwargs=kwargs)
+        return ray.train.torch.prepare_model(module)  # every trainable parameter is used in forward: no unused-parameter search
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         import ray.train
@@ -173,9 +172,6 @@ class InProcessSession(StageSession):
         self.history.append(metrics, path)
         for callback in self.on_report:
             callback(metrics)
-
-    def mark_finished(self) -> None:
-        (self.run_folder / FINISHED).write_text("")
 
     def result(self) -> StageRun:
         entries = self.index()

@@ -37,7 +37,6 @@ def loop_spec(ctx: StageContext, stage: str) -> LoopSpec:
         threads=None if cfg.resources.use_gpu else cfg.resources.cpus_per_worker,
         train_rows=data.rows["train"],
         num_labels=data.num_labels,
-        label_names=data.label_names,
         weight_decay=section.weight_decay,
         submission=submission,
         test_labelled=data.labelled.get("test", True),
