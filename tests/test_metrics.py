@@ -124,3 +124,20 @@ def test_selection_metric_defaults_to_the_tasks_main_metric_and_must_be_reported
     f1 = files.model_copy(update={"select": files.select.model_copy(update={"metric": "f1"})})
     with pytest.raises(ConfigError, match=r"select.metric: 'f1' is not reported for this task \(3 classes\)"):
         resolve_select_metric(f1, three)
+
+
+def test_progress_lines_say_done_total_rate_and_eta_at_most_every_ten_seconds(monkeypatch, capsys):
+    import mtbert_ray.progress as progress
+
+    clock = iter([0.0, 1.0, 12.0, 13.0, 30.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    lines = []
+    monkeypatch.setattr(progress, "emit", lines.append)
+    bar = progress.Progress("[distill] epoch 1/2", total=100, unit="steps", every_s=10, examples_per_unit=32)
+    bar.update(10)  # t = 1: too soon
+    bar.update(40)  # t = 12: printed
+    bar.update(45)  # t = 13: too soon
+    bar.update(100)  # t = 30: printed
+    assert len(lines) == 2
+    assert lines[0] == "[distill] epoch 1/2 40/100 steps (40%) · 106.7 examples/s · ETA 0:18"
+    assert lines[1].startswith("[distill] epoch 1/2 100/100 steps (100%)") and "ETA 0:00" in lines[1]

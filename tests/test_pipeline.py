@@ -42,6 +42,10 @@ def test_three_stages_write_results_and_export(first_run, tiny_models):
     student = s["stages"]["distill"]["metrics"]
     assert 0 <= student["accuracy"] <= 1 and student["epoch"] in (1, 2)
     assert s["select"] == {"metric": "accuracy", "mode": "max"}
+    # every choice made where the configured one could not apply as is, recorded (and printed once)
+    assert s["decisions"]["student_head"] == "copied from the co-finetuned head (32 wide)"
+    assert s["decisions"]["projection_1"].endswith("(48 → 32): least squares on the first training batch")
+    assert "other tokenizer" in s["decisions"]["alignment_1"] and "the student's tokenization" in s["decisions"]["alignment_0"]
     assert 0 <= s["stages"]["distill"]["test"]["accuracy"] <= 1 and s["stages"]["distill"]["test"]["examples"] == 64
     assert s["params"]["student"] < min(s["params"]["teachers"].values())
     assert s["layer_maps"] == [[2], [2]]

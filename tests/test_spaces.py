@@ -98,3 +98,19 @@ def test_example_experiments_validate(path):
 
     cfg = load_config(path)
     assert cfg.teachers and cfg.student.num_layers >= 1
+
+
+def test_dry_run_prints_trials_shared_stages_cache_sizes_and_resources(capsys):
+    """``--dry-run`` of the CPU Table 3 study: 9 trials, 9 co-finetuning runs (one per teacher subset and seed),
+    a cache size per teacher set, what each trial asks for, and nothing written."""
+    from mtbert_ray.dryrun import plan, planned_trials
+
+    space = load_space(REPO / "tune_spaces" / "teachers.yaml")
+    trials = planned_trials(space)
+    assert len(trials) == 9 and {t.params["teachers"] for t in trials} == {"minilm6", "minilm3", "minilm6+minilm3"}
+    text = plan(space)
+    assert "grid search, 9 trial(s)" in text and "co-finetuning runs: 9 distinct" in text
+    assert "teacher caches: 9 distinct (1,500 training rows" in text and "all caches: ~" in text
+    assert "resources per trial: {'cpu': 2.0}" in text and "at most 0 GPU(s)" in text
+    optuna = planned_trials(load_space(REPO / "tune_spaces" / "demo.yaml"))
+    assert len(optuna) == 6 and optuna[0].params["distill.temperature"] == "(sampled)"

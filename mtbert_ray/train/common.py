@@ -101,6 +101,7 @@ def confusion_matrices(
     return [cm.cpu() for cm in cms]
 
 
+@contextlib.contextmanager
 def checkpoint_dir() -> Iterator[Path]:
     """A temporary local folder to assemble a checkpoint in (copied to storage on ``report``)."""
     with tempfile.TemporaryDirectory(prefix="mtbert-ckpt-") as tmp:
