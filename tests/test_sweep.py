@@ -73,15 +73,17 @@ def test_analysis_reproduces_the_table_of_a_stored_study(grid_sweep, tmp_path):
     table = report.table.set_index("row")
     assert list(table.index) == ["MT-BERT", "w/o weighting"]  # the order of the variants
     for r in grid:
-        assert table.loc[r.config["variant"], "accuracy_mean"] == pytest.approx(100 * r.metrics["val_accuracy"])
+        assert table.loc[r.config["variant"], "val_accuracy_mean"] == pytest.approx(100 * r.metrics["val_accuracy"])
+        assert table.loc[r.config["variant"], "test_accuracy_mean"] == pytest.approx(100 * r.metrics["test_accuracy"])
         assert table.loc[r.config["variant"], "n"] == 1
     for name in ("table.md", "table.csv", "trials.csv", "chart.png", "best.json"):
         assert (tmp_path / "a" / name).stat().st_size > 0
     best = json.loads((tmp_path / "a" / "best.json").read_text())
     assert best["metrics"]["accuracy"] == max(r.metrics["val_accuracy"] for r in grid)
-    assert "MT-BERT" in report.table_markdown and "±" in report.table_markdown
+    assert "MT-BERT" in report.table_markdown and "(1 seed)" in report.table_markdown  # one seed per row: said, not ±0
+    assert "MT-BERT − w/o weighting" in report.table_markdown  # the paired comparison of an ablation study
     csv = pd.read_csv(tmp_path / "a" / "table.csv")
-    assert csv["accuracy_mean"].tolist() == pytest.approx(report.table["accuracy_mean"].tolist())
+    assert csv["test_accuracy_mean"].tolist() == pytest.approx(report.table["test_accuracy_mean"].tolist())
 
 
 def test_every_trial_reaches_mlflow_and_tensorboard(grid_sweep, shared_storage):
@@ -95,7 +97,7 @@ def test_every_trial_reaches_mlflow_and_tensorboard(grid_sweep, shared_storage):
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 2
     assert sorted(r.data.params["variant"] for r in runs) == ["MT-BERT", "w/o weighting"]
-    by_variant = {r.data.params["variant"]: r for r in grid}
+    by_variant = {r.config["variant"]: r for r in grid}
     for run in runs:
         expected = by_variant[run.data.params["variant"]].metrics
         assert run.data.metrics["val_accuracy"] == pytest.approx(expected["val_accuracy"])
@@ -155,7 +157,7 @@ def test_resume_after_the_driver_is_killed(ray_session, tiny_models, tmp_path, s
     for trial, mtime in before.items():
         assert after[trial] == mtime, f"finished trial {trial} was rerun"
     study = load_study(storage / "sweeps" / "tiny-resume")
-    assert sorted(study.trials["param:distill.temperature"]) == [1.0, 2.0] and study.trials["done"].all()
+    assert sorted(study.trials["param:distill.temperature"]) == [1.0, 2.0] and study.trials["finished"].all()
     assert len(study_table(study)) == 2
 
 
