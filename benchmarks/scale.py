@@ -9,13 +9,14 @@ whole benchmark takes minutes on 2 cores. Each size runs in a fresh results fold
 Figures (each from one run, both sizes side by side):
 - per-row time at 100k ÷ at 10k, per stage (target ≤ 1.2): stage wall seconds ÷ rows — the start-up of
   each stage counts against the 10k run, so the ratio shows whether anything grows faster than the rows;
-- peak resident memory at 100k ÷ at 10k (target ≤ 1.3) of the driver and of the stage workers (Ray Train
-  workers, the cache's Ray Data actors), sampled every 0.2 s with psutil;
+- peak memory at 100k ÷ at 10k (target ≤ 1.3) of the driver and of the stage workers (Ray Train workers, the
+  cache's Ray Data actors), sampled every 0.5 s with psutil: RSS, and USS (without the shared object store's
+  pages, which RSS counts in every process that touched them);
 - ``data prepare`` rows/s ÷ the tokenizer's own batch-encode rows/s on the same texts (target ≥ 0.5),
   for each tokenizer of the experiment.
 
-Last line: ``scale_per_row_ratio_max=<worst stage ratio> peak_memory_ratio_max=<worst process ratio>
-prepare_vs_tokenizer=<ratio>``.
+Last line: ``scale_per_row_ratio_max=<worst stage ratio> peak_rss_ratio_max=<worst process> peak_uss_ratio_max=<worst
+process> prepare_vs_tokenizer=<ratio>``.
 """
 from __future__ import annotations
 
@@ -59,15 +60,17 @@ def synthetic_mind(folder: Path, train_rows: int, eval_rows: int = 5000) -> Path
 
 
 class MemorySampler:
-    """Peak RSS of this process and of Ray's stage workers (by process title), sampled in a thread."""
+    """Peak memory of this process and of Ray's stage workers (by process title), sampled in a thread: RSS
+    (resident pages, those of the shared object store a process touched included) and USS (the pages only
+    that process holds: its own memory, without the object store)."""
 
     KINDS = {"ray::RayTrainWorker": "train worker", "ray::MapWorker": "cache actor", "ray::_MapWorker": "cache actor"}
 
-    def __init__(self, every_s: float = 0.2) -> None:
+    def __init__(self, every_s: float = 0.5) -> None:
         import psutil
 
         self.psutil, self.every_s = psutil, every_s
-        self.peaks: dict[str, float] = {}
+        self.peaks: dict[str, float] = {}  # kind → peak RSS (MiB); "<kind> (USS)" → peak USS
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -91,16 +94,18 @@ class MemorySampler:
 
     def _note(self, kind: str, proc) -> None:
         try:
-            rss = proc.memory_info().rss / 2**20
+            info = proc.memory_full_info()
         except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
             return
-        self.peaks[kind] = max(self.peaks.get(kind, 0.0), rss)
+        self.peaks[kind] = max(self.peaks.get(kind, 0.0), info.rss / 2**20)
+        self.peaks[f"{kind} (USS)"] = max(self.peaks.get(f"{kind} (USS)", 0.0), info.uss / 2**20)
 
 
 def run_size(rows: int, models: dict[str, str], root: Path) -> dict:
     """Stage wall seconds and peak memory for one dataset size, in a fresh folder."""
     from mtbert_ray.config import validate_config
     from mtbert_ray.pipeline import Experiment
+    from mtbert_ray.ray_runtime import init_ray
 
     folder = root / f"rows-{rows}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -117,20 +122,22 @@ def run_size(rows: int, models: dict[str, str], root: Path) -> dict:
         "resources": {"num_workers": 2, "cpus_per_worker": 1},
     })
     exp = Experiment(config, storage=folder / "results")
+    init_ray(required_cpus=config.resources.num_workers * config.resources.cpus_per_worker)  # not part of any stage's time
     seconds, memory = {}, {}
     for stage, fn in (("prepare", exp.prepare), ("cofinetune", exp.cofinetune), ("cache", exp.teacher_cache),
                       ("distill", lambda: exp.distill(folder / "run"))):
         with MemorySampler() as sampler:
             seconds[stage], _ = timed(fn)
         memory[stage] = dict(sampler.peaks)
-        print(f"  {rows:,} rows · {stage}: {seconds[stage]:.1f} s ({1e6 * seconds[stage] / rows:.0f} µs/row); peak RSS "
+        print(f"  {rows:,} rows · {stage}: {seconds[stage]:.1f} s ({1e6 * seconds[stage] / rows:.0f} µs/row); peak memory "
               + ", ".join(f"{k} {v:,.0f} MiB" for k, v in sorted(sampler.peaks.items())), flush=True)
     return {"rows": rows, "seconds": seconds, "memory": memory, "exp": exp, "data": data}
 
 
 def tokenizer_ratio(run: dict) -> dict[str, float]:
-    """``data prepare`` rows/s (all tokenizations, the view and the manifests) ÷ the tokenizers' own batch-encode
-    rows/s on the same texts (truncated to max_length, batches of 2,000)."""
+    """``data prepare`` rows/s (reading and checking the source, every tokenization, the view, the manifests)
+    ÷ the tokenizers' own batch-encode rows/s on the same texts, asked for what a shard stores (truncated to
+    max_length, with offsets and special-token masks), in batches of 2,000."""
     import pandas as pd
 
     from mtbert_ray.models.hub import load_tokenizer
@@ -144,7 +151,8 @@ def tokenizer_ratio(run: dict) -> dict[str, float]:
         tok = load_tokenizer(spec.name)
         started = time.perf_counter()
         for start in range(0, len(texts), 2000):
-            tok(texts[start:start + 2000], truncation=True, max_length=exp.config.data.max_length)
+            tok(texts[start:start + 2000], truncation=True, max_length=exp.config.data.max_length,
+                return_offsets_mapping=True, return_special_tokens_mask=True)
         tokenizer_seconds += time.perf_counter() - started
     return {"tokenizer_rows_per_s": len(texts) / tokenizer_seconds * len(exp.ctx.data.tokenizations),
             "prepare_rows_per_s": len(texts) / run["seconds"]["prepare"] * len(exp.ctx.data.tokenizations),
@@ -173,11 +181,13 @@ def main() -> None:
                 memory[f"{stage}/{kind}"] = peak / small["memory"][stage][kind]
     tokenizer = tokenizer_ratio(large)
     print(f"rows ×{factor:.0f}: per-row time ratio " + ", ".join(f"{s} {r:.2f}" for s, r in per_row.items()))
-    print("peak RSS ratio " + ", ".join(f"{k} {r:.2f}" for k, r in memory.items()))
+    print("peak memory ratio " + ", ".join(f"{k} {r:.2f}" for k, r in memory.items()))
     print(f"data prepare {tokenizer['prepare_rows_per_s']:,.0f} rows/s vs the tokenizers' own batch encode "
           f"{tokenizer['tokenizer_rows_per_s']:,.0f} rows/s (per tokenization, {large['rows']:,} training rows + evaluation)")
-    print(f"scale_per_row_ratio_max={max(per_row.values()):.2f} peak_memory_ratio_max={max(memory.values()):.2f} "
-          f"prepare_vs_tokenizer={tokenizer['ratio']:.2f}")
+    rss = {k: v for k, v in memory.items() if "(USS)" not in k}
+    uss = {k: v for k, v in memory.items() if "(USS)" in k}
+    print(f"scale_per_row_ratio_max={max(per_row.values()):.2f} peak_rss_ratio_max={max(rss.values()):.2f} "
+          f"peak_uss_ratio_max={max(uss.values()):.2f} prepare_vs_tokenizer={tokenizer['ratio']:.2f}")
 
 
 if __name__ == "__main__":

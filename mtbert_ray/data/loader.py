@@ -1,7 +1,7 @@
 """Ray Data readers for the tokenized views and teacher caches, and the collate function that pads each batch.
 
 Driver side: ``read_split(files, columns)`` → a Ray Dataset per split (``ray.data.read_parquet``,
-or in-memory blocks for splits that fit the object store), handed to the stage.
+or in-memory blocks for small splits), handed to the stage.
 Worker side: ``iter_torch_batches(collate_fn=PadCollate(...))`` yields flat dicts of tensors —
 ``label``, ``example_id`` and ``<tokenization>.<column>`` per tokenization — padded to the longest
 example of the batch (dynamic padding). ``inputs_for`` regroups one tokenization's columns into the
@@ -46,6 +46,9 @@ from mtbert_ray.data.tokenize import pad_token_batch
 META_COLUMNS = ("example_id", "label")
 TRAIN_SPLIT = "train"
 BLOCK_ROWS = 1024  # rows per in-memory block: the unit of the per-epoch block shuffle
+#: Splits up to this many bytes of Parquet are read on the driver (fast for small data); larger ones stream
+#: through Ray Data's read tasks, so the driver's memory does not grow with the data.
+MATERIALIZE_MAX_BYTES = 64 * 2**20
 
 
 def view_columns(tokenizations: Iterable[str], with_offsets: bool = True) -> list[str]:
@@ -62,10 +65,10 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
                shuffle_seed: int | None = None, blocks: int | None = None):
     """A Ray Dataset of a view (or teacher-cache) split, projected to the columns asked for.
 
-    ``materialize=False``: ``ray.data.read_parquet`` — streamed from Parquet by read tasks,
-    again every epoch (for splits larger than the object store). ``True``: the split is read
-    once on the driver with pyarrow and handed to Ray Data as in-memory blocks of ``BLOCK_ROWS``
-    (``ray.data.from_arrow``). ``"auto"``: ``True`` when it fits comfortably in the object store.
+    ``materialize=False``: ``ray.data.read_parquet`` — streamed from Parquet by read tasks, again
+    every epoch. ``True``: the split is read once on the driver with pyarrow and handed to Ray Data
+    as in-memory blocks of ``BLOCK_ROWS`` (``ray.data.from_arrow``). ``"auto"``: ``True`` for a small
+    split (≤ ``MATERIALIZE_MAX_BYTES`` of Parquet that fits comfortably in the object store).
     ``shuffle_seed``: blocks come in a new seeded order each epoch (for the training split).
     ``blocks``: read into at least this many blocks (so an actor pool of that many workers all get input).
     """
@@ -93,12 +96,13 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
 
 
 def fits_in_object_store(files: Sequence[str], expansion: float = 4.0, share: float = 0.25) -> bool:
-    """Parquet bytes × ``expansion`` (decompressed) within ``share`` of the cluster's object store."""
+    """At most ``MATERIALIZE_MAX_BYTES`` of Parquet, whose bytes × ``expansion`` (decompressed) fit within
+    ``share`` of the cluster's object store."""
     import ray
 
     size = sum(os.path.getsize(f) for f in files if os.path.exists(f))
     capacity = ray.cluster_resources().get("object_store_memory", 0)
-    return size * expansion <= share * capacity
+    return size <= MATERIALIZE_MAX_BYTES and size * expansion <= share * capacity
 
 
 class SplitConfig(_DataConfig):

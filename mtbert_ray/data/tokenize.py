@@ -4,9 +4,10 @@ Offsets are *global*: in a pair, the second text's offsets are shifted by ``len(
 as if the two texts were joined by one separator character. This makes every token's span
 unique within an example, which is what cross-tokenizer alignment needs.
 
-``encode_arrow`` is the fast path used to write shards: one untruncated batch-encode of all texts
-(which also gives the untruncated lengths for the statistics), a second, truncated encode only of
-the rows longer than ``max_length``, and Arrow list columns built from flat numpy arrays.
+``encode_arrow`` is the fast path used to write shards: one untruncated batch-encode of all texts with
+the Rust tokenizer (which also gives the untruncated lengths for the statistics), a second, truncated
+encode only of the rows longer than ``max_length``, and Arrow list columns built from flat numpy arrays
+of just the fields a shard stores.
 """
 from __future__ import annotations
 
@@ -26,18 +27,18 @@ def uses_token_type_ids(tokenizer: PreTrainedTokenizerBase) -> bool:
     return "token_type_ids" in tokenizer.model_input_names
 
 
-def _batch_encode(tokenizer, texts_a, texts_b, max_length: int | None):
-    return tokenizer(
-        texts_a,
-        texts_b,
-        truncation=max_length is not None,
-        max_length=max_length,
-        return_offsets_mapping=True,
-        return_special_tokens_mask=True,
-        return_attention_mask=False,
-        return_token_type_ids=uses_token_type_ids(tokenizer),
-        verbose=False,
-    )
+def _backend_encode(tokenizer, texts_a, texts_b, max_length: int | None):
+    """The Rust tokenizer's ``encode_batch`` (special tokens added, no padding; truncated longest-first to
+    ``max_length`` when given) — the same encodings as ``tokenizer(...)``, without converting every field of
+    every row to Python first."""
+    backend = tokenizer.backend_tokenizer
+    backend.no_padding()
+    if max_length is None:
+        backend.no_truncation()
+    else:
+        backend.enable_truncation(max_length, strategy="longest_first")
+    inputs = list(zip(texts_a, texts_b)) if texts_b is not None else list(texts_a)
+    return backend.encode_batch(inputs, add_special_tokens=True)
 
 
 def _flat(rows: Sequence[Sequence[int]], total: int) -> np.ndarray:
@@ -57,27 +58,21 @@ def encode_arrow(
     """
     texts_a = list(texts_a)
     texts_b = list(texts_b) if texts_b is not None else None
-    enc = _batch_encode(tokenizer, texts_a, texts_b, None)
-    full_lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(texts_a))
-    keys = ["input_ids", "special_tokens_mask", "offset_mapping"] + (["token_type_ids"] if uses_token_type_ids(tokenizer) else [])
-    rows = {k: list(enc[k]) for k in keys}
-    seq_ids = [enc.sequence_ids(i) for i in range(len(texts_a))] if texts_b is not None else None
+    encodings = _backend_encode(tokenizer, texts_a, texts_b, None)
+    full_lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(texts_a))
     long = np.flatnonzero(full_lengths > max_length)
     if len(long):
-        cut = _batch_encode(tokenizer, [texts_a[i] for i in long], [texts_b[i] for i in long] if texts_b is not None else None,
-                            max_length)
+        cut = _backend_encode(tokenizer, [texts_a[i] for i in long], [texts_b[i] for i in long] if texts_b is not None else None,
+                              max_length)
         for j, i in enumerate(long):
-            for k in keys:
-                rows[k][i] = cut[k][j]
-            if seq_ids is not None:
-                seq_ids[i] = cut.sequence_ids(j)
-    lengths = np.fromiter((len(x) for x in rows["input_ids"]), dtype=np.int64, count=len(texts_a))
+            encodings[i] = cut[j]
+    lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(texts_a))
     total = int(lengths.sum())
     offsets = np.zeros(len(texts_a) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    spans = np.array(list(chain.from_iterable(rows["offset_mapping"])), dtype=np.int32).reshape(total, 2)
-    if seq_ids is not None:
-        second = np.fromiter((s == 1 for s in chain.from_iterable(seq_ids)), dtype=bool, count=total)
+    spans = np.array(list(chain.from_iterable(e.offsets for e in encodings)), dtype=np.int32).reshape(total, 2)
+    if texts_b is not None:
+        second = np.fromiter((s == 1 for e in encodings for s in e.sequence_ids), dtype=bool, count=total)
         shift = np.repeat(np.asarray([len(a) + 1 for a in texts_a], dtype=np.int32), lengths)
         spans = spans + (second * shift)[:, None]
 
@@ -85,14 +80,14 @@ def encode_arrow(
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int32()))
 
     out = {
-        "input_ids": column(_flat(rows["input_ids"], total)),
+        "input_ids": column(_flat((e.ids for e in encodings), total)),
         "attention_mask": column(np.ones(total, dtype=np.int32)),
-        "special_tokens_mask": column(_flat(rows["special_tokens_mask"], total)),
+        "special_tokens_mask": column(_flat((e.special_tokens_mask for e in encodings), total)),
         "offset_start": column(np.ascontiguousarray(spans[:, 0])),
         "offset_end": column(np.ascontiguousarray(spans[:, 1])),
     }
-    if "token_type_ids" in rows:
-        out["token_type_ids"] = column(_flat(rows["token_type_ids"], total))
+    if uses_token_type_ids(tokenizer):
+        out["token_type_ids"] = column(_flat((e.type_ids for e in encodings), total))
     return {k: out[k] for k in TOKEN_COLUMNS if k in out}, full_lengths
 
 

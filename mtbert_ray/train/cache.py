@@ -32,6 +32,7 @@ from mtbert_ray.progress import emit, format_progress
 from mtbert_ray.stage import Built, build_dir
 
 ROWS_PER_FILE = 8192
+BLOCK_BYTES = 16 * 2**20  # Ray Data's output blocks of the actors: their memory is a few of these, whatever the rows
 INDEX_BYTES_PER_TOKEN = 4 * 5  # the student's int32 token columns (ids, mask, specials, two offsets)
 
 
@@ -152,6 +153,7 @@ def build_teacher_cache(ctx: StageContext, folder: Path, splits: Sequence[str]) 
             for split in splits:
                 ds = read_split(ctx.data.splits[split], view_columns(tokenizations), materialize=False,
                                 blocks=max(8, 4 * resources.num_workers))
+                ds.context.target_max_block_size = BLOCK_BYTES
                 rows = ds.map_batches(
                     TeacherCacheWriter,
                     fn_constructor_kwargs={"context": ctx.to_dict(), "counter": counter},

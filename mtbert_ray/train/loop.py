@@ -110,24 +110,14 @@ def run_epochs(step: Step, session: StageSession, spec: LoopSpec) -> None:
     steps_per_epoch = math.ceil(per_worker / spec.micro_batch)
     for epoch in range(start_epoch, spec.epochs):
         seed_everything(rank_seed(spec.seed, rank, epoch))  # dropout: different per rank and epoch
-        module.train()
-        started = time.time()
         batches = TimedBatches(first if first is not None else _batches(session, "train", step, spec, device, epoch))
         first = None
         progress = Progress(f"[{spec.stage}] epoch {epoch + 1}/{spec.epochs}", steps_per_epoch, "steps",
                             examples_per_unit=spec.micro_batch * world, enabled=rank == 0)
-        sums: dict[str, float] = {}
-        micro = -1
-        for micro, batch in enumerate(batches):
-            maybe_inject_fault(spec.fault_name, epoch, micro, rank)
-            terms = optimization.micro_step(step, train_module, batch)
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
-            progress.update(micro + 1, extra=f"loss {float(terms['loss'].detach()):.4f}")
-        optimization.flush()  # an epoch whose micro-batches do not fill the last step: apply what was accumulated
-        steps = micro + 1
+        started = time.time()
+        module.train()
+        sums, steps = _train_pass(step, train_module, optimization, batches, progress, spec, epoch, rank)
         train_seconds = time.time() - started
-
         module.eval()
         metrics = {
             "epoch": epoch + 1,
@@ -151,16 +141,37 @@ def run_epochs(step: Step, session: StageSession, spec: LoopSpec) -> None:
         if device.type == "cuda":  # peak memory of this epoch on this rank's GPU (rank 0's is reported)
             metrics["gpu_memory_peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
             torch.cuda.reset_peak_memory_stats(device)
-        with checkpoint_dir() as folder:
-            state: dict[str, Any] = {"epoch": epoch, "best": best, "best_epoch": best_epoch, "metrics": metrics}
-            if improved and session.has_dataset("test"):
-                # The selected checkpoint's test metrics: measured only once validation chose this epoch.
-                state["test"] = _evaluate(step, session, spec, device, "test", "test_", predictions=folder)
-            if rank == 0:
-                step.save(folder)
-                save_training_state(folder, optimization.optimizer, state, optimization.scaler)
-            has_files = rank == 0 or any(folder.iterdir())
-            session.report(metrics, folder if has_files else None)
+        state = {"epoch": epoch, "best": best, "best_epoch": best_epoch, "metrics": metrics}
+        _checkpoint_and_report(step, session, spec, device, optimization, metrics, state, test=improved)
+
+
+def _train_pass(step: Step, train_module: torch.nn.Module, optimization: "Optimization", batches, progress: Progress,
+                spec: LoopSpec, epoch: int, rank: int) -> tuple[dict[str, float], int]:
+    """One epoch's optimisation steps; (sum of each loss term over the micro-batches, number of micro-batches)."""
+    sums: dict[str, float] = {}
+    micro = -1
+    for micro, batch in enumerate(batches):
+        maybe_inject_fault(spec.fault_name, epoch, micro, rank)
+        terms = optimization.micro_step(step, train_module, batch)
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach())
+        progress.update(micro + 1, extra=f"loss {float(terms['loss'].detach()):.4f}")
+    optimization.flush()  # an epoch whose micro-batches do not fill the last step: apply what was accumulated
+    return sums, micro + 1
+
+
+def _checkpoint_and_report(step: Step, session: StageSession, spec: LoopSpec, device: torch.device,
+                           optimization: "Optimization", metrics: dict[str, Any], state: dict[str, Any], test: bool) -> None:
+    """The epoch's checkpoint (rank 0: model and training state; every rank: its test predictions) and report.
+    ``test``: this epoch is the selected one so far, so its test scores are measured now, once."""
+    with checkpoint_dir() as folder:
+        if test and session.has_dataset("test"):
+            state["test"] = _evaluate(step, session, spec, device, "test", "test_", predictions=folder)
+        if session.rank == 0:
+            step.save(folder)
+            save_training_state(folder, optimization.optimizer, state, optimization.scaler)
+        has_files = session.rank == 0 or any(folder.iterdir())
+        session.report(metrics, folder if has_files else None)
 
 
 def build_and_resume(step: Step, session: StageSession, spec: LoopSpec, device: torch.device) -> tuple[torch.nn.Module, "Optimization"]:
