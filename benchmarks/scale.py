@@ -102,7 +102,8 @@ class MemorySampler:
 
 
 def run_size(rows: int, models: dict[str, str], root: Path) -> dict:
-    """Stage wall seconds and peak memory for one dataset size, in a fresh folder."""
+    """Stage wall seconds and peak memory for one dataset size, in a fresh folder (run in a process of its own:
+    ``--one``, so no size inherits the other's memory)."""
     from mtbert_ray.config import validate_config
     from mtbert_ray.pipeline import Experiment
     from mtbert_ray.ray_runtime import init_ray
@@ -134,6 +135,21 @@ def run_size(rows: int, models: dict[str, str], root: Path) -> dict:
     return {"rows": rows, "seconds": seconds, "memory": memory, "exp": exp, "data": data}
 
 
+def run_in_own_process(rows: int, sizes: list[int]) -> dict:
+    """``run_size`` in a fresh Python process (its own driver and Ray); its figures as JSON."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, __file__, "--one", str(rows), "--sizes", *map(str, sizes)],
+                         capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith(("  ", "{"))]
+    print("\n".join(line for line in lines if line.startswith("  ")), flush=True)
+    if out.returncode != 0 or not lines or not lines[-1].startswith("{"):
+        raise SystemExit(f"{rows:,} rows failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
 def tokenizer_ratio(run: dict) -> dict[str, float]:
     """``data prepare`` rows/s (reading and checking the source, every tokenization, the view, the manifests)
     ÷ the tokenizers' own batch-encode rows/s on the same texts, asked for what a shard stores (truncated to
@@ -160,6 +176,7 @@ def tokenizer_ratio(run: dict) -> dict[str, float]:
 
 
 def main() -> None:
+    import json
     import sys
 
     sys.path.insert(0, str(REPO))
@@ -167,11 +184,20 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs=2, default=[10_000, 100_000])
+    parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # one size, in this process
     args = parser.parse_args()
-    header("scale: MIND-shaped data at 10k and 100k rows, 2 workers, tiny encoders")
     root = storage() / "scale"
-    models = {"bert": str(make_tiny_bert(root / "tiny-bert")), "roberta": str(make_tiny_roberta(root / "tiny-roberta"))}
-    small, large = (run_size(n, models, root) for n in args.sizes)
+    models = {"bert": root / "tiny-bert", "roberta": root / "tiny-roberta"}
+    if args.one is not None:
+        run = run_size(args.one, {k: str(v) for k, v in models.items()}, root)
+        figures = {"rows": run["rows"], "seconds": run["seconds"], "memory": run["memory"]}
+        if args.one == max(args.sizes):
+            figures["tokenizer"] = tokenizer_ratio(run)
+        print(json.dumps(figures), flush=True)
+        return
+    header("scale: MIND-shaped data at 10k and 100k rows, 2 workers, tiny encoders")
+    make_tiny_bert(models["bert"]), make_tiny_roberta(models["roberta"])
+    small, large = (run_in_own_process(n, args.sizes) for n in args.sizes)
     factor = large["rows"] / small["rows"]
     per_row = {s: (large["seconds"][s] / large["rows"]) / (small["seconds"][s] / small["rows"]) for s in small["seconds"]}
     memory = {}
@@ -179,7 +205,7 @@ def main() -> None:
         for kind, peak in large["memory"][stage].items():
             if kind in small["memory"][stage]:
                 memory[f"{stage}/{kind}"] = peak / small["memory"][stage][kind]
-    tokenizer = tokenizer_ratio(large)
+    tokenizer = large["tokenizer"]
     print(f"rows ×{factor:.0f}: per-row time ratio " + ", ".join(f"{s} {r:.2f}" for s, r in per_row.items()))
     print("peak memory ratio " + ", ".join(f"{k} {r:.2f}" for k, r in memory.items()))
     print(f"data prepare {tokenizer['prepare_rows_per_s']:,.0f} rows/s vs the tokenizers' own batch encode "

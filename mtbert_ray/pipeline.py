@@ -29,7 +29,6 @@ from mtbert_ray.storage import atomic_write_text, ensure_writable_dir, resolve_s
 from mtbert_ray.train.common import read_training_state
 from mtbert_ray.train.distill import STUDENT_DIR
 from mtbert_ray.train.history import HISTORY_FILE, TENSORBOARD_DIR, history_to_tensorboard
-from mtbert_ray.train.loop import merge_predictions
 from mtbert_ray.train.session import StageRun
 
 RESULT_FILE = "result.json"
@@ -111,17 +110,7 @@ class Experiment:
                                      teachers=cfg.teachers, experiment_yaml=dump_config(cfg),
                                      trust_remote_code=cfg.trust_remote_code)
         params = parameter_counts(teachers.path, student_dir, cfg.teachers)
-        predictions, note = None, None
-        if "test" not in data.splits:
-            note = "no test split: test scores are missing"
-        elif not data.labelled.get("test", False):
-            name = data.submission_file or "test.tsv"
-            out = self.run_dir / "predictions" / name
-            rows = merge_predictions(distilled.best_checkpoint, out)
-            for i in range(len(cfg.teachers)):  # the selected teachers' predictions, the same way
-                merge_predictions(teachers.path, self.run_dir / "predictions" / f"teacher{i}" / name, head=f"teacher{i}_")
-            predictions = str(out)
-            note = f"the test split has no labels: {rows} predictions written to {out} (submit them to the benchmark)"
+        predictions, note = stages.test_predictions(ctx, teachers, distilled, self.run_dir / "predictions")
         return ExperimentResult.from_stages(
             ctx, teachers, self.cache, distilled, student_dir=student_dir, params=params, seconds=time.time() - started,
             distill_seconds=distill_seconds, student_test=read_training_state(distilled.best_checkpoint).get("test"),

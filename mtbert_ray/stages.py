@@ -190,3 +190,20 @@ def distill(ctx: StageContext, run_dir: Path) -> StageRun:
     return run_stage(stage_worker, {"stage": DISTILL, "context": ctx.to_dict()}, cfg.resources, name="distill",
                      storage_path=run_dir, datasets=datasets, max_failures=cfg.max_failures,
                      in_process=cfg.resources.in_process, final_epoch=cfg.distill.epochs, tensorboard_tag="distill")
+
+
+def test_predictions(ctx: StageContext, teachers: Published, distilled: StageRun, folder: Path) -> tuple[str | None, str | None]:
+    """For an unlabelled test split, the benchmark's submission files of the student and of each selected teacher
+    (``folder/<file>``, ``folder/teacher<i>/<file>``); (the student's file, a note on the missing test scores)."""
+    from mtbert_ray.train.loop import merge_predictions
+
+    data = ctx.data
+    if "test" not in data.splits:
+        return None, "no test split: test scores are missing"
+    if data.labelled.get("test", False):
+        return None, None
+    name = data.submission_file or "test.tsv"
+    rows = merge_predictions(distilled.best_checkpoint, folder / name)
+    for i in range(len(ctx.config.teachers)):
+        merge_predictions(teachers.path, folder / f"teacher{i}" / name, head=f"teacher{i}_")
+    return str(folder / name), f"the test split has no labels: {rows} predictions written to {folder / name} (submit them to the benchmark)"

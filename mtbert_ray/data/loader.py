@@ -49,6 +49,7 @@ BLOCK_ROWS = 1024  # rows per in-memory block: the unit of the per-epoch block s
 #: Splits up to this many bytes of Parquet are read on the driver (fast for small data); larger ones stream
 #: through Ray Data's read tasks, so the driver's memory does not grow with the data.
 MATERIALIZE_MAX_BYTES = 64 * 2**20
+STREAM_BLOCK_BYTES = 16 * 2**20  # blocks of a streamed split: what a worker holds at once is a few of these
 
 
 def view_columns(tokenizations: Iterable[str], with_offsets: bool = True) -> list[str]:
@@ -85,6 +86,7 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
         ds = ray.data.from_arrow(blocks)
     else:
         ds = ray.data.read_parquet(list(files), columns=keep, override_num_blocks=blocks)
+        ds.context.target_max_block_size = STREAM_BLOCK_BYTES
     if shuffle_seed is not None:
         from ray.data import RandomSeedConfig
 
