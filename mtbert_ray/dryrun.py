@@ -79,7 +79,7 @@ def _data_shape(cfg: ExperimentConfig) -> tuple[int, float]:
 
     raw = load_source(cfg.data)
     frame = raw.splits["train"].frame
-    sample = frame.head(SAMPLE_ROWS)
+    sample = frame.sample(n=min(SAMPLE_ROWS, len(frame)), random_state=0)
     tokenizer = load_tokenizer(cfg.student.init_from, trust_remote_code=cfg.trust_remote_code)
     columns, _ = encode_arrow(tokenizer, sample["text_a"].tolist(), sample["text_b"].tolist() if raw.pair else None,
                               cfg.data.max_length)

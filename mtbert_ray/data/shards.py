@@ -7,15 +7,16 @@ are prefixed ``<tokenization>.`` in views and batches); a model's tokenization i
 
 Layout under ``data.cache_dir`` (default ``~/.cache/mtbert_ray``), each a stage of ``mtbert_ray.stage``::
 
-    shards/<key>/…/<split>/part-*.parquet   key = hash(source content, options, tokenizer files, max_length)
-                                            example_id, label, input_ids, attention_mask, [token_type_ids,]
-                                            special_tokens_mask, offset_start, offset_end
-    views/<key>/…/<split>/part-*.parquet    the shard sets an experiment needs, joined by example_id
-                                            (checked equal, columns side by side, prefixed by tokenization),
-                                            rows in a seeded random order (data.seed): a source sorted by
-                                            label still gives mixed batches from the first step
+    shards/<key>/…/<split>/part-*.parquet   key = hash(source content, options incl. data.seed, tokenizer files,
+                                            max_length): example_id, label, input_ids, attention_mask,
+                                            [token_type_ids,] special_tokens_mask, offset_start, offset_end
+    views/<key>/…/<split>/part-*.parquet    the shard sets an experiment needs, part by part side by side
+                                            (example ids checked equal, columns prefixed by tokenization)
 
-Reruns and concurrent trials reuse shards and views and never trust a half-written or altered one.
+Every shard set stores a split's rows in the same seeded random order (``data.seed``): a source sorted by
+label still gives mixed batches from the first step, and a view is a part-by-part concatenation, so
+preparing data holds one part (``ROWS_PER_PART`` rows) at a time, not the dataset. Reruns and concurrent
+trials reuse shards and views and never trust a half-written or altered one.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from mtbert_ray.storage import default_cache_dir, file_entry, write_manifest
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 ROWS_PER_PART = 20_000
 ENCODE_BATCH = 2_000
 ROW_GROUP = 2_048
@@ -141,7 +142,7 @@ def prepare_data(
     raw: RawDataset | None = None,
 ) -> PreparedData:
     """Validate the source, tokenize it once per distinct tokenization among ``models``, join the views."""
-    raw = raw if raw is not None else load_source(cfg)
+    raw = shuffled(raw if raw is not None else load_source(cfg), cfg.seed)
     key = dataset_key(raw, cfg)
     cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     specs: dict[str, TokenizerSpec] = {}
@@ -154,7 +155,7 @@ def prepare_data(
         tokenization: ensure_shards(raw, key, spec, cfg.max_length, cache, trust_remote_code)
         for tokenization, spec in specs.items()
     }
-    view = ensure_view(shards, cache, cfg.seed)
+    view = ensure_view(shards, cache)
     rows = {s: int(len(raw.splits[s].frame)) for s in raw.splits}
     summary = {
         "dataset_key": key,
@@ -178,6 +179,14 @@ def prepare_data(
         summary=summary,
         notes=list(raw.notes),
     )
+
+
+def shuffled(raw: RawDataset, seed: int) -> RawDataset:
+    """Every split's rows in a random order seeded by (``seed``, split) — the order shards and views store."""
+    for name, split in raw.splits.items():
+        order = np.random.default_rng([seed, _split_number(name)]).permutation(len(split.frame))
+        split.frame = split.frame.iloc[order].reset_index(drop=True)
+    return raw
 
 
 def _label_counts(raw: RawDataset, split: str) -> dict[str, int]:
@@ -258,35 +267,30 @@ def _progress_line(what: str, done: int, total: int, started: float) -> str:
     return format_progress(what, done, total, time.time() - started, unit="rows")
 
 
-def ensure_view(shards: dict[str, Any], cache: Path, seed: int):
-    """Join the shard sets by example_id into one Parquet view (token columns prefixed by tokenization),
-    rows in a seeded random order."""
-    key = stable_hash({"v": FORMAT_VERSION, "shards": sorted((t, s.key) for t, s in shards.items()), "seed": seed})
+def ensure_view(shards: dict[str, Any], cache: Path):
+    """The shard sets side by side (token columns prefixed by tokenization), part by part: every set stores
+    the same rows in the same order, which is checked."""
+    key = stable_hash({"v": FORMAT_VERSION, "shards": sorted((t, s.key) for t, s in shards.items())})
 
     def build(folder: Path) -> Built:
         with build_dir(folder) as tmp:
             first = next(iter(shards.values()))
-            splits = sorted({p.relative_to(first.path).parts[0] for p in first.files(suffix=".parquet")})
             files = []
-            for split in splits:
+            for name in first.files(suffix=".parquet"):
+                relative = name.relative_to(first.path)
                 joined = None
                 for tokenization, stage in shards.items():
-                    table = pq.read_table(stage.files(f"{split}/", ".parquet")).sort_by("example_id")
+                    table = pq.read_table(stage.path / relative)
                     if joined is None:
                         joined = table.select(["example_id", "label"])
                     elif not table["example_id"].equals(joined["example_id"]):
-                        raise RuntimeError(f"shard sets {sorted(shards)} disagree on the {split} example ids")
-                    for name in table.column_names:
-                        if name not in ("example_id", "label"):
-                            joined = joined.append_column(f"{tokenization}.{name}", table[name])
-                order = np.random.default_rng([seed, _split_number(split)]).permutation(joined.num_rows)
-                joined = joined.take(pa.array(order))
-                (tmp / split).mkdir()
-                for part, start in enumerate(range(0, max(joined.num_rows, 1), ROWS_PER_PART)):
-                    chunk = joined.slice(start, ROWS_PER_PART)
-                    path = tmp / split / f"part-{part:05d}.parquet"
-                    pq.write_table(chunk, path, row_group_size=ROW_GROUP)
-                    files.append({**file_entry(path, chunk.num_rows), "name": f"{split}/{path.name}"})
+                        raise RuntimeError(f"shard sets {sorted(shards)} disagree on the example ids of {relative}")
+                    for column in table.column_names:
+                        if column not in ("example_id", "label"):
+                            joined = joined.append_column(f"{tokenization}.{column}", table[column])
+                (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+                pq.write_table(joined, tmp / relative, row_group_size=ROW_GROUP)
+                files.append({**file_entry(tmp / relative, joined.num_rows), "name": str(relative)})
             write_manifest(tmp, files, kind="view", key=key, shards={t: s.key for t, s in shards.items()},
                            format=FORMAT_VERSION)
             return Built(tmp)
