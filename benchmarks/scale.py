@@ -86,8 +86,11 @@ class MemorySampler:
         me = self.psutil.Process()
         while not self._stop.wait(self.every_s):
             self._note("driver", me)
-            for proc in self.psutil.process_iter(["cmdline"]):
-                title = " ".join(proc.info.get("cmdline") or [])[:40]
+            for proc in me.children(recursive=True):  # this driver's own Ray (not another one on the machine)
+                try:
+                    title = " ".join(proc.cmdline())[:40]
+                except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
+                    continue
                 kind = next((k for prefix, k in self.KINDS.items() if title.startswith(prefix)), None)
                 if kind:
                     self._note(kind, proc)
