@@ -81,9 +81,13 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
     if materialize == "auto":
         materialize = fits_in_object_store(files)
     if materialize:
+        import pyarrow as pa
+
         table = pq.read_table(list(files), columns=keep)
         blocks = [table.slice(start, BLOCK_ROWS) for start in range(0, max(table.num_rows, 1), BLOCK_ROWS)]
-        ds = ray.data.from_arrow(blocks)
+        ds = ray.data.from_arrow(blocks)  # copied into the object store
+        del table, blocks
+        pa.default_memory_pool().release_unused()  # the driver's copy goes back to the system
     else:
         ds = ray.data.read_parquet(list(files), columns=keep, override_num_blocks=blocks)
         ds.context.target_max_block_size = STREAM_BLOCK_BYTES
