@@ -48,7 +48,7 @@ TRAIN_SPLIT = "train"
 BLOCK_ROWS = 1024  # rows per in-memory block: the unit of the per-epoch block shuffle
 #: Splits up to this many bytes of Parquet are read on the driver (fast for small data); larger ones stream
 #: through Ray Data's read tasks, so the driver's memory does not grow with the data.
-MATERIALIZE_MAX_BYTES = 64 * 2**20
+MATERIALIZE_MAX_BYTES = 8 * 2**20  # ~50k rows of a two-tokenizer view; beyond, an epoch is long next to a read
 STREAM_BLOCK_BYTES = 16 * 2**20  # blocks of a streamed split: what a worker holds at once is a few of these
 
 
