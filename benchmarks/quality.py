@@ -10,7 +10,8 @@ with MPNet, task-only fine-tuning of the same student, and the {MPNet} student w
 
 MPNet-base comes from ``<shared>/tools/seed_mpnet.sh`` (``--shared``, default ``$MTBERT_SHARED`` or ../shared),
 which also links the two MiniLMs into the hub cache it builds. ~4 h on the 2-core development machine; an
-interrupted study continues with ``--resume``.
+interrupted study continues with ``--resume``; rows can also be run as further parts
+(``--name quality-b --variants ROW ...``) and analysed together (``--name quality --parts quality-b --analysis-only``).
 
 The targets are paired differences on test (a − b over the seeds both rows finished, 95 % t-interval):
 (a) {MPNet} − {L6} ≥ 0; (b) {L6, L3, MPNet} − the best single-teacher row ≥ 0 and − each ensemble ≥ 0;
@@ -21,6 +22,7 @@ Last line: ``quality_targets_met=<n>/<total>``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +50,10 @@ def main() -> None:
     parser.add_argument("--name", default="quality")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted study")
     parser.add_argument("--analysis-only", action="store_true", help="tables of a finished study, no training")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="ROW",
+                        help="run only these rows (in this order), as a further part of the study under --name")
+    parser.add_argument("--parts", nargs="*", default=[], metavar="NAME",
+                        help="further sweeps of this study (run with --variants) whose trials join the tables")
     args = parser.parse_args()
     header("quality: teacher sets, ensembles and ablations on rt_polarity (4,000 sentences), test split, 3 seeds")
     results = storage() / "quality"
@@ -55,12 +61,16 @@ def main() -> None:
     if not args.analysis_only:
         command = [sys.executable, "-m", "mtbert_ray.sweep", "--storage", str(results), "--name", args.name]
         command += ["--resume"] if args.resume else ["--space", str(REPO / "benchmarks" / "quality.yaml")]
+        if args.variants and not args.resume:
+            # a part's own comparisons would name rows it does not run; the study's are the first part's
+            command += ["--set", f"space.variant={{grid: {json.dumps(args.variants)}}}", "--set", "analysis.comparisons=[]"]
         subprocess.run(command, cwd=REPO, env=env, check=True)
 
     from mtbert_ray.analysis import load_study, write_report
 
     study_dir = results / "sweeps" / args.name
-    report = write_report(study_dir)
+    parts = tuple(results / "sweeps" / name for name in args.parts)
+    report = write_report(study_dir, parts=parts)
     print(report.table_markdown)
     table = report.table.set_index("row")
     diffs = report.comparisons.set_index(["a", "b"])
@@ -81,7 +91,7 @@ def main() -> None:
         ok = value >= 0
         met += ok
         print(f"{name}: {value:+.2f} points test accuracy → {'met' if ok else 'missed'}")
-    trials = load_study(study_dir).trials
+    trials = load_study(study_dir, *parts).trials
     print(f"trials: {len(trials)} ({int(trials['finished'].sum())} finished); tables: {report.out_dir}")
     print(f"quality_targets_met={met}/{len(targets)}")
 

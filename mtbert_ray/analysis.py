@@ -99,8 +99,23 @@ class Report:
     best: dict[str, Any] | None = None
 
 
-def load_study(source) -> Study:
-    """A study from an experiment folder (``<storage>/sweeps/<name>``) or a Tune ``ResultGrid``."""
+def load_study(source, *parts) -> Study:
+    """A study from an experiment folder (``<storage>/sweeps/<name>``) or a Tune ``ResultGrid``.
+
+    ``parts``: further sweep folders of the same study, run later under other names (e.g. the space file with
+    ``--set space.variant.grid=[...]`` for the rows still missing); their trials are added to the first's, whose
+    meta (rows, comparisons, selection) is the study's. Every part must group rows by the same key."""
+    study = _load_one(source)
+    for part in parts:
+        more = _load_one(part)
+        if more.row_key != study.row_key:
+            raise ResultsError(f"{more.path}: rows are grouped by {more.row_key!r}, not {study.row_key!r} as in {study.path}")
+        study.trials = pd.concat([study.trials, more.trials], ignore_index=True)
+        study.trials["finished"] = study.trials["finished"].astype(bool)
+    return study
+
+
+def _load_one(source) -> Study:
     path = Path(getattr(source, "experiment_path", source)).expanduser()
     meta_file = path / SWEEP_FILE
     if not meta_file.is_file():
@@ -367,9 +382,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_report(source, out: str | Path | None = None) -> Report:
-    """Write ``table.md``, ``table.csv``, ``comparisons.csv``, ``trials.csv``, a PNG chart and ``best.json``."""
-    study = load_study(source)
+def write_report(source, out: str | Path | None = None, parts: tuple = ()) -> Report:
+    """Write ``table.md``, ``table.csv``, ``comparisons.csv``, ``trials.csv``, a PNG chart and ``best.json``
+    (of ``source`` and the further ``parts`` of the same study, see ``load_study``)."""
+    study = load_study(source, *parts)
     out_dir = Path(out) if out is not None else study.path / "analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = study.metrics
@@ -408,13 +424,14 @@ def write_report(source, out: str | Path | None = None) -> Report:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mtbert_ray.analysis", description="Tables and plots of a finished (or running) sweep.")
     parser.add_argument("results", help="sweep folder (<storage>/sweeps/<name>)")
+    parser.add_argument("parts", nargs="*", help="further sweep folders of the same study (its rows run later under other names)")
     parser.add_argument("--out", default=None, help="output folder (default <results>/analysis)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     from mtbert_ray.errors import run_cli
 
     def body() -> int:
-        report = write_report(args.results, args.out)
+        report = write_report(args.results, args.out, tuple(args.parts))
         print(report.table_markdown)
         if report.best:
             print(f"best trial {report.best['trial_id']} (by {report.best['selected_by']}): validation {report.best['validation']}  "

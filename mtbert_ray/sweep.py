@@ -170,6 +170,23 @@ def cluster_cpus_needed(space: Space, base_config) -> float:
     return space.search.max_concurrent_trials * per_trial + r.num_workers * r.cpus_per_worker
 
 
+def check_space_models(space: Space) -> None:
+    """Pre-flight before Tune starts: every model a trial can name (each planned trial's teachers and student,
+    every ``teacher_pool`` entry) loads its ``config.json``. A missing model is then one line here, not every
+    trial failing ``search.max_failures + 1`` times after the data is tokenized."""
+    from mtbert_ray.dryrun import planned_trials
+    from mtbert_ray.models.hub import check_models
+
+    checked: set[tuple] = set()
+    for trial in planned_trials(space):
+        cfg = trial.config
+        pool = tuple((space.spec.teacher_pool or {}).values())
+        key = (tuple(dict.fromkeys((*cfg.teachers, *pool))), cfg.student.init_from, cfg.student.num_layers, cfg.trust_remote_code)
+        if key not in checked:
+            checked.add(key)
+            check_models(list(key[0]), key[1], key[2], key[3])
+
+
 def run_sweep(
     space_path: str,
     overrides: list[str] = (),
@@ -213,6 +230,7 @@ def run_sweep(
             )
         space = Space(space.spec, absolutize_paths(space.base), space.source)
         base_config = validate_config(space.base, source=f"{space.source}: experiment")
+        check_space_models(space)
         sweep = {
             "name": name,
             "source": space.source,

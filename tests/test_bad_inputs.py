@@ -170,6 +170,9 @@ CATALOGUE: dict[str, Case] = {
         r"space.distill.temperature: distill.temperature: Input should be greater than 0"),
     "search.metric instead of select.metric": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space(
         "base: _rt_polarity_base.yaml\nsearch: {metric: val_macro_f1}\n"))), r"search.metric moved to the experiment's select.metric"),
+    "sweep naming a model that does not load": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space(
+        "base: _rt_polarity_base.yaml\nvariants: {A: {}, B: {teachers: [/nonexistent/no-model]}}\nspace: {variant: {grid: all}}\n"))),
+        r"model '/nonexistent/no-model': cannot load its config"),
     # ---- analysis and prediction ----
     "analysis of a folder without a sweep": Case("analysis", lambda ws: [str(ws.storage / "runs")], r"runs.*no .*sweep"),
     "predict with a folder that is no student": Case("predict", _student_export_without_weights, r"not-a-student"),
