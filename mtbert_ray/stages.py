@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mtbert_ray.context import CacheInfo, StageContext
-from mtbert_ray.data.loader import read_split, view_columns
+from mtbert_ray.data.loader import MATERIALIZE_MAX_BYTES, read_split, view_columns
 from mtbert_ray.hashing import stable_hash
 from mtbert_ray.models.layer_map import layer_map
 from mtbert_ray.models.teachers import read_ensemble_meta
@@ -67,7 +67,13 @@ def _splits(ctx: StageContext, names) -> list[str]:
 
 def _view(ctx: StageContext, tokenizations, split: str, offsets: bool, seed: int | None = None):
     """A split of the view with the columns of ``tokenizations``; ``seed``: shuffled blocks per epoch (training)."""
-    return read_split(ctx.data.splits[split], view_columns(tokenizations, with_offsets=offsets), shuffle_seed=seed)
+    return read_split(ctx.data.splits[split], view_columns(tokenizations, with_offsets=offsets), shuffle_seed=seed,
+                      max_bytes=_driver_read_cap(ctx))
+
+
+def _driver_read_cap(ctx: StageContext) -> int | None:
+    """Splits read in this process up to this size (``data.loader.read_split``): no cap when the stage runs here."""
+    return None if ctx.config.resources.in_process else MATERIALIZE_MAX_BYTES
 
 
 def cofinetune(ctx: StageContext, stages: Path, nonce: str | None = None, verify: bool = False) -> Published:
@@ -178,7 +184,8 @@ def distill(ctx: StageContext, run_dir: Path) -> StageRun:
     cfg = ctx.config
     student = [ctx.student_tokenization]
     if ctx.cache is not None:
-        train = read_split(ctx.cache.files["train"], cache_read_columns(ctx), shuffle_seed=distill_seed(cfg))
+        train = read_split(ctx.cache.files["train"], cache_read_columns(ctx), shuffle_seed=distill_seed(cfg),
+                           max_bytes=_driver_read_cap(ctx))
     else:
         train = _view(ctx, [*ctx.teacher_tokenizations, ctx.student_tokenization], "train", offsets=True, seed=distill_seed(cfg))
     datasets = {"train": train, **{s: _view(ctx, student, s, offsets=False) for s in _splits(ctx, ("validation", "test"))}}

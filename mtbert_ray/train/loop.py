@@ -166,7 +166,9 @@ def _checkpoint_and_report(step: Step, session: StageSession, spec: LoopSpec, de
     ``test``: this epoch is the selected one so far, so its test scores are measured now, once."""
     with checkpoint_dir() as folder:
         if test and session.has_dataset("test"):
+            started = time.time()
             state["test"] = _evaluate(step, session, spec, device, "test", "test_", predictions=folder)
+            metrics["test_eval_seconds"] = time.time() - started  # an epoch that is not selected evaluates no test
         if session.rank == 0:
             step.save(folder)
             save_training_state(folder, optimization.optimizer, state, optimization.scaler)
