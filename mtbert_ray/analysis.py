@@ -213,7 +213,8 @@ def study_table(study: Study, metrics: list[str] | None = None) -> pd.DataFrame:
 
 def comparison_table(study: Study, comparisons: list[tuple[str, str]] | None = None,
                      metrics: list[str] | None = None) -> pd.DataFrame:
-    """Paired differences a − b on test (in points), over the seeds both rows finished, with 95 % intervals."""
+    """Paired differences a − b on test (in points), over the seeds both rows finished, with 95 % intervals.
+    A seed a row finished more than once (a study run in parts that repeats a row) counts once, as the mean."""
     metrics = metrics or study.metrics
     comparisons = comparisons if comparisons is not None else [tuple(c) for c in study.meta.get("comparisons") or []]
     done = study.finished
@@ -222,9 +223,10 @@ def comparison_table(study: Study, comparisons: list[tuple[str, str]] | None = N
         return pd.DataFrame(columns=["a", "b", "pairs"])
     done = done.assign(row=[_row_label(study, r) for _, r in done.iterrows()])
     records = []
+    columns = [f"test_{m}" for m in metrics]
     for a, b in comparisons:
-        left = done[done["row"] == a].set_index(key)
-        right = done[done["row"] == b].set_index(key)
+        left = done[done["row"] == a].groupby(key)[columns].mean()
+        right = done[done["row"] == b].groupby(key)[columns].mean()
         seeds = sorted(set(left.index) & set(right.index))
         rec: dict[str, Any] = {"a": a, "b": b, "pairs": len(seeds)}
         for m in metrics:

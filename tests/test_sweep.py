@@ -89,10 +89,14 @@ def test_analysis_reproduces_the_table_of_a_stored_study(grid_sweep, tmp_path):
 def test_a_study_run_in_parts_is_analysed_as_one(grid_sweep, tmp_path):
     """A second sweep folder of the same study adds its trials to the rows (here the same folder twice: n doubles)."""
     grid, experiment_dir = grid_sweep
-    one = write_report(experiment_dir, tmp_path / "one").table.set_index("row")
-    both = write_report(experiment_dir, tmp_path / "both", parts=(experiment_dir,)).table.set_index("row")
+    alone = write_report(experiment_dir, tmp_path / "one")
+    twice = write_report(experiment_dir, tmp_path / "both", parts=(experiment_dir,))
+    one, both = alone.table.set_index("row"), twice.table.set_index("row")
     assert list(both["n"]) == [2 * n for n in one["n"]]
     assert list(both["test_accuracy_mean"]) == pytest.approx(list(one["test_accuracy_mean"]))
+    # a seed a row finished twice is paired once, as its mean
+    assert list(twice.comparisons["pairs"]) == list(alone.comparisons["pairs"]) == [1]
+    assert list(twice.comparisons["accuracy_diff"]) == pytest.approx(list(alone.comparisons["accuracy_diff"]))
 
 
 def test_every_trial_reaches_mlflow_and_tensorboard(grid_sweep, shared_storage):
