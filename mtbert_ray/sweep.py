@@ -177,10 +177,10 @@ def check_space_models(space: Space) -> None:
     from mtbert_ray.dryrun import planned_trials
     from mtbert_ray.models.hub import check_models
 
+    pool = tuple((space.spec.teacher_pool or {}).values())
     checked: set[tuple] = set()
     for trial in planned_trials(space):
         cfg = trial.config
-        pool = tuple((space.spec.teacher_pool or {}).values())
         key = (tuple(dict.fromkeys((*cfg.teachers, *pool))), cfg.student.init_from, cfg.student.num_layers, cfg.trust_remote_code)
         if key not in checked:
             checked.add(key)
