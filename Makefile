@@ -42,7 +42,7 @@ test-fast: lint
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# benchmarks/: each script prints its figure last (see benchmarks/README.md); ~55 min in all on 2 cores.
+# benchmarks/: each script prints its figure last (see benchmarks/README.md); ~45 min in all on 2 cores.
 # quality.py (~4 h, needs MPNet from the shared seeding script) runs only when named: make bench BENCHMARKS=quality
 BENCHMARKS ?= student_speed peer_textbrewer ray_overhead teacher_cache sweep_reuse sweep_overhead scale
 bench: $(STAMP)
