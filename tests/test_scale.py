@@ -25,9 +25,7 @@ def _label_sorted(folder: Path, train: int, validation: int) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("materialize", [True, False], ids=["in-memory", "streamed"])
-def test_a_label_sorted_source_gives_mixed_batches_from_the_first_step_and_a_new_order_each_epoch(ray_session, tiny_models, tmp_path,
-                                                                                                   materialize):
+def test_a_label_sorted_source_gives_mixed_batches_from_the_first_step_and_a_new_order_each_epoch(ray_session, tiny_models, tmp_path):
     from mtbert_ray.data.loader import PadCollate, read_split, view_columns
     from mtbert_ray.data.shards import prepare_data
     from mtbert_ray.train.loop import batches_of
@@ -40,13 +38,11 @@ def test_a_label_sorted_source_gives_mixed_batches_from_the_first_step_and_a_new
     collate = PadCollate({tokenization: 0})
 
     def order(epoch: int) -> list[list[int]]:
-        ds = read_split(data.splits["train"], view_columns([tokenization], with_offsets=False), shuffle_seed=7,
-                        materialize=materialize)
+        ds = read_split(data.splits["train"], view_columns([tokenization], with_offsets=False), shuffle_seed=7)
         return [b["example_id"].tolist() for b in batches_of(ds, 32, collate, shuffle=(7, epoch))]
 
     first = pd.read_parquet(data.splits["train"])
-    batches = [b for b in batches_of(read_split(data.splits["train"], shuffle_seed=7, materialize=materialize), 32, collate,
-                                     shuffle=(7, 0))]
+    batches = [b for b in batches_of(read_split(data.splits["train"], shuffle_seed=7), 32, collate, shuffle=(7, 0))]
     labels = batches[0]["label"].tolist()
     assert 0.2 < sum(labels) / len(labels) < 0.8, f"first batch of a label-sorted source is one-sided: {labels}"
     assert sum(len(b["label"]) for b in batches) == len(first) == 3000

@@ -73,8 +73,7 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
     that fits — for a stage in the calling process, which is the split's only reader: a streamed read there is
     the same bytes read by a task, and a training split read by tasks waits for all its blocks every epoch before
     their order is shuffled, 5–8 s for the demo's 116 MB cache against ~2 s read once here).
-    ``shuffle_seed``: a new seeded order each epoch (for the training split) — of the in-memory blocks, or of the
-    files of a streamed split (reads of the training split are then never an all-to-all step).
+    ``shuffle_seed``: blocks come in a new seeded order each epoch (for the training split).
     ``blocks``: read into at least this many blocks (so an actor pool of that many workers all get input).
     """
     import pyarrow.parquet as pq
@@ -92,18 +91,13 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
         ds = ray.data.from_arrow(blocks)  # copied into the object store
         del table, blocks
         pa.default_memory_pool().release_unused()  # the driver's copy goes back to the system
-        if shuffle_seed is not None:  # in-memory blocks: reordering them costs nothing
-            from ray.data import RandomSeedConfig
-
-            ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
     else:
-        # Streamed: the files are read in a new seeded order each epoch. (``randomize_block_order`` here would be an
-        # all-to-all step that holds every block of the split in the object store before it yields the first.)
-        from ray.data import FileShuffleConfig
-
-        shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True) if shuffle_seed is not None else None
-        ds = ray.data.read_parquet(list(files), columns=keep, override_num_blocks=blocks, shuffle=shuffle)
+        ds = ray.data.read_parquet(list(files), columns=keep, override_num_blocks=blocks)
         ds.context.target_max_block_size = STREAM_BLOCK_BYTES
+    if shuffle_seed is not None:
+        from ray.data import RandomSeedConfig
+
+        ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
     # The block order of execution (epoch) e is seeded by (seed, e): Ray Data counts executions in the dataset's
     # context, which it copies from the process's current one — in a reused worker process that count is not 0.
     ds.context._execution_idx = 0
