@@ -141,6 +141,10 @@ class LossConfig(_Strict):
         "auto", description="Start of W_ij: least_squares fits each W_ij (ridge, closed form) to the states of the first "
         "training batch before the first step; identity needs equal widths; auto = identity where the widths match, "
         "least squares where they differ.")
+    hidden_teachers: Literal["all", "same_tokenizer"] | list[str] = Field(
+        "all", description="Teachers L_MT-Hid learns from (the soft labels come from every teacher either way): all; "
+        "same_tokenizer = those whose tokenization is the student's, so their states need no averaging onto the "
+        "student's tokens; or a list of teacher names (a subset of teachers).")
 
     @model_validator(mode="after")
     def _at_least_one_term(self) -> "LossConfig":
@@ -248,6 +252,17 @@ class ExperimentConfig(_Strict):
     @classmethod
     def _safe_name(cls, value: str) -> str:
         return check_plain_name(value)
+
+    @model_validator(mode="after")
+    def _hidden_teachers_known(self) -> "ExperimentConfig":
+        chosen = self.loss.hidden_teachers
+        if isinstance(chosen, list):
+            if not chosen:
+                raise ValueError("loss.hidden_teachers: expected all, same_tokenizer or a non-empty list of teachers")
+            unknown = [t for t in chosen if t not in self.teachers]
+            if unknown:
+                raise ValueError(f"loss.hidden_teachers: {unknown[0]!r} is not one of the teachers {self.teachers}")
+        return self
 
     @model_validator(mode="after")
     def _batches_divide(self) -> "ExperimentConfig":

@@ -46,6 +46,15 @@ class StageContext:
         return self.data.model_tokenization[self.config.student.init_from]
 
     @property
+    def hidden_teachers(self) -> list[int]:
+        """Indices of the teachers L_MT-Hid learns from (``loss.hidden_teachers``); empty without the hidden loss."""
+        cfg = self.config
+        if not cfg.loss.hidden:
+            return []
+        return select_hidden_teachers(cfg.loss.hidden_teachers, cfg.teachers, self.teacher_tokenizations,
+                                      self.student_tokenization)
+
+    @property
     def student_width(self) -> int:
         """Hidden width of the student (its checkpoint's config.json)."""
         from mtbert_ray.models.hub import load_config
@@ -99,6 +108,23 @@ class StageContext:
             layer_maps=[list(m) for m in data.get("layer_maps") or []],
             cache=CacheInfo(**cache) if cache else None,
         )
+
+
+def select_hidden_teachers(choice: str | list[str], teachers: list[str], teacher_tokenizations: list[str],
+                           student_tokenization: str) -> list[int]:
+    """Indices i of the teachers in Σ_i of L_MT-Hid: every teacher ("all"), those whose tokenization is the
+    student's ("same_tokenizer"), or the named ones; in the order of ``teachers``. Raises ``ConfigError`` when none
+    is left (the hidden loss would have no term: switch it off with ``loss.hidden: false``)."""
+    if choice == "all":
+        chosen = list(range(len(teachers)))
+    elif choice == "same_tokenizer":
+        chosen = [i for i, t in enumerate(teacher_tokenizations) if t == student_tokenization]
+    else:
+        chosen = [i for i, name in enumerate(teachers) if name in choice]
+    if not chosen:
+        raise ConfigError(f"loss.hidden_teachers: {choice} selects none of the teachers {teachers}; "
+                          "set loss.hidden: false for a run without the hidden loss")
+    return chosen
 
 
 def computed_metrics(data: PreparedData) -> list[str]:

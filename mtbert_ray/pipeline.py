@@ -60,6 +60,7 @@ class Experiment:
         data = prepare_data(cfg.data, [*cfg.teachers, cfg.student.init_from], cfg.trust_remote_code)
         self.ctx = StageContext(cfg, data)
         self.ctx.select_metric  # noqa: B018 - a metric the task does not report is an error now
+        self.ctx.hidden_teachers  # noqa: B018 - so is a hidden loss that selects no teacher
         check_models(cfg.teachers, cfg.student.init_from, cfg.student.num_layers, cfg.trust_remote_code)
         init_ray(required_cpus=cfg.resources.num_workers * cfg.resources.cpus_per_worker)
         return self.ctx

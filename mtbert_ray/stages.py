@@ -157,15 +157,20 @@ def distill_decisions(ctx: StageContext) -> dict[str, str]:
 
     cfg, width = ctx.config, ctx.student_width
     decisions = {"student_head": student_head_decision(cfg, head_widths(ctx.teachers_checkpoint, ctx.teacher_widths), width)}
+    hidden = ctx.hidden_teachers
+    plan = projection_plan([ctx.teacher_widths[i] for i in hidden], width, cfg.loss.projection_init)
+    for i, start in zip(hidden, plan):
+        name, w = cfg.teachers[i], ctx.teacher_widths[i]
+        how = {"identity": "identity", "xavier": "random (Xavier)",
+               "least_squares": "least squares on the first training batch"}[start]
+        decisions[f"projection_{i}"] = f"W for {name} ({w} → {width}): {how}"
+        same = ctx.teacher_tokenizations[i] == ctx.student_tokenization
+        decisions[f"alignment_{i}"] = (f"{name}: the student's tokenization" if same else
+                                       f"{name}: other tokenizer — states averaged onto the student's tokens by character overlap")
     if cfg.loss.hidden:
-        plan = projection_plan(ctx.teacher_widths, width, cfg.loss.projection_init)
-        for i, (name, w, start) in enumerate(zip(cfg.teachers, ctx.teacher_widths, plan)):
-            how = {"identity": "identity", "xavier": "random (Xavier)",
-                   "least_squares": "least squares on the first training batch"}[start]
-            decisions[f"projection_{i}"] = f"W for {name} ({w} → {width}): {how}"
-            same = ctx.teacher_tokenizations[i] == ctx.student_tokenization
-            decisions[f"alignment_{i}"] = (f"{name}: the student's tokenization" if same else
-                                           f"{name}: other tokenizer — states averaged onto the student's tokens by character overlap")
+        for i in sorted(set(range(len(cfg.teachers))) - set(hidden)):
+            decisions[f"hidden_{i}"] = (f"{cfg.teachers[i]}: soft labels only, no hidden loss "
+                                        f"(loss.hidden_teachers: {cfg.loss.hidden_teachers})")
     return decisions
 
 
@@ -175,7 +180,7 @@ def cache_read_columns(ctx: StageContext) -> list[str]:
     from mtbert_ray.targets import cache_float_columns
 
     cfg = ctx.config
-    floats = cache_float_columns(ctx.teacher_widths, cfg.student.num_layers, ctx.cache.hidden and cfg.loss.hidden)
+    floats = cache_float_columns(ctx.teacher_widths, cfg.student.num_layers, ctx.hidden_teachers if ctx.cache.hidden else ())
     return [*view_columns([ctx.student_tokenization]), *floats]
 
 

@@ -58,23 +58,26 @@ def teacher_targets(
 
 
 def cached_targets(
-    batch: dict[str, torch.Tensor], n_teachers: int, num_labels: int, num_student_layers: int, hidden: bool
+    batch: dict[str, torch.Tensor], n_teachers: int, num_labels: int, num_student_layers: int,
+    hidden_teachers: Sequence[int] = (),
 ) -> tuple[torch.Tensor, list[list[torch.Tensor]] | None]:
-    """The same (logits [N, B, C], states) as ``teacher_targets``, read from a collated cache batch."""
+    """The same (logits [N, B, C], states) as ``teacher_targets``, read from a collated cache batch; states of the
+    teachers ``hidden_teachers`` only, in that order (None when it is empty)."""
     logits = batch[LOGITS].view(-1, n_teachers, num_labels).permute(1, 0, 2)
-    if not hidden:
+    if not hidden_teachers:
         return logits, None
-    states = [[batch[hidden_column(i, j)] for j in range(1, num_student_layers + 1)] for i in range(n_teachers)]
+    states = [[batch[hidden_column(i, j)] for j in range(1, num_student_layers + 1)] for i in hidden_teachers]
     return logits, states
 
 
-def cache_float_columns(teacher_widths: Sequence[int], num_student_layers: int, hidden: bool) -> dict[str, int]:
-    """Float columns of a cache and their row width, for ``PadCollate`` (0 = a flat vector per example)."""
+def cache_float_columns(teacher_widths: Sequence[int], num_student_layers: int,
+                        hidden_teachers: Sequence[int] = ()) -> dict[str, int]:
+    """Float columns of a cache and their row width, for ``PadCollate`` (0 = a flat vector per example): the logits
+    and the states of the teachers ``hidden_teachers``."""
     columns = {LOGITS: 0}
-    if hidden:
-        columns.update(
-            {hidden_column(i, j): w for i, w in enumerate(teacher_widths) for j in range(1, num_student_layers + 1)}
-        )
+    columns.update(
+        {hidden_column(i, j): teacher_widths[i] for i in hidden_teachers for j in range(1, num_student_layers + 1)}
+    )
     return columns
 
 

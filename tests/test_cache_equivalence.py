@@ -66,7 +66,7 @@ def test_cache_and_on_the_fly_give_the_same_loss(tiny_models, tmp_path, weighted
     loss_cfg = LossConfig(weighted=weighted, ensemble=mode)
     distill_cfg = DistillConfig(temperature=2.0)
     order = np.random.default_rng(0).permutation(view.num_rows)
-    cache_collate = PadCollate({s_tok: data.tokenizations[s_tok].pad_token_id}, cache_float_columns(ensemble.widths, 1, True),
+    cache_collate = PadCollate({s_tok: data.tokenizations[s_tok].pad_token_id}, cache_float_columns(ensemble.widths, 1, range(len(ensemble.widths))),
                                stored_dtype=dtype)
     compared = 0
     for fly, cached in zip(_batches(view, collate, 12, order), _batches(cache, cache_collate, 12, order)):
@@ -75,7 +75,7 @@ def test_cache_and_on_the_fly_give_the_same_loss(tiny_models, tmp_path, weighted
         losses = []
         for logits, states in (
             teacher_targets(ensemble, fly, t_tok, s_tok, maps),
-            cached_targets(cached, len(teachers), data.num_labels, 1, hidden=True),
+            cached_targets(cached, len(teachers), data.num_labels, 1, range(len(teachers))),
         ):
             losses.append(mt_bert_objective(out.logits, fly["label"], logits, loss_cfg, distill_cfg,
                                             out.hidden_states[1:], states, projections, s_in["attention_mask"]))

@@ -79,3 +79,15 @@ def test_shared_head_adapters_only_where_width_differs():
     assert head(torch.randn(2, 5, 8), torch.ones(2, 5), source=2).shape == (2, 3)
     with pytest.raises(ValueError, match="width 12"):
         head(torch.randn(2, 5, 12), torch.ones(2, 5), source=0)
+
+
+def test_hidden_loss_teachers_are_selected_by_name_or_tokenizer():
+    from mtbert_ray.context import select_hidden_teachers
+    from mtbert_ray.errors import ConfigError
+
+    teachers, toks = ["l6", "mpnet", "l3"], ["tok_a", "tok_b", "tok_a"]
+    assert select_hidden_teachers("all", teachers, toks, "tok_a") == [0, 1, 2]
+    assert select_hidden_teachers("same_tokenizer", teachers, toks, "tok_a") == [0, 2]
+    assert select_hidden_teachers(["l3", "mpnet"], teachers, toks, "tok_a") == [1, 2], "in the teachers' order"
+    with pytest.raises(ConfigError, match="loss.hidden_teachers: same_tokenizer selects none"):
+        select_hidden_teachers("same_tokenizer", ["mpnet"], ["tok_b"], "tok_a")

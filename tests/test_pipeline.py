@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -91,6 +92,26 @@ def test_later_experiment_reuses_stages_and_on_the_fly_matches_cache(first_run, 
     assert s["stages"]["distill"]["metrics"]["accuracy"] == pytest.approx(
         first_run.summary["stages"]["distill"]["metrics"]["accuracy"], abs=2 / 64
     )
+
+
+def test_hidden_loss_from_the_students_tokenizer_only(first_run, tiny_models, storage):
+    """``loss.hidden_teachers: same_tokenizer``: the RoBERTa teacher (another tokenizer) gives soft labels only —
+    no W_ij for it, its states left in the cache, the choice recorded; the BERT teacher keeps its hidden loss."""
+    from safetensors.torch import load_file
+
+    cfg = validate_config(tiny_experiment(tiny_models, storage, cache={"enabled": True, "hidden": True},
+                                          loss={"hidden_teachers": "same_tokenizer"}, distill={"epochs": 1}))
+    s = run_experiment(cfg, storage=storage).summary
+    assert s["stages"]["cofinetune"]["reused"] and s["stages"]["teacher_cache"]["reused"]
+    decisions = s["decisions"]
+    assert decisions["hidden_1"].endswith("soft labels only, no hidden loss (loss.hidden_teachers: same_tokenizer)")
+    assert "projection_1" not in decisions and "alignment_1" not in decisions
+    assert decisions["projection_0"].endswith("(32 → 32): identity")
+    checkpoints = sorted(Path(s["run_dir"]).rglob("projections.safetensors"))
+    assert checkpoints, "the hidden loss ran: its W_ij are checkpointed"
+    assert {k.split(".")[0] for k in load_file(checkpoints[-1])} == {"0"}, "one teacher's maps"
+    history = read_history(Path(s["run_dir"]) / "distill" / HISTORY_FILE)
+    assert history[0]["train_hidden"] > 0
 
 
 def test_cofinetuning_resumes_from_its_checkpoint(ray_session, tiny_models, tmp_path, monkeypatch):

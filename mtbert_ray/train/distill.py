@@ -89,19 +89,21 @@ def student_head_decision(cfg: ExperimentConfig, head_widths: list[int], student
 
 
 def build_distill_module(cfg: ExperimentConfig, num_labels: int, teachers_folder: str | Path,
-                         teacher_widths: list[int]) -> tuple[DistillModule, str]:
-    """Student from ``student.init_from`` (head copied from the co-finetuned head when the widths allow) and,
-    with the hidden loss, the maps W_ij; and the head decision (``student_head_decision``)."""
+                         teacher_widths: list[int], hidden_teachers: Sequence[int] = ()) -> tuple[DistillModule, str]:
+    """Student from ``student.init_from`` (head copied from the co-finetuned head when the widths allow) and
+    the maps W_ij of the teachers ``hidden_teachers`` (indices; empty: no hidden loss); and the head decision
+    (``student_head_decision``)."""
     student = build_student(cfg.student.init_from, cfg.student.num_layers, num_labels, cfg.student.query_dim,
                             cfg.trust_remote_code)
     decision = student_head_decision(cfg, head_widths(teachers_folder, teacher_widths), student.width)
     if decision.startswith("copied") and not init_head_from(student, load_head_states(teachers_folder)):
         raise RuntimeError(f"{teachers_folder}: no co-finetuned head of width {student.width} to copy")
     projections, fit = None, []
-    if cfg.loss.hidden:
-        projections = build_projections(teacher_widths, student.width, student.num_layers, cfg.loss.project,
+    if hidden_teachers:
+        widths = [teacher_widths[i] for i in hidden_teachers]
+        projections = build_projections(widths, student.width, student.num_layers, cfg.loss.project,
                                         cfg.loss.projection_init)
-        plan = projection_plan(teacher_widths, student.width, cfg.loss.projection_init)
+        plan = projection_plan(widths, student.width, cfg.loss.projection_init)
         fit = [i for i, start in enumerate(plan) if start == "least_squares"]
     return DistillModule(student, projections, cfg.loss.project, fit), decision
 
@@ -129,7 +131,8 @@ class DistillStep:
 
     def build(self, device: torch.device) -> DistillModule:
         cfg, ctx = self.ctx.config, self.ctx
-        module, self.head_decision = build_distill_module(cfg, ctx.data.num_labels, ctx.teachers_checkpoint, ctx.teacher_widths)
+        module, self.head_decision = build_distill_module(cfg, ctx.data.num_labels, ctx.teachers_checkpoint,
+                                                          ctx.teacher_widths, ctx.hidden_teachers)
         if not (cfg.loss.task or cfg.loss.distill):  # hidden loss only: the head learns nothing, keep it fixed
             for p in module.student.head.parameters():
                 p.requires_grad_(False)
@@ -148,14 +151,16 @@ class DistillStep:
         return groups
 
     def targets(self, batch: dict[str, torch.Tensor]):
-        """(teacher logits [N, B, C], aligned teacher states or None) for a training batch."""
+        """(teacher logits [N, B, C], aligned states of the hidden loss's teachers or None) for a training batch."""
         cfg, ctx = self.ctx.config, self.ctx
         if not (cfg.loss.distill or cfg.loss.hidden):
             return None, None
+        hidden = ctx.hidden_teachers
         if self.ensemble is None:
-            return cached_targets(batch, len(cfg.teachers), ctx.data.num_labels, cfg.student.num_layers, cfg.loss.hidden)
-        return teacher_targets(self.ensemble, batch, ctx.teacher_tokenizations, ctx.student_tokenization,
-                               ctx.layer_maps if cfg.loss.hidden else None)
+            return cached_targets(batch, len(cfg.teachers), ctx.data.num_labels, cfg.student.num_layers, hidden)
+        logits, states = teacher_targets(self.ensemble, batch, ctx.teacher_tokenizations, ctx.student_tokenization,
+                                         ctx.layer_maps if hidden else None)
+        return logits, [states[i] for i in hidden] if hidden else None
 
     def loss(self, train_module: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg = self.ctx.config
@@ -187,6 +192,7 @@ class DistillStep:
         if split != "train":
             return PadCollate(student)
         if self.uses_cache:
-            floats = cache_float_columns(ctx.teacher_widths, cfg.student.num_layers, ctx.cache.hidden and cfg.loss.hidden)
+            floats = cache_float_columns(ctx.teacher_widths, cfg.student.num_layers,
+                                         ctx.hidden_teachers if ctx.cache.hidden else ())
             return PadCollate(student, floats, stored_dtype=ctx.cache.dtype)
         return PadCollate({t: pads[t] for t in dict.fromkeys([*ctx.teacher_tokenizations, ctx.student_tokenization])})
