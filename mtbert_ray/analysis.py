@@ -384,9 +384,12 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_report(source, out: str | Path | None = None, parts: tuple = ()) -> Report:
+def write_report(source, out: str | Path | None = None, parts: tuple = (),
+                 comparisons: list[tuple[str, str]] | None = None) -> Report:
     """Write ``table.md``, ``table.csv``, ``comparisons.csv``, ``trials.csv``, a PNG chart and ``best.json``
-    (of ``source`` and the further ``parts`` of the same study, see ``load_study``)."""
+    (of ``source`` and the further ``parts`` of the same study, see ``load_study``). ``comparisons``: the pairs
+    (a, b) to compare, default the study's ``analysis.comparisons`` (a study whose later parts added rows passes
+    the pairs of its current space file)."""
     study = load_study(source, *parts)
     out_dir = Path(out) if out is not None else study.path / "analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -394,7 +397,7 @@ def write_report(source, out: str | Path | None = None, parts: tuple = ()) -> Re
     table = study_table(study, metrics)
     has_rows = not table.empty and int(table["n"].sum()) > 0
     markdown = table_markdown(table, study, metrics) if has_rows else "(no finished trials)"
-    comparisons = comparison_table(study, metrics=metrics)
+    comparisons = comparison_table(study, comparisons, metrics=metrics)
     compared = comparisons_markdown(comparisons, metrics)
     name = study.meta.get("name", study.path.name)
     select = study.select

@@ -97,6 +97,11 @@ def test_a_study_run_in_parts_is_analysed_as_one(grid_sweep, tmp_path):
     # a seed a row finished twice is paired once, as its mean
     assert list(twice.comparisons["pairs"]) == list(alone.comparisons["pairs"]) == [1]
     assert list(twice.comparisons["accuracy_diff"]) == pytest.approx(list(alone.comparisons["accuracy_diff"]))
+    # pairs other than the study's own (a later part's space file names more rows): here each one reversed
+    pairs = [(b, a) for a, b in zip(alone.comparisons["a"], alone.comparisons["b"])]
+    reverse = write_report(experiment_dir, tmp_path / "reverse", comparisons=pairs)
+    assert list(zip(reverse.comparisons["a"], reverse.comparisons["b"])) == pairs
+    assert list(reverse.comparisons["accuracy_diff"]) == pytest.approx([-d for d in alone.comparisons["accuracy_diff"]])
 
 
 def test_every_trial_reaches_mlflow_and_tensorboard(grid_sweep, shared_storage):
