@@ -169,7 +169,7 @@ def distill_decisions(ctx: StageContext) -> dict[str, str]:
                                        f"{name}: other tokenizer — states averaged onto the student's tokens by character overlap")
     if cfg.loss.hidden:
         for i in sorted(set(range(len(cfg.teachers))) - set(hidden)):
-            decisions[f"hidden_{i}"] = (f"{cfg.teachers[i]}: soft labels only, no hidden loss "
+            decisions[f"hidden_loss_{i}"] = (f"{cfg.teachers[i]}: soft labels only, no hidden loss "
                                         f"(loss.hidden_teachers: {cfg.loss.hidden_teachers})")
     return decisions
 

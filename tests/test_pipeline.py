@@ -104,7 +104,7 @@ def test_hidden_loss_from_the_students_tokenizer_only(first_run, tiny_models, st
     s = run_experiment(cfg, storage=storage).summary
     assert s["stages"]["cofinetune"]["reused"] and s["stages"]["teacher_cache"]["reused"]
     decisions = s["decisions"]
-    assert decisions["hidden_1"].endswith("soft labels only, no hidden loss (loss.hidden_teachers: same_tokenizer)")
+    assert decisions["hidden_loss_1"].endswith("soft labels only, no hidden loss (loss.hidden_teachers: same_tokenizer)")
     assert "projection_1" not in decisions and "alignment_1" not in decisions
     assert decisions["projection_0"].endswith("(32 → 32): identity")
     checkpoints = sorted(Path(s["run_dir"]).rglob("projections.safetensors"))
