@@ -8,6 +8,7 @@ from mtbert_ray.space import load_space
 from tests.conftest import REPO
 
 SPACES = sorted(p for p in (REPO / "tune_spaces").glob("*.yaml") if not p.name.startswith("_"))
+SPACES.append(REPO / "benchmarks" / "quality.yaml")  # the quality study's space file, run by benchmarks/quality.py
 
 
 def test_the_paper_studies_are_all_there():
