@@ -33,7 +33,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from _common import REPO, header, storage
 
 ALL = "{L6, L3, MPNet}"
