@@ -170,7 +170,7 @@ def distill_decisions(ctx: StageContext) -> dict[str, str]:
     if cfg.loss.hidden:
         for i in sorted(set(range(len(cfg.teachers))) - set(hidden)):
             decisions[f"hidden_loss_{i}"] = (f"{cfg.teachers[i]}: soft labels only, no hidden loss "
-                                        f"(loss.hidden_teachers: {cfg.loss.hidden_teachers})")
+                                             f"(loss.hidden_teachers: {cfg.loss.hidden_teachers})")
     return decisions
 
 
