@@ -127,17 +127,18 @@ def print_targets(title: str, targets: dict[str, float]) -> tuple[int, int]:
 
 
 def print_teachers(trials) -> None:
-    """Each teacher set's co-finetuned teachers, validation / test accuracy (from the first finished run's result.json)."""
+    """Each co-finetuning run's teachers, validation / test accuracy (from the first finished run's result.json that
+    used it); a teacher set co-finetuned twice (another head width) is listed twice, with its key."""
     seen = set()
     for _, trial in trials[trials["finished"]].iterrows():
         result = json.loads((Path(trial["student_dir"]).parent / "result.json").read_text())
-        teachers = result["stages"]["cofinetune"]["teachers"]
-        if tuple(teachers) in seen:
+        stage = result["stages"]["cofinetune"]
+        if stage["key"] in seen:
             continue
-        seen.add(tuple(teachers))
+        seen.add(stage["key"])
         scores = ", ".join(f"{name.split('/')[-1]} {100 * t['accuracy']:.1f} / {100 * t['test']['accuracy']:.1f}"
-                           for name, t in teachers.items())
-        print(f"teachers (validation / test accuracy %): {scores}")
+                           for name, t in stage["teachers"].items())
+        print(f"teachers (validation / test accuracy %): {scores}  [cofinetune/{stage['key']}]")
 
 if __name__ == "__main__":
     main()
