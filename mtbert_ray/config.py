@@ -141,6 +141,9 @@ class LossConfig(_Strict):
         "auto", description="Start of W_ij: least_squares fits each W_ij (ridge, closed form) to the states of the first "
         "training batch before the first step; identity needs equal widths; auto = identity where the widths match, "
         "least squares where they differ.")
+    layer_map: Literal["uniform", "last"] = Field(
+        "uniform", description="Teacher layer that teaches student layer j (of K; the teacher has L): uniform = "
+        "round_half_up(j·L/K), the paper's T·j; last = L − K + j, the teacher's top K layers.")
     hidden_teachers: Literal["all", "same_tokenizer"] | list[str] = Field(
         "all", description="Teachers L_MT-Hid learns from (the soft labels come from every teacher either way): all; "
         "same_tokenizer = those whose tokenization is the student's, so their states need no averaging onto the "

@@ -99,7 +99,7 @@ def cofinetune(ctx: StageContext, stages: Path, nonce: str | None = None, verify
 def with_teachers(ctx: StageContext, teachers: Published) -> StageContext:
     """The context once stage 1 is done: the teachers' folder, widths, depths and layer maps (decision c)."""
     meta = read_ensemble_meta(teachers.path)
-    maps = [layer_map(ctx.config.student.num_layers, depth) for depth in meta["depths"]]
+    maps = [layer_map(ctx.config.student.num_layers, depth, ctx.config.loss.layer_map) for depth in meta["depths"]]
     return ctx.with_updates(teachers_checkpoint=str(teachers.path), teacher_widths=meta["widths"],
                             teacher_depths=meta["depths"], layer_maps=maps)
 

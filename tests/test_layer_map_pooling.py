@@ -35,6 +35,13 @@ def test_layer_map_properties(k, l):
         assert m == [(l // k) * j for j in range(1, k + 1)]
 
 
+@pytest.mark.parametrize("k,l,expected", [(2, 6, [5, 6]), (2, 12, [11, 12]), (3, 3, [1, 2, 3]), (4, 2, [1, 1, 1, 2])])
+def test_last_layer_map_takes_the_teachers_top_layers(k, l, expected):
+    assert layer_map(k, l, "last") == expected
+    with pytest.raises(ValueError, match="kind must be"):
+        layer_map(k, l, "middle")
+
+
 def test_layer_map_rejects_zero():
     with pytest.raises(ValueError, match="student_layers"):
         layer_map(0, 12)
