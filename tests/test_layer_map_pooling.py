@@ -98,3 +98,22 @@ def test_hidden_loss_teachers_are_selected_by_name_or_tokenizer():
     assert select_hidden_teachers(["l3", "mpnet"], teachers, toks, "tok_a") == [1, 2], "in the teachers' order"
     with pytest.raises(ConfigError, match="loss.hidden_teachers: same_tokenizer selects none"):
         select_hidden_teachers("same_tokenizer", ["mpnet"], ["tok_b"], "tok_a")
+
+
+@pytest.mark.parametrize("kind,expected", [("uniform", [[3, 6], [6, 12]]), ("last", [[5, 6], [11, 12]])])
+def test_stages_map_each_teacher_by_the_configured_layer_map(tmp_path, kind, expected):
+    """``loss.layer_map`` reaches the maps stage 3 and the cache use (``stages.with_teachers``), per teacher depth."""
+    import json
+    from types import SimpleNamespace
+
+    from mtbert_ray.models.teachers import ENSEMBLE_FILE
+    from mtbert_ray.stages import with_teachers
+
+    folder = tmp_path / "teachers"
+    for i, (width, depth) in enumerate([(384, 6), (768, 12)]):
+        (folder / f"teacher_{i}").mkdir(parents=True)
+        (folder / f"teacher_{i}" / "config.json").write_text(json.dumps({"hidden_size": width, "num_hidden_layers": depth}))
+    (folder / ENSEMBLE_FILE).write_text(json.dumps({"names": ["l6", "mpnet"], "shared_head": True}))
+    config = SimpleNamespace(student=SimpleNamespace(num_layers=2), loss=SimpleNamespace(layer_map=kind))
+    ctx = with_teachers(SimpleNamespace(config=config, with_updates=lambda **kw: kw), SimpleNamespace(path=folder))
+    assert ctx["layer_maps"] == expected and ctx["teacher_depths"] == [6, 12]
