@@ -39,17 +39,21 @@ def teacher_targets(
     teacher_tokenizations: Sequence[str],
     student_tokenization: str,
     layer_maps: Sequence[Sequence[int]] | None = None,
+    hidden_teachers: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, list[list[torch.Tensor]] | None]:
-    """(logits [N, B, C], states) of frozen teachers; ``states[i][j]`` is teacher i's layer
-    ``layer_maps[i][j]`` seen from the student's tokens, [B, Ls, Ht_i] (None without ``layer_maps``)."""
+    """(logits [N, B, C], states) of frozen teachers; ``states[k]`` holds, for the k-th teacher i of
+    ``hidden_teachers`` (default: every teacher), its layers ``layer_maps[i]`` seen from the student's tokens,
+    [B, Ls, Ht_i] each (None without ``layer_maps``). Teachers outside ``hidden_teachers`` give logits only: their
+    states are neither kept nor aligned."""
     inputs = [inputs_for(batch, t) for t in teacher_tokenizations]
-    out = ensemble(inputs, hidden_layers=layer_maps)
     if layer_maps is None:
-        return out.logits, None
+        return ensemble(inputs).logits, None
+    chosen = range(len(teacher_tokenizations)) if hidden_teachers is None else hidden_teachers
+    out = ensemble(inputs, hidden_layers=[layer_maps[i] if i in chosen else [] for i in range(len(inputs))])
     student = inputs_for(batch, student_tokenization)
     states = []
-    for i, tokenization in enumerate(teacher_tokenizations):
-        if tokenization == student_tokenization:
+    for i in chosen:
+        if teacher_tokenizations[i] == student_tokenization:
             states.append(list(out.hidden_states[i]))
         else:
             alignment = alignment_from_batches(student, inputs[i])

@@ -85,3 +85,8 @@ def test_cache_and_on_the_fly_give_the_same_loss(tiny_models, tmp_path, weighted
         assert losses[0]["hidden"].item() == pytest.approx(losses[1]["hidden"].item(), rel=tolerance, abs=1e-6)
         compared += 1
     assert compared == 4
+    # teachers outside the hidden loss (loss.hidden_teachers) give logits only; the others' states are unchanged
+    every = teacher_targets(ensemble, fly, t_tok, s_tok, maps)
+    logits, states = teacher_targets(ensemble, fly, t_tok, s_tok, maps, hidden_teachers=[1])
+    assert torch.equal(logits, every[0]) and len(states) == 1
+    assert all(torch.equal(a, b) for a, b in zip(states[0], every[1][1]))

@@ -124,6 +124,7 @@ class DistillStep:
         self.module: DistillModule | None = None
         self.ensemble: TeacherEnsemble | None = None
         self.head_decision = ""
+        self.hidden_teachers = ctx.hidden_teachers  # resolved once, not per batch
 
     @property
     def uses_cache(self) -> bool:
@@ -132,7 +133,7 @@ class DistillStep:
     def build(self, device: torch.device) -> DistillModule:
         cfg, ctx = self.ctx.config, self.ctx
         module, self.head_decision = build_distill_module(cfg, ctx.data.num_labels, ctx.teachers_checkpoint,
-                                                          ctx.teacher_widths, ctx.hidden_teachers)
+                                                          ctx.teacher_widths, self.hidden_teachers)
         if not (cfg.loss.task or cfg.loss.distill):  # hidden loss only: the head learns nothing, keep it fixed
             for p in module.student.head.parameters():
                 p.requires_grad_(False)
@@ -155,12 +156,11 @@ class DistillStep:
         cfg, ctx = self.ctx.config, self.ctx
         if not (cfg.loss.distill or cfg.loss.hidden):
             return None, None
-        hidden = ctx.hidden_teachers
+        hidden = self.hidden_teachers
         if self.ensemble is None:
             return cached_targets(batch, len(cfg.teachers), ctx.data.num_labels, cfg.student.num_layers, hidden)
-        logits, states = teacher_targets(self.ensemble, batch, ctx.teacher_tokenizations, ctx.student_tokenization,
-                                         ctx.layer_maps if hidden else None)
-        return logits, [states[i] for i in hidden] if hidden else None
+        return teacher_targets(self.ensemble, batch, ctx.teacher_tokenizations, ctx.student_tokenization,
+                               ctx.layer_maps if hidden else None, hidden)
 
     def loss(self, train_module: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg = self.ctx.config
@@ -193,6 +193,6 @@ class DistillStep:
             return PadCollate(student)
         if self.uses_cache:
             floats = cache_float_columns(ctx.teacher_widths, cfg.student.num_layers,
-                                         ctx.hidden_teachers if ctx.cache.hidden else ())
+                                         self.hidden_teachers if ctx.cache.hidden else ())
             return PadCollate(student, floats, stored_dtype=ctx.cache.dtype)
         return PadCollate({t: pads[t] for t in dict.fromkeys([*ctx.teacher_tokenizations, ctx.student_tokenization])})
