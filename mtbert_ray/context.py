@@ -55,6 +55,16 @@ class StageContext:
                                       self.student_tokenization)
 
     @property
+    def cache_float_columns(self) -> dict[str, int]:
+        """The teacher cache's float columns stage 3 reads, with their row widths (``targets.cache_float_columns``):
+        the logits, and the states of ``hidden_teachers`` when the cache holds states (a logits-only run reading a
+        cache with states leaves them on disk)."""
+        from mtbert_ray.targets import cache_float_columns
+
+        hidden = self.hidden_teachers if self.cache is not None and self.cache.hidden else ()
+        return cache_float_columns(self.teacher_widths, self.config.student.num_layers, hidden)
+
+    @property
     def student_width(self) -> int:
         """Hidden width of the student (its checkpoint's config.json)."""
         from mtbert_ray.models.hub import load_config

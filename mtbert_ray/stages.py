@@ -177,11 +177,7 @@ def distill_decisions(ctx: StageContext) -> dict[str, str]:
 def cache_read_columns(ctx: StageContext) -> list[str]:
     """The cache columns stage 3 reads: ids, labels, the student's tokens, logits and — only with the hidden
     loss — the states (a logits-only run reading a cache with states leaves them on disk)."""
-    from mtbert_ray.targets import cache_float_columns
-
-    cfg = ctx.config
-    floats = cache_float_columns(ctx.teacher_widths, cfg.student.num_layers, ctx.hidden_teachers if ctx.cache.hidden else ())
-    return [*view_columns([ctx.student_tokenization]), *floats]
+    return [*view_columns([ctx.student_tokenization]), *ctx.cache_float_columns]
 
 
 def distill(ctx: StageContext, run_dir: Path) -> StageRun:

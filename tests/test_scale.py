@@ -137,9 +137,12 @@ def test_three_workers_on_an_odd_row_count_cover_every_row_and_export_what_they_
 
 
 @pytest.mark.slow
-def test_hidden_loss_alone_trains_on_two_workers(ray_session, tiny_models, tmp_path):
+@pytest.mark.parametrize("hidden_teachers", ["all", "roberta"])
+def test_hidden_loss_alone_trains_on_two_workers(ray_session, tiny_models, tmp_path, hidden_teachers):
     """Only L_MT-Hid on two DDP workers: W_ij and the student are inside the wrapped forward, so both learn
-    (the loss falls) and the workers stay in step (the head, which gets no gradient, is frozen)."""
+    (the loss falls) and the workers stay in step (the head, which gets no gradient, is frozen). With
+    ``loss.hidden_teachers`` naming the second teacher only, its W (48 → 32) is the one map built, trained and
+    checkpointed (a subset that does not start at teacher 0)."""
     import torch
     from safetensors.torch import load_file
 
@@ -148,7 +151,9 @@ def test_hidden_loss_alone_trains_on_two_workers(ray_session, tiny_models, tmp_p
     from mtbert_ray.train.distill import PROJECTIONS_FILE
     from mtbert_ray.train.history import HISTORY_FILE, read_history
 
-    raw = tiny_experiment(tiny_models, tmp_path, loss={"hidden": True, "distill": False, "task": False},
+    selection = "all" if hidden_teachers == "all" else [tiny_models[hidden_teachers]]
+    raw = tiny_experiment(tiny_models, tmp_path, loss={"hidden": True, "distill": False, "task": False,
+                                                       "hidden_teachers": selection},
                           cache={"enabled": False}, distill={"epochs": 2, "lr": 3e-3},
                           resources={"num_workers": 2, "cpus_per_worker": 1})
     result = run_experiment(validate_config(raw), storage=tmp_path / "results")
@@ -156,5 +161,7 @@ def test_hidden_loss_alone_trains_on_two_workers(ray_session, tiny_models, tmp_p
     assert history[1]["train_hidden"] < history[0]["train_hidden"], "the hidden loss did not fall"
     latest = Path(history[-1]["checkpoint"])
     trained = load_file(str(latest / PROJECTIONS_FILE))
-    initial = build_projections([32, 48], 32, 1).state_dict()
+    widths = [32, 48] if hidden_teachers == "all" else [48]
+    initial = build_projections(widths, 32, 1).state_dict()
+    assert trained.keys() == initial.keys(), "one W per selected teacher, no more"
     assert any(not torch.equal(trained[k], v) for k, v in initial.items()), "W_ij did not learn"

@@ -25,7 +25,7 @@ from mtbert_ray.losses import mt_hidden_loss
 from mtbert_ray.models.projection import build_projections, fit_projection, projection_plan
 from mtbert_ray.models.student import StudentModel, build_student, init_head_from
 from mtbert_ray.models.teachers import TeacherEnsemble, load_head_states, read_ensemble_meta
-from mtbert_ray.targets import cache_float_columns, cached_targets, teacher_targets
+from mtbert_ray.targets import cached_targets, teacher_targets
 from mtbert_ray.train.objective import mt_bert_objective
 
 STUDENT_DIR = "student"
@@ -186,13 +186,11 @@ class DistillStep:
         self.module.fit_pending = []  # resumed: the W_ij come from the checkpoint
 
     def collate(self, split: str) -> PadCollate:
-        ctx, cfg = self.ctx, self.ctx.config
+        ctx = self.ctx
         pads = ctx.pad_ids
         student = {ctx.student_tokenization: pads[ctx.student_tokenization]}
         if split != "train":
             return PadCollate(student)
         if self.uses_cache:
-            floats = cache_float_columns(ctx.teacher_widths, cfg.student.num_layers,
-                                         self.hidden_teachers if ctx.cache.hidden else ())
-            return PadCollate(student, floats, stored_dtype=ctx.cache.dtype)
+            return PadCollate(student, ctx.cache_float_columns, stored_dtype=ctx.cache.dtype)
         return PadCollate({t: pads[t] for t in dict.fromkeys([*ctx.teacher_tokenizations, ctx.student_tokenization])})
