@@ -104,6 +104,35 @@ def test_a_study_run_in_parts_is_analysed_as_one(grid_sweep, tmp_path):
     assert list(reverse.comparisons["accuracy_diff"]) == pytest.approx([-d for d in alone.comparisons["accuracy_diff"]])
 
 
+def test_a_later_part_holding_other_rows_joins_the_table_and_its_comparisons(grid_sweep, tmp_path, monkeypatch):
+    """A part whose rows the first sweep does not hold (rows added to the space file later): they follow the
+    first part's rows in the table, and a comparison may pair a row of one part with a row of the other. The
+    part here is the same folder read again with its rows renamed, so each new row equals its original."""
+    import mtbert_ray.analysis as analysis
+
+    grid, experiment_dir = grid_sweep
+    load_one, loads = analysis._load_one, []
+
+    def second_load_renamed(source):
+        study = load_one(source)
+        loads.append(source)
+        if len(loads) == 2:  # the part
+            study.trials["param:variant"] = study.trials["param:variant"] + ", part b"
+        return study
+
+    alone = write_report(experiment_dir, tmp_path / "one")
+    monkeypatch.setattr(analysis, "_load_one", second_load_renamed)
+    pairs = [("MT-BERT, part b", "MT-BERT"), ("MT-BERT, part b", "w/o weighting")]
+    report = write_report(experiment_dir, tmp_path / "both", parts=(experiment_dir,), comparisons=pairs)
+    table = report.table.set_index("row")
+    assert list(table.index) == ["MT-BERT", "w/o weighting", "MT-BERT, part b", "w/o weighting, part b"]
+    assert list(table["n"]) == [1, 1, 1, 1]
+    assert table.loc["MT-BERT, part b", "test_accuracy_mean"] == pytest.approx(table.loc["MT-BERT", "test_accuracy_mean"])
+    assert list(zip(report.comparisons["a"], report.comparisons["b"])) == pairs
+    assert list(report.comparisons["pairs"]) == [1, 1], "paired by seed across the parts"
+    assert list(report.comparisons["accuracy_diff"]) == pytest.approx([0.0, alone.comparisons["accuracy_diff"].iloc[0]])
+
+
 def test_every_trial_reaches_mlflow_and_tensorboard(grid_sweep, shared_storage):
     """MLflow (Ray Tune's MLflowLoggerCallback, ``--mlflow``): one run per trial with its parameters and metrics.
     TensorBoard: event files under the sweep folder for every trial (Tune's) and for both stages of each trial."""
