@@ -127,11 +127,15 @@ class DistillConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    """Which terms of L = L_MT-Hid + L_MT-Dis + L_Task the student trains with (Fig. 4–5 ablations)."""
+    """Which terms of L = λ_hid·L_MT-Hid + λ_dis·L_MT-Dis + λ_task·L_Task the student trains with (Fig. 4–5 ablations;
+    the paper sums them, λ = 1)."""
 
     hidden: bool = Field(True, description="L_MT-Hid: MSE between student layers and mapped, projected teacher layers (Eq. 1).")
     distill: bool = Field(True, description="L_MT-Dis: soft cross-entropy with every teacher's soft labels (Eq. 2), or an ensemble baseline.")
     task: bool = Field(True, description="L_Task: cross-entropy with the gold labels.")
+    hidden_weight: float = Field(1.0, gt=0, description="λ_hid, the hidden loss's weight in the sum (the paper: 1).")
+    distill_weight: float = Field(1.0, gt=0, description="λ_dis, the distillation loss's weight in the sum (the paper: 1).")
+    task_weight: float = Field(1.0, gt=0, description="λ_task, the task loss's weight in the sum (the paper: 1).")
     weighted: bool = Field(True, description="Per-sample teacher weights 1/(1+CE(y, y_i)) in L_MT-Dis (Eq. 2).")
     ensemble: Literal["none", "average", "average_logits", "weighted"] = Field(
         "none", description="Fig. 3 baselines: distil one ensembled soft label instead of L_MT-Dis.")

@@ -118,6 +118,7 @@ CATALOGUE: dict[str, Case] = {
     "hidden loss that selects no teacher": Case("run", lambda ws: ws.run(f"teachers=[{ws.models['roberta']}]",
                                                                          "loss.hidden_teachers=same_tokenizer"),
                                                 r"loss.hidden_teachers: same_tokenizer selects none of the teachers"),
+    "loss weight <= 0": Case("run", lambda ws: ws.run("loss.hidden_weight=0"), r"loss.hidden_weight: Input should be greater than 0"),
     "zero workers": Case("run", lambda ws: ws.run("resources.num_workers=0"), r"resources.num_workers: Input should be greater than or equal to 1"),
     "name with a path": Case("run", lambda ws: ws.run("name=../../etc"), r"name: expected a plain name"),
     "override without =": Case("run", lambda ws: ws.run("distill.lr"), r"--set 'distill.lr': expected dotted.key=value"),

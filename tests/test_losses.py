@@ -234,3 +234,21 @@ def test_projection_plan_and_a_fitted_start_beats_a_random_one():
     fit_projection(projections[0][0], teacher, student, mask)
     fitted = mt_hidden_loss([student], [[teacher]], projections, mask).item()
     assert fitted < 0.1 * random_start, (fitted, random_start)
+
+
+def test_objective_weights_each_term_and_reports_it_unweighted(gen):
+    """L = λ_hid·L_hid + λ_dis·L_dis + λ_task·L_task; the terms are reported as computed (history, logs), the sum
+    weighted; λ = 1 (the default) is the paper's plain sum."""
+    from mtbert_ray.config import DistillConfig, LossConfig
+    from mtbert_ray.train.objective import mt_bert_objective
+
+    student, teachers = torch.randn(4, 2, generator=gen), torch.randn(3, 4, 2, generator=gen)
+    labels, hidden = torch.tensor([0, 1, 1, 0]), torch.tensor(0.7)
+    plain = mt_bert_objective(student, labels, teachers, LossConfig(), DistillConfig(), hidden_loss=hidden)
+    assert plain["loss"] == pytest.approx(float(plain["hidden"] + plain["distill"] + plain["task"]))
+    weighted = mt_bert_objective(student, labels, teachers, LossConfig(hidden_weight=0.1, distill_weight=2.0, task_weight=0.5),
+                                 DistillConfig(), hidden_loss=hidden)
+    assert {k: float(v) for k, v in weighted.items() if k != "loss"} == {k: float(v) for k, v in plain.items() if k != "loss"}
+    assert weighted["loss"] == pytest.approx(0.1 * 0.7 + 2.0 * float(plain["distill"]) + 0.5 * float(plain["task"]))
+    with pytest.raises(ValueError, match="hidden_weight"):
+        LossConfig(hidden_weight=0)

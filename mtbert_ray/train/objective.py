@@ -1,4 +1,5 @@
-"""The student's training objective L = L_MT-Hid + L_MT-Dis + L_Task (Eq. 3), each term switchable."""
+"""The student's training objective L = L_MT-Hid + L_MT-Dis + L_Task (Eq. 3), each term switchable and weighted
+(``loss.<term>_weight``, 1 in the paper)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,7 +23,8 @@ def mt_bert_objective(
     attention_mask: torch.Tensor | None = None,
     hidden_loss: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The enabled terms and their sum under ``"loss"``.
+    """The enabled terms (unweighted) and their weighted sum under ``"loss"``:
+    L = λ_hid·hidden + λ_dis·distill + λ_task·task, λ = ``loss.<term>_weight`` (the paper: all 1).
 
     hidden:  mt_hidden_loss(student layers 1..K, mapped + aligned teacher states, W_ij), or
              ``hidden_loss`` when the caller computed it (inside the DDP-wrapped forward)
@@ -45,5 +47,6 @@ def mt_bert_objective(
         terms["hidden"] = hidden_loss if hidden_loss is not None else mt_hidden_loss(
             student_states, teacher_states, projections, attention_mask, loss.project
         )
-    terms["loss"] = sum(terms.values())
+    weights = {"hidden": loss.hidden_weight, "distill": loss.distill_weight, "task": loss.task_weight}
+    terms["loss"] = sum(weights[name] * value for name, value in terms.items())
     return terms
