@@ -9,7 +9,7 @@ with MPNet, task-only fine-tuning of the same student, and the {MPNet} student w
 (random) and of the student's head (random) — the mechanisms measured.
 
 MPNet-base comes from ``<shared>/tools/seed_mpnet.sh`` (``--shared``, default ``$MTBERT_SHARED`` or ../shared),
-which also links the two MiniLMs into the hub cache it builds. ~4 h on the 2-core development machine; an
+which also links the two MiniLMs into the hub cache it builds. ~6 h on the 2-core development machine; an
 interrupted study continues with ``--resume``; rows can also be run as further parts
 (``--name quality-b --variants ROW ...``) and analysed together (``--name quality --parts quality-b --analysis-only``).
 
