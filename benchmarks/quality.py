@@ -9,8 +9,10 @@ with MPNet, task-only fine-tuning of the same student, and the {MPNet} student w
 (random) and of the student's head (random) — the mechanisms measured.
 
 MPNet-base comes from ``<shared>/tools/seed_mpnet.sh`` (``--shared``, default ``$MTBERT_SHARED`` or ../shared),
-which also links the two MiniLMs into the hub cache it builds. ~6 h on the 2-core development machine; an
-interrupted study continues with ``--resume``; rows can also be run as further parts
+which also links the two MiniLMs into the hub cache it builds. ~6 h on the 2-core development machine
+(estimated, not run in one piece: 78 trials of 2.5 min, or 5 min with the MPNet-family student, 8
+co-finetunings, 5 of them with MPNet at 15–19 min, and their caches); an interrupted study continues with
+``--resume``; rows can also be run as further parts
 (``--name quality-b --variants ROW ...``) and analysed together (``--name quality --parts quality-b --analysis-only``).
 
 The targets are paired differences on test (a − b over the seeds both rows finished, 95 % t-interval):
