@@ -114,6 +114,22 @@ def test_hidden_loss_from_the_students_tokenizer_only(first_run, tiny_models, st
     assert history[0]["train_hidden"] > 0
 
 
+def test_loss_term_weights_shape_the_trained_objective(first_run, tiny_models, storage):
+    """``loss.<term>_weight``: the step optimises L = λ_hid·hidden + λ_dis·distill + λ_task·task while each term
+    is logged unweighted, so an epoch's reported means satisfy the same sum (the mean is linear)."""
+    weights = {"hidden_weight": 0.5, "distill_weight": 2.0, "task_weight": 0.25}
+    cfg = validate_config(tiny_experiment(tiny_models, storage, cache={"enabled": True, "hidden": True},
+                                          loss=weights, distill={"epochs": 1}))
+    s = run_experiment(cfg, storage=storage).summary
+    assert s["stages"]["cofinetune"]["reused"] and s["stages"]["teacher_cache"]["reused"]
+    epoch = read_history(Path(s["run_dir"]) / "distill" / HISTORY_FILE)[0]
+    assert min(epoch["train_hidden"], epoch["train_distill"], epoch["train_task"]) > 0
+    weighted = 0.5 * epoch["train_hidden"] + 2.0 * epoch["train_distill"] + 0.25 * epoch["train_task"]
+    assert epoch["train_loss"] == pytest.approx(weighted, rel=1e-5)
+    unweighted = epoch["train_hidden"] + epoch["train_distill"] + epoch["train_task"]
+    assert abs(epoch["train_loss"] - unweighted) > 1e-3 * unweighted
+
+
 def test_cofinetuning_resumes_from_its_checkpoint(ray_session, tiny_models, tmp_path, monkeypatch):
     """A co-finetuning run stopped in epoch 2 continues from its epoch-1 checkpoint when run again."""
     import ray.train
