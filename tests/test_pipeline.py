@@ -189,15 +189,23 @@ def test_the_same_seed_gives_the_same_metrics(first_run, tiny_models, storage, t
 
 
 def test_altered_teacher_cache_is_detected_and_rebuilt(first_run, tiny_models, storage):
-    """A truncated cache file (a crash, a full disk) fails its manifest and the cache is rebuilt, never trusted."""
+    """A truncated cache file (a crash, a full disk) fails its manifest and the cache is rebuilt, never trusted.
+    The rebuilt cache holds its rows in the view's order, as the first did: the cache's order is the student's
+    training order, so the same seed trains the same student from either."""
     import pyarrow.parquet as pq
 
     from mtbert_ray.pipeline import Experiment
     from mtbert_ray.stage import read_stage
 
+    def row_order(files) -> list[int]:
+        return [i for f in files for i in pq.read_table(f, columns=["example_id"])["example_id"].to_pylist()]
+
     cfg = validate_config(tiny_experiment(tiny_models, storage, cache={"enabled": True, "hidden": True}))
-    cache = Experiment(cfg, storage=storage).teacher_cache()
+    experiment = Experiment(cfg, storage=storage)
+    cache = experiment.teacher_cache()
     assert cache.reused and str(cache.path) == first_run.summary["stages"]["teacher_cache"]["checkpoint"]
+    view_order = row_order(experiment.ctx.data.splits["train"])
+    assert row_order(sorted(cache.path.rglob("*.parquet"))) == view_order
 
     part = sorted(cache.path.rglob("*.parquet"))[0]
     part.write_bytes(part.read_bytes()[:-64])  # truncated
@@ -207,6 +215,7 @@ def test_altered_teacher_cache_is_detected_and_rebuilt(first_run, tiny_models, s
     assert read_stage(rebuilt.folder, verify=True) is not None
     rows = sum(pq.read_metadata(p).num_rows for p in rebuilt.path.rglob("*.parquet"))
     assert rows == rebuilt.meta["rows"]["train"] == 128
+    assert row_order(sorted(rebuilt.path.rglob("*.parquet"))) == view_order
 
 
 def test_in_process_and_ray_train_workers_give_the_same_student(first_run, tiny_models, storage, tmp_path):

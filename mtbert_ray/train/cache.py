@@ -154,6 +154,10 @@ def build_teacher_cache(ctx: StageContext, folder: Path, splits: Sequence[str]) 
                 ds = read_split(ctx.data.splits[split], view_columns(tokenizations), materialize=False,
                                 blocks=max(8, 4 * resources.num_workers))
                 ds.context.target_max_block_size = BLOCK_BYTES
+                # Rows in the view's order, whichever actor finishes first: the cache's row order is the student's
+                # training order (its seeded block shuffle starts from it), so a rebuilt cache must train the same
+                # student. Without it the 8 blocks of a 128-row split came back as 0, 1, 4, 5, 2, 3, 6, 7.
+                ds.context.execution_options.preserve_order = True
                 rows = ds.map_batches(
                     TeacherCacheWriter,
                     fn_constructor_kwargs={"context": ctx.to_dict(), "counter": counter},
