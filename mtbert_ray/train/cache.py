@@ -2,9 +2,10 @@
 
 Every split (train, validation, test) of the experiment's view streams through an actor pool of
 frozen teachers (``map_batches``: one actor per configured worker, each with the worker's CPUs
-and GPU share; the teachers run in ``resources.precision``), and ``write_parquet`` writes the
-rows as they come: memory stays bounded by a few blocks whatever the number of rows, no row is
-dropped or repeated (no equal split), and a failed block is retried by Ray Data. Each row holds
+and GPU share; the teachers run in ``resources.precision``), and this process writes the blocks
+to Parquet in the view's order as they come (``write_in_order``): memory stays bounded by a few
+blocks whatever the number of rows, no row is dropped or repeated (no equal split), a failed block
+is retried by Ray Data, and a cache built again holds its rows in the same order. Each row holds
 what ``mtbert_ray.targets.cache_columns`` makes of it: logits, the student's token columns and,
 with ``cache.hidden``, the aligned states of the mapped layers in ``cache.dtype``.
 
@@ -19,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +31,9 @@ from mtbert_ray.data.loader import PadCollate, read_split, view_columns
 from mtbert_ray.errors import ConfigError
 from mtbert_ray.progress import emit, format_progress
 from mtbert_ray.stage import Built, build_dir
+
+if TYPE_CHECKING:
+    import ray.data
 
 ROWS_PER_FILE = 8192
 BLOCK_BYTES = 16 * 2**20  # Ray Data's output blocks of the actors: their memory is a few of these, whatever the rows
@@ -154,11 +158,7 @@ def build_teacher_cache(ctx: StageContext, folder: Path, splits: Sequence[str]) 
                 ds = read_split(ctx.data.splits[split], view_columns(tokenizations), materialize=False,
                                 blocks=max(8, 4 * resources.num_workers))
                 ds.context.target_max_block_size = BLOCK_BYTES
-                # Rows in the view's order, whichever actor finishes first: the cache's row order is the student's
-                # training order (its seeded block shuffle starts from it), so a rebuilt cache must train the same
-                # student. Without it the 8 blocks of a 128-row split came back as 0, 1, 4, 5, 2, 3, 6, 7. Its price at 100k rows
-                # (benchmarks/scale.py, tiny encoders, old vs new one after the other): 57.9 s vs 55.3 s, actor USS 527 vs 477 MiB.
-                ds.context.execution_options.preserve_order = True
+                ds.context.execution_options.preserve_order = True  # the actors' output in the view's order
                 rows = ds.map_batches(
                     TeacherCacheWriter,
                     fn_constructor_kwargs={"context": ctx.to_dict(), "counter": counter},
@@ -168,7 +168,7 @@ def build_teacher_cache(ctx: StageContext, folder: Path, splits: Sequence[str]) 
                     num_cpus=resources.cpus_per_worker,
                     num_gpus=resources.gpus_per_worker if resources.use_gpu else 0,
                 )
-                rows.write_parquet(str(tmp / split), min_rows_per_file=ROWS_PER_FILE)
+                write_in_order(rows, tmp / split, ROWS_PER_FILE)
         finally:
             done.set()
             watcher.join(timeout=5)
@@ -180,6 +180,34 @@ def build_teacher_cache(ctx: StageContext, folder: Path, splits: Sequence[str]) 
         seconds = time.time() - started
         return Built(tmp, {"rows": written, "hidden": ctx.cache.hidden, "dtype": ctx.cache.dtype, "seconds": seconds,
                            "examples_per_s": sum(written.values()) / seconds if seconds > 0 else 0.0})
+
+
+def write_in_order(rows: "ray.data.Dataset", folder: Path, rows_per_file: int) -> None:
+    """The dataset's blocks, in its order, written by this process as ``part-NNNNN.parquet`` files of at least
+    ``rows_per_file`` rows (one row group per block).
+
+    The cache's row order is the student's training order (its seeded block shuffle starts from it), so a cache
+    built again must hold its rows in the same order to train the same student from the same seed. Ray Data's
+    ``write_parquet`` after the actor pool does not keep it, even with ``preserve_order``: in Ray 2.60 the blocks
+    of a 128-row split came back reordered in 1–2 of every 6 builds (e.g. 0, 1, 4, 5, 2, 3, 6, 7), while iterating the
+    same dataset gave them in order every time.
+    """
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    writer, part, in_file = None, 0, 0
+    try:
+        for table in rows.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+            if writer is None:
+                writer = pq.ParquetWriter(folder / f"part-{part:05d}.parquet", table.schema)
+            writer.write_table(table)
+            in_file += table.num_rows
+            if in_file >= rows_per_file:
+                writer.close()
+                writer, part, in_file = None, part + 1, 0
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _rows_written(root: Path, splits: Sequence[str]) -> dict[str, int]:
