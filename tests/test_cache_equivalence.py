@@ -90,3 +90,29 @@ def test_cache_and_on_the_fly_give_the_same_loss(tiny_models, tmp_path, weighted
     logits, states = teacher_targets(ensemble, fly, t_tok, s_tok, maps, hidden_teachers=[1])
     assert torch.equal(logits, every[0]) and len(states) == 1
     assert all(torch.equal(a, b) for a, b in zip(states[0], every[1][1]))
+
+
+def test_cache_writer_keeps_the_order_and_rolls_files_at_the_row_count(ray_session, tmp_path):
+    """``write_in_order``: 1,001 rows in 7 blocks through a 2-actor pool that finishes them out of order come back
+    in the dataset's order, in files of at least ``rows_per_file`` rows (the last one holds the rest)."""
+    import random
+    import time
+
+    import ray.data
+
+    from mtbert_ray.train.cache import write_in_order
+
+    class SlowSometimes:
+        def __call__(self, batch):
+            time.sleep(random.random() * 0.05)
+            return batch
+
+    ds = ray.data.range(1001, override_num_blocks=7)
+    ds.context.execution_options.preserve_order = True
+    rows = ds.map_batches(SlowSometimes, batch_size=None, compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.5)
+    write_in_order(rows, tmp_path / "train", rows_per_file=300)
+    files = sorted((tmp_path / "train").glob("*.parquet"))
+    sizes = [pq.read_metadata(f).num_rows for f in files]
+    assert [f.name for f in files] == [f"part-{i:05d}.parquet" for i in range(len(files))]
+    assert sum(sizes) == 1001 and all(n >= 300 for n in sizes[:-1]) and len(files) > 1
+    assert [i for f in files for i in pq.read_table(f)["id"].to_pylist()] == list(range(1001))

@@ -109,7 +109,7 @@ def test_the_cofinetuning_key_counts_the_global_batch_and_the_workers(tiny_model
 @pytest.mark.slow
 def test_three_workers_on_an_odd_row_count_cover_every_row_and_export_what_they_report(ray_session, tiny_models, tmp_path):
     """1,001 training rows (cached teacher outputs with hidden states) and 65 validation / test rows on three
-    data-parallel workers: the cache holds every training row once, validation and test count every row once,
+    data-parallel workers: the cache holds every training row once, in the view's order, validation and test count every row once,
     and the exported student scores what the run reported."""
     import pyarrow.parquet as pq
     import torch
@@ -127,6 +127,9 @@ def test_three_workers_on_an_odd_row_count_cover_every_row_and_export_what_they_
                   for f in sorted(Path(result.teacher_cache.checkpoint).rglob("*.parquet"))]
     ids = sum(cache_rows, [])
     assert len(ids) == len(set(ids)) == 1001, "the cache dropped or repeated training rows"
+    view = [i for f in sorted((tmp_path / "data-cache").rglob("views/*/data/train/*.parquet"))
+            for i in pq.read_table(f, columns=["example_id"])["example_id"].to_pylist()]
+    assert ids == view, "three cache actors: the rows in the view's order"
     assert result.student.validation["examples"] == 65 and result.student.test["examples"] == 65
     assert all(t.validation["examples"] == 65 for t in result.teachers.values())
     val = pd.read_parquet(RT_POLARITY / "validation.parquet").sample(n=65, random_state=0).sort_index()
