@@ -191,7 +191,8 @@ class ResourcesConfig(_Strict):
         "start-up); more workers or a GPU use Ray Train's TorchTrainer. in_process / trainer force a path.")
     worker_start_timeout_s: float | None = Field(
         default=None, gt=0, description="Seconds a stage waits for its workers' resources (e.g. an autoscaled GPU "
-        "node booting). Default: 900 when joined to a cluster, Ray's 60 on a local Ray.")
+        "node booting). Default: 900 when joined to a cluster, Ray's 60 on a local Ray. The teacher cache's actor pool "
+        "gives up after this long without a row (default 900), with a notice every minute.")
     controller_failure_limit: int = Field(
         default=2, ge=0, description="Times a stage retries when its workers could not be started in time.")
 

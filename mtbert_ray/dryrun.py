@@ -107,7 +107,7 @@ def cache_bytes(cfg: ExperimentConfig, rows: int, tokens: float, widths: list[in
 
 def plan(space: Space) -> str:
     """The dry-run report of a loaded space."""
-    from mtbert_ray.sweep import trial_resources
+    from mtbert_ray.trial_needs import trial_needs
 
     trials = planned_trials(space)
     base = space.trial_config(_first_params(space))
@@ -147,16 +147,15 @@ def plan(space: Space) -> str:
         lines.append(f"  all caches: ~{total / 1e9:,.2f} GB on disk (cache.max_gb {base.cache.max_gb:g} refuses a larger one)")
 
     r = base.resources
-    resources = trial_resources(space, base, space.search.driver_resource)
-    where = "in the trial's own process" if r.in_process else f"on {r.num_workers} Ray Train worker(s)"
-    per_worker = f"{r.cpus_per_worker:g} CPU" + (f" + {r.gpus_per_worker:g} GPU" if r.use_gpu else "")
-    lines.append(f"resources per trial: {resources} for the trial; its stages run {where}, {per_worker} each")
+    needs = trial_needs(base, space.search.trial_cpus, space.search.driver_resource)
+    where = "in the trial's own process (the teacher cache too)" if r.in_process else f"on {r.num_workers} Ray Train worker(s)"
+    lines.append(f"resources per trial: {needs.describe()}; its stages run {where}")
     concurrent = min(space.search.max_concurrent_trials, len(trials))
-    gpus = concurrent * r.num_workers * r.gpus_per_worker if r.use_gpu else 0.0
-    cache_gpus = r.num_workers * r.gpus_per_worker if (r.use_gpu and caches) else 0.0
-    lines.append(f"at most {concurrent} trial(s) at once (search.max_concurrent_trials): at most {gpus:g} GPU(s) for "
-                 f"training, {max(gpus, cache_gpus):g} in all (a teacher cache is built by one actor pool of "
-                 f"{r.num_workers} × {per_worker} while a trial waits for it)")
+    peak = needs.peak
+    lines.append(f"at most {concurrent} trial(s) at once (search.max_concurrent_trials): a cluster of at least "
+                 f"{concurrent * peak['CPU']:g} CPU" + (f" and {concurrent * peak['GPU']:g} GPU" if peak["GPU"] else "")
+                 + " runs them all at their peak; the sweep caps the trials at once to what the cluster it joins holds, "
+                 "and refuses a plan whose one trial cannot fit")
     return "\n".join(lines)
 
 

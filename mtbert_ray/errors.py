@@ -51,3 +51,7 @@ def run_cli(main: Callable[[], int | None], debug: bool) -> NoReturn:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+class ResourcesError(MTBertError):
+    """The cluster cannot give a stage what it asks for (too small a plan, or a wait that ran out)."""

@@ -30,6 +30,7 @@ from mtbert_ray.train.common import read_training_state
 from mtbert_ray.train.distill import STUDENT_DIR
 from mtbert_ray.train.history import HISTORY_FILE, TENSORBOARD_DIR, history_to_tensorboard
 from mtbert_ray.train.session import StageRun
+from mtbert_ray.trial_needs import trial_needs
 
 RESULT_FILE = "result.json"
 CONFIG_FILE = "config.yaml"
@@ -62,7 +63,7 @@ class Experiment:
         self.ctx.select_metric  # noqa: B018 - a metric the task does not report is an error now
         self.ctx.hidden_teachers  # noqa: B018 - so is a hidden loss that selects no teacher
         check_models(cfg.teachers, cfg.student.init_from, cfg.student.num_layers, cfg.trust_remote_code)
-        init_ray(required_cpus=cfg.resources.num_workers * cfg.resources.cpus_per_worker)
+        init_ray(required_cpus=trial_needs(cfg).peak["CPU"])  # an embedded Ray; a joined cluster is as it is
         return self.ctx
 
     def cofinetune(self) -> Published:

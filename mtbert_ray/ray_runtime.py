@@ -73,8 +73,9 @@ def has_resource(name: str) -> bool:
 
 
 def local_cpu_count(required: float) -> int:
-    """Logical CPUs for an embedded Ray: at least the cores, and ``required`` + 1 spare for Ray Data."""
-    return max(os.cpu_count() or 1, math.ceil(required) + 1)
+    """Logical CPUs for an embedded Ray: at least the cores, and ``required`` (``trial_needs``: the stages' peak,
+    Ray Data's read CPU included)."""
+    return max(os.cpu_count() or 1, math.ceil(required))
 
 
 def init_ray(required_cpus: float = 1.0, **kwargs: Any) -> None:

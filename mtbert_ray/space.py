@@ -55,6 +55,10 @@ class SearchSettings(_Strict):
     # A custom resource trial drivers ask for when their stages run on Ray Train workers: the cluster files give it
     # to on-demand nodes only, so a preempted spot node never takes a trial driver with it (null: no constraint).
     driver_resource: str | None = "mtbert_driver"
+    # The autoscaler's cluster config (node types, max_workers), for sizing the study before it starts: a plan whose one
+    # trial cannot fit even a fully scaled-up cluster is refused, concurrent trials are capped to what fits. Default:
+    # $MTBERT_AUTOSCALING_CONFIG, else ~/ray_bootstrap_config.yaml on a head that `ray up` started.
+    autoscaling_config: str | None = None
     grace_period: int = Field(default=1, ge=1)  # ASHA: epochs before a trial can be stopped
     reduction_factor: float = Field(default=2, gt=1)
     optuna_seed: int = 0

@@ -33,6 +33,7 @@ from mtbert_ray.context import select_metric_name, task_metrics
 from mtbert_ray.errors import ConfigError, ResultsError
 from mtbert_ray.results import ExperimentResult
 from mtbert_ray.space import Space, SpaceFile, load_space
+from mtbert_ray.trial_needs import TrialNeeds, trial_needs
 from mtbert_ray.upload import check_upload_uri, upload_sweep
 
 log = logging.getLogger(__name__)
@@ -139,14 +140,27 @@ def _scheduler(space: Space, max_epochs: int):
     return None
 
 
-def trial_resources(space: Space, base_config, driver_resource: str | None = None) -> dict[str, float]:
-    """What Tune reserves for one trial: the one worker's CPUs (and GPU) when the stages run in the trial
-    itself; else the trial driver alone (its Train workers reserve their own), on a node offering
-    ``driver_resource`` (on-demand capacity in the cluster files) when given."""
-    r = base_config.resources
-    if r.in_process:
-        return {"cpu": r.cpus_per_worker, **({"gpu": r.gpus_per_worker} if r.use_gpu else {})}
-    return {"cpu": space.search.trial_cpus, **({driver_resource: 0.001} if driver_resource else {})}
+def needs_of(space: Space, base_config, driver_resource: str | None = None) -> TrialNeeds:
+    """What one trial of the study asks Ray for (``trial_needs``): its reservation for Tune, each stage's asks, its peak."""
+    return trial_needs(base_config, space.search.trial_cpus, driver_resource)
+
+
+def concurrent_trials(space: Space, needs: TrialNeeds) -> int:
+    """``search.max_concurrent_trials`` capped to what the connected cluster holds at every trial's peak; a plan whose one
+    trial cannot fit is refused here, before any stage starts (``trial_needs.fit_plan``)."""
+    from mtbert_ray.trial_needs import cluster_capacity, fit_plan
+
+    wanted = space.search.max_concurrent_trials
+    capacity = cluster_capacity(space.search.autoscaling_config)
+    if capacity is None:
+        print("[mtbert] an autoscaler runs on this cluster but its node types are unknown: the plan is not checked "
+              "against them (set search.autoscaling_config to its cluster YAML)", flush=True)
+        return wanted
+    allowed = fit_plan(needs, capacity, wanted)
+    if allowed < wanted:
+        print(f"[mtbert] search.max_concurrent_trials {wanted} → {allowed}: {capacity.source} has {capacity.cpus:g} CPU / "
+              f"{capacity.gpus:g} GPU, and each trial needs {needs.describe()}", flush=True)
+    return allowed
 
 
 def driver_resource(space: Space, base_config) -> str | None:
@@ -161,13 +175,6 @@ def driver_resource(space: Space, base_config) -> str | None:
     print(f"[mtbert] no node offers the resource {name!r} (search.driver_resource): trial drivers may run on any node, "
           "spot capacity included — see cluster/README.md", flush=True)
     return None
-
-
-def cluster_cpus_needed(space: Space, base_config) -> float:
-    """CPUs the study needs at once: its concurrent trials, plus one teacher-cache actor pool."""
-    r = base_config.resources
-    per_trial = r.cpus_per_worker if r.in_process else space.search.trial_cpus + r.num_workers * r.cpus_per_worker
-    return space.search.max_concurrent_trials * per_trial + r.num_workers * r.cpus_per_worker
 
 
 def check_space_models(space: Space) -> None:
@@ -187,6 +194,17 @@ def check_space_models(space: Space) -> None:
             check_models(list(key[0]), key[1], key[2], key[3])
 
 
+def _start_ray(space: Space, base_config) -> tuple[TrialNeeds, int]:
+    """Join (or start) Ray, then size the study to it: (one trial's needs, trials at once)."""
+    from mtbert_ray.ray_runtime import init_ray
+
+    init_ray(required_cpus=space.search.max_concurrent_trials * needs_of(space, base_config).peak["CPU"])  # embedded: all fit
+    needs = needs_of(space, base_config, driver_resource(space, base_config))
+    max_concurrent = concurrent_trials(space, needs)
+    print(f"[mtbert] each trial {needs.describe()}; up to {max_concurrent} trial(s) at once", flush=True)
+    return needs, max_concurrent
+
+
 def run_sweep(
     space_path: str,
     overrides: list[str] = (),
@@ -200,7 +218,6 @@ def run_sweep(
     from ray import tune
 
     from mtbert_ray.config import check_plain_name, validate_config
-    from mtbert_ray.ray_runtime import init_ray
     from mtbert_ray.storage import atomic_write_text, resolve_storage
 
     if name is not None:
@@ -231,6 +248,7 @@ def run_sweep(
         space = Space(space.spec, absolutize_paths(space.base), space.source)
         base_config = validate_config(space.base, source=f"{space.source}: experiment")
         check_space_models(space)
+        needs, max_concurrent = _start_ray(space, base_config)  # a plan that cannot fit is refused before anything is written
         sweep = {
             "name": name,
             "source": space.source,
@@ -248,10 +266,10 @@ def run_sweep(
         atomic_write_text(experiment_dir / SWEEP_FILE, json.dumps(sweep, indent=2))
 
     base_config = validate_config(space.base, source=f"{space.source}: experiment")
+    if resume:
+        needs, max_concurrent = _start_ray(space, base_config)
     metric = f"val_{select_metric_name(base_config)}"
-    init_ray(required_cpus=cluster_cpus_needed(space, base_config))
-    resources = trial_resources(space, base_config, driver_resource(space, base_config))
-    trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), resources)
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), needs.tune_resources())
     # Tune's newer console output ignores a passed ProgressReporter; ask for the classic one so the trial table
     # shows the metrics chosen here (RAY_AIR_NEW_OUTPUT=1 in the environment keeps Tune's own table).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -276,7 +294,7 @@ def run_sweep(
                 search_alg=_searcher(space),
                 scheduler=_scheduler(space, base_config.distill.epochs),
                 num_samples=s.num_samples,
-                max_concurrent_trials=s.max_concurrent_trials,
+                max_concurrent_trials=max_concurrent,
             ),
             run_config=tune.RunConfig(
                 name=name,

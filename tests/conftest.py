@@ -49,7 +49,7 @@ def ray_session():
     from mtbert_ray.ray_runtime import init_ray
 
     os.environ.pop("RAY_ADDRESS", None)
-    init_ray(required_cpus=3, object_store_memory=400 * 2**20, log_to_driver=False)
+    init_ray(required_cpus=4, object_store_memory=400 * 2**20, log_to_driver=False)
     yield ray
     ray.shutdown()
 

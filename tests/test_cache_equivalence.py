@@ -110,7 +110,7 @@ def test_cache_writer_keeps_the_order_and_rolls_files_at_the_row_count(ray_sessi
     ds = ray.data.range(1001, override_num_blocks=7)
     ds.context.execution_options.preserve_order = True
     rows = ds.map_batches(SlowSometimes, batch_size=None, compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.5)
-    write_in_order(rows, tmp_path / "train", rows_per_file=300)
+    write_in_order(rows.iter_batches(batch_size=None, batch_format="pyarrow"), tmp_path / "train", rows_per_file=300)
     files = sorted((tmp_path / "train").glob("*.parquet"))
     sizes = [pq.read_metadata(f).num_rows for f in files]
     assert [f.name for f in files] == [f"part-{i:05d}.parquet" for i in range(len(files))]

@@ -83,7 +83,7 @@ def test_broken_copy_fails_validation(path, breakage):
 def test_gpu_settings_reach_the_scaling_config_and_trial_resources(tiny_models, tmp_path):
     from mtbert_ray.config import micro_batch
     from mtbert_ray.space import load_space
-    from mtbert_ray.sweep import cluster_cpus_needed, trial_resources
+    from mtbert_ray.sweep import needs_of
 
     sc = scaling_config(ResourcesConfig(num_workers=2, use_gpu=True, cpus_per_worker=4, gpus_per_worker=0.5))
     assert sc.use_gpu and sc.num_workers == 2
@@ -94,8 +94,9 @@ def test_gpu_settings_reach_the_scaling_config_and_trial_resources(tiny_models, 
     base = validate_config(space.base)
     assert base.resources.use_gpu and base.resources.gpus_per_worker == 1
     assert not base.resources.in_process, "GPU stages run on Ray Train workers"
-    assert trial_resources(space, base) == {"cpu": 1}
-    assert cluster_cpus_needed(space, base) == 4 * (1 + 4) + 4  # 4 trials and one teacher-cache actor
+    needs = needs_of(space, base)
+    assert needs.tune_resources() == {"cpu": 1}  # the trial driver; its stages' workers reserve their own
+    assert needs.peak == {"CPU": 1 + 4 + 1, "GPU": 1}  # driver + a 4-CPU GPU worker (or cache actor) + a read task
     sc = scaling_config(base.resources)
     assert sc.use_gpu and sc.resources_per_worker == {"CPU": 4, "GPU": 1}
     # a global batch of 64 over 4 GPU workers is 16 per worker

@@ -112,6 +112,9 @@ def test_dry_run_prints_trials_shared_stages_cache_sizes_and_resources(capsys):
     text = plan(space)
     assert "grid search, 9 trial(s)" in text and "co-finetuning runs: 9 distinct" in text
     assert "teacher caches: 9 distinct (1,500 training rows" in text and "all caches: ~" in text
-    assert "resources per trial: {'cpu': 2.0}" in text and "at most 0 GPU(s)" in text
+    # the same figure the sweep reserves and sizes its cluster by (trial_needs): in-process, the cache built in the trial
+    assert ("resources per trial: reserves 2 CPU for the trial; beside it, data reads: Ray Data read tasks 1 CPU; "
+            "peak 3 CPU; its stages run in the trial's own process (the teacher cache too)") in text
+    assert "a cluster of at least 3 CPU runs them all at their peak" in text
     optuna = planned_trials(load_space(REPO / "tune_spaces" / "demo.yaml"))
     assert len(optuna) == 6 and optuna[0].params["distill.temperature"] == "(sampled)"

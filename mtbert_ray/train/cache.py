@@ -1,11 +1,13 @@
 """Stage 2 — the teacher-output cache, built with Ray Data batch inference.
 
-Every split (train, validation, test) of the experiment's view streams through an actor pool of
-frozen teachers (``map_batches``: one actor per configured worker, each with the worker's CPUs
-and GPU share; the teachers run in ``resources.precision``), and this process writes the blocks
-to Parquet in the view's order as they come (``write_in_order``): memory stays bounded by a few
-blocks whatever the number of rows, no row is dropped or repeated (no equal split), a failed block
-is retried by Ray Data, and a cache built again holds its rows in the same order. Each row holds
+The cached splits (``stages.CACHE_SPLITS``: the training rows) of the experiment's view stream through
+frozen teachers (run in ``resources.precision``), and this process writes the rows to Parquet in the
+view's order as they come (``write_in_order``): memory stays bounded by a few blocks whatever the
+number of rows, no row is dropped or repeated, and a cache built again holds its rows in the same
+order. Where the teachers run follows the stage's execution: in this process for an in-process stage
+(the trial's own reservation: no Ray task or actor, so nothing can wait on a CPU the trial holds), else
+an actor pool (``map_batches``: one actor per configured worker, each with the worker's CPUs and GPU
+share; a failed block is retried by Ray Data; a pool that cannot start is reported, then given up on). Each row holds
 what ``mtbert_ray.targets.cache_columns`` makes of it: logits, the student's token columns and,
 with ``cache.hidden``, the aligned states of the mapped layers in ``cache.dtype``.
 
@@ -17,10 +19,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,9 +33,6 @@ from mtbert_ray.data.loader import PadCollate, read_split, view_columns
 from mtbert_ray.errors import ConfigError
 from mtbert_ray.progress import emit, format_progress
 from mtbert_ray.stage import Built, build_dir
-
-if TYPE_CHECKING:
-    import ray.data
 
 ROWS_PER_FILE = 8192
 BLOCK_BYTES = 16 * 2**20  # Ray Data's output blocks of the actors: their memory is a few of these, whatever the rows
@@ -139,40 +138,17 @@ def _counter_class():
 
 
 def build_teacher_cache(ctx: StageContext, folder: Path, splits: Sequence[str]) -> Built:
-    """Write ``<build>/<split>/*.parquet`` for every split through the actor pool; check every row is there."""
-    import ray
-    import ray.data
+    """Write ``<build>/<split>/*.parquet`` for every split; check every row is there.
 
+    In the calling process when the stage runs there (``resources.in_process``: a sweep trial then builds its cache
+    inside the resources it reserved, ``trial_needs``); else through an actor pool of ``num_workers`` actors."""
     cfg = ctx.config
-    resources = cfg.resources
-    tokenizations = [*ctx.teacher_tokenizations, ctx.student_tokenization]
-    total = sum(ctx.data.rows[s] for s in splits)
-    counter = _counter_class().remote()
     started = time.time()
-    done = threading.Event()
-    watcher = threading.Thread(target=_watch, args=(counter, total, done), daemon=True)
     with build_dir(folder) as tmp:
-        watcher.start()
-        try:
-            for split in splits:
-                ds = read_split(ctx.data.splits[split], view_columns(tokenizations), materialize=False,
-                                blocks=max(8, 4 * resources.num_workers))
-                ds.context.target_max_block_size = BLOCK_BYTES
-                ds.context.execution_options.preserve_order = True  # the actors' output in the view's order
-                rows = ds.map_batches(
-                    TeacherCacheWriter,
-                    fn_constructor_kwargs={"context": ctx.to_dict(), "counter": counter},
-                    batch_size=ctx.micro_batch("distill"),
-                    batch_format="numpy",
-                    compute=ray.data.ActorPoolStrategy(size=resources.num_workers),
-                    num_cpus=resources.cpus_per_worker,
-                    num_gpus=resources.gpus_per_worker if resources.use_gpu else 0,
-                )
-                write_in_order(rows, tmp / split, ROWS_PER_FILE)
-        finally:
-            done.set()
-            watcher.join(timeout=5)
-            ray.kill(counter)
+        if cfg.resources.in_process:
+            _write_in_process(ctx, tmp, splits)
+        else:
+            _write_with_actor_pool(ctx, tmp, splits)
         written = _rows_written(tmp, splits)
         for split in splits:
             if written[split] != ctx.data.rows[split]:
@@ -182,9 +158,104 @@ def build_teacher_cache(ctx: StageContext, folder: Path, splits: Sequence[str]) 
                            "examples_per_s": sum(written.values()) / seconds if seconds > 0 else 0.0})
 
 
-def write_in_order(rows: "ray.data.Dataset", folder: Path, rows_per_file: int) -> None:
-    """The dataset's blocks, in its order, written by this process as ``part-NNNNN.parquet`` files of at least
-    ``rows_per_file`` rows (one row group per block).
+def _write_in_process(ctx: StageContext, tmp: Path, splits: Sequence[str]) -> None:
+    """The teachers in this process, the view read with pyarrow one micro-batch at a time: no Ray task or actor."""
+    from mtbert_ray.progress import Progress
+
+    writer = TeacherCacheWriter(ctx.to_dict())
+    columns = view_columns([*ctx.teacher_tokenizations, ctx.student_tokenization])
+    total = sum(ctx.data.rows[s] for s in splits)
+    progress = Progress("[teacher cache]", total, unit="rows")
+    done = 0
+
+    def tables(split: str) -> Iterator[pa.Table]:
+        nonlocal done
+        for batch in local_batches(ctx.data.splits[split], columns, ctx.micro_batch("distill")):
+            table = writer(batch)
+            done += table.num_rows
+            progress.update(done)
+            yield table
+
+    for split in splits:
+        write_in_order(tables(split), tmp / split, ROWS_PER_FILE)
+
+
+def local_batches(files: Sequence[str], columns: Sequence[str], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Rows of Parquet ``files`` in order, as numpy batches of ``batch_size`` (Ray Data's ``batch_format="numpy"``:
+    list columns as object arrays of arrays); at most one batch and one file's row group in memory."""
+    import pyarrow.parquet as pq
+
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for path in files:
+        parquet = pq.ParquetFile(path)
+        keep = [c for c in columns if c in parquet.schema_arrow.names]
+        for record in parquet.iter_batches(batch_size=batch_size, columns=keep):
+            pending.append(record)
+            rows += record.num_rows
+            while rows >= batch_size:
+                table = pa.Table.from_batches(pending)
+                yield _numpy_batch(table.slice(0, batch_size))
+                rest = table.slice(batch_size)
+                pending, rows = rest.to_batches(), rest.num_rows
+    if rows:
+        yield _numpy_batch(pa.Table.from_batches(pending))
+
+
+def _numpy_batch(table: pa.Table) -> dict[str, np.ndarray]:
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def _write_with_actor_pool(ctx: StageContext, tmp: Path, splits: Sequence[str]) -> None:
+    """Ray Data batch inference: ``num_workers`` actors of the workers' CPUs (and GPU), the driver writing in order.
+
+    While no rows come (actors or read tasks that cannot be scheduled) it says so every minute, and gives up after
+    ``resources.worker_start_timeout_s`` (``waiting.patiently``)."""
+    import ray
+    import ray.data
+
+    from mtbert_ray.train.session import worker_start_timeout
+    from mtbert_ray.trial_needs import DATA_READ_CPUS
+    from mtbert_ray.waiting import DEFAULT_WAIT_S, patiently
+
+    resources = ctx.config.resources
+    tokenizations = [*ctx.teacher_tokenizations, ctx.student_tokenization]
+    total = sum(ctx.data.rows[s] for s in splits)
+    gpus = resources.gpus_per_worker if resources.use_gpu else 0
+    asks = (f"{resources.num_workers} cache actor(s) × {resources.cpus_per_worker:g} CPU" + (f" + {gpus:g} GPU" if gpus else "")
+            + f" and {DATA_READ_CPUS:g} CPU for Ray Data's read tasks")
+    timeout = worker_start_timeout(resources) or DEFAULT_WAIT_S
+    counter = _counter_class().remote()
+    done = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(counter, total, done), daemon=True)
+    watcher.start()
+    try:
+        for split in splits:
+            ds = read_split(ctx.data.splits[split], view_columns(tokenizations), materialize=False,
+                            blocks=max(8, 4 * resources.num_workers))
+            ds.context.target_max_block_size = BLOCK_BYTES
+            ds.context.execution_options.preserve_order = True  # the actors' output in the view's order
+            rows = ds.map_batches(
+                TeacherCacheWriter,
+                fn_constructor_kwargs={"context": ctx.to_dict(), "counter": counter},
+                batch_size=ctx.micro_batch("distill"),
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=resources.num_workers),
+                num_cpus=resources.cpus_per_worker,
+                num_gpus=gpus,
+            )
+            blocks = rows.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1)
+            write_in_order(patiently(blocks, f"stage 2, teacher cache ({split})", asks, timeout,
+                                     "resources.worker_start_timeout_s"), tmp / split, ROWS_PER_FILE)
+    finally:
+        done.set()
+        watcher.join(timeout=5)
+        ray.kill(counter)
+
+
+def write_in_order(tables: Iterable[pa.Table], folder: Path, rows_per_file: int) -> None:
+    """``tables`` (a dataset's blocks, in its order) written by this process as ``part-NNNNN.parquet`` files of at least
+    ``rows_per_file`` rows (one row group per table).
 
     The cache's row order is the student's training order (its seeded block shuffle starts from it), so a cache
     built again must hold its rows in the same order to train the same student from the same seed. Ray Data's
@@ -197,7 +268,7 @@ def write_in_order(rows: "ray.data.Dataset", folder: Path, rows_per_file: int) -
     folder.mkdir(parents=True, exist_ok=True)
     writer, part, in_file = None, 0, 0
     try:
-        for table in rows.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+        for table in tables:
             if writer is None:
                 writer = pq.ParquetWriter(folder / f"part-{part:05d}.parquet", table.schema)
             writer.write_table(table)

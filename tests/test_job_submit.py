@@ -1,0 +1,150 @@
+"""The design card's first use, as a new user tries it: ``ray start --head --num-cpus=N`` on loopback, then
+``ray job submit --working-dir . -- python -m mtbert_ray.sweep --space tune_spaces/demo.yaml ...``.
+
+On 4 CPUs this once deadlocked at the teacher cache (the trial held 2 CPUs, the cache's actor pool the other 2,
+its read task none). 3 CPUs is exactly what the plan says one demo trial needs at its peak (2 reserved + 1 for
+Ray Data's reads), and a plan whose one trial cannot fit is refused before anything is written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, RT_POLARITY
+
+JOB_WAIT_S = 600  # the 4-CPU sweep took ~{measured} s here; a loaded CI machine gets room
+
+
+def free_ports(n: int, low: int = 20000, high: int = 29999) -> list[int]:
+    """``n`` distinct ports free now, outside Ray's default worker port range (10002–19999)."""
+    import socket
+
+    ports: list[int] = []
+    for port in range(low, high):
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError("no free ports")
+
+
+def forget_cluster_address(address: str) -> None:
+    """Remove the address file ``ray start`` wrote (as ``ray stop`` does) when it names this test's cluster."""
+    marker = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    try:
+        if marker.read_text().strip() == address:
+            marker.unlink()
+    except OSError:
+        pass
+
+
+@contextmanager
+def loopback_cluster(num_cpus: int):
+    """A one-node Ray cluster of ``num_cpus`` CPUs with its dashboard (job server) on 127.0.0.1; stopped afterwards.
+    Yields (dashboard URL, environment for ``ray`` commands)."""
+    from ray._private.services import get_node_ip_address
+
+    ip = get_node_ip_address()
+    gcs, dash, client, agent, metrics = free_ports(5)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    head = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={gcs}", f"--num-cpus={num_cpus}",
+         "--num-gpus=0", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+         f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}", "--object-store-memory=400000000",
+         "--disable-usage-stats"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        out, _ = head.communicate(timeout=120)
+        assert head.returncode == 0, out
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        try:
+            os.killpg(head.pid, signal.SIGKILL)  # the head and every process it started, only those
+        except ProcessLookupError:
+            pass
+        forget_cluster_address(f"{ip}:{gcs}")
+
+
+def submit_sweep(dashboard: str, env: dict, storage: Path, name: str, *args: str) -> tuple[str, str]:
+    """The user's command, from the repository root; waits (bounded) for the job. Returns (status, logs)."""
+    from ray.job_submission import JobSubmissionClient
+
+    job_env = {k: os.environ[k] for k in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "MTBERT_RAY_CACHE") if k in os.environ}
+    job_env.update(RAY_DATA_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false")
+    command = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", f"--address={dashboard}", "--no-wait",
+               "--working-dir", ".", "--runtime-env-json", json.dumps({"env_vars": job_env}), "--",
+               sys.executable, "-m", "mtbert_ray.sweep", "--space", "tune_spaces/demo.yaml", "--storage", str(storage),
+               "--name", name, *args]
+    deadline = time.time() + 120
+    while True:  # the head's job agent may still be starting ("No available agent to submit job")
+        submitted = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        if submitted.returncode == 0 or time.time() > deadline:
+            break
+        time.sleep(3)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
+    client = JobSubmissionClient(dashboard)
+    deadline, status = time.time() + JOB_WAIT_S, None
+    while time.time() < deadline:
+        status = str(client.get_job_status(job_id).value)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(3)
+    logs = client.get_job_logs(job_id)
+    if status not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        client.stop_job(job_id)
+    return status, logs
+
+
+SMALL = ("--set", f"data.path={RT_POLARITY}", "--set", "data.limit_train=300", "--set", "data.limit_eval=200")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_cpus,trials", [(4, 2), (3, 1)])
+def test_a_job_submitted_sweep_finishes_on_a_small_cluster(monkeypatch, tmp_path, num_cpus, trials):
+    """Co-finetuning, the teacher cache and every trial's distillation finish; the sweep says what a trial needs
+    and how many run at once (4 CPUs hold one demo trial's peak of 3, not two)."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # this test's job client
+    with loopback_cluster(num_cpus) as (dashboard, env):
+        status, logs = submit_sweep(dashboard, env, tmp_path / "results", "small", "--num-samples", str(trials), *SMALL)
+    assert status == "SUCCEEDED", f"job {status}: {logs[-4000:]}"
+    assert f"sweep finished: {trials} trials (0 errored)" in logs
+    assert "reserves 2 CPU for the trial; beside it, data reads: Ray Data read tasks 1 CPU; peak 3 CPU" in logs
+    assert "up to 1 trial(s) at once" in logs
+    assert "teacher cache: estimated" in logs  # the cache was built here, not reused
+    assert (tmp_path / "results" / "sweeps" / "small" / "analysis" / "table.md").is_file()
+
+
+@pytest.mark.slow
+def test_a_plan_whose_one_trial_cannot_fit_is_refused_before_anything_runs(monkeypatch, tmp_path):
+    """4 CPUs per worker + a read task on a 3-CPU cluster: a one-line error naming the numbers and the setting,
+    within the time the job takes to start, and no sweep folder written (the same --name works once fixed)."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with loopback_cluster(3) as (dashboard, env):
+        started = time.time()
+        status, logs = submit_sweep(dashboard, env, tmp_path / "results", "big", "--set", "resources.cpus_per_worker=4", *SMALL)
+        seconds = time.time() - started
+    assert status == "FAILED", logs[-4000:]
+    errors = [line for line in logs.splitlines() if line.startswith("error:")]
+    assert errors == ["error: resources: one trial needs 5 CPU at its peak (reserves 4 CPU for the trial; beside it, data "
+                      "reads: Ray Data read tasks 1 CPU; peak 5 CPU), but this cluster's 1 node(s) has 3 CPU / 0 GPU; "
+                      "lower resources.num_workers or resources.cpus_per_worker, or start a larger cluster"], logs[-3000:]
+    assert "Traceback" not in logs and "co-finetuning" not in logs
+    assert not (tmp_path / "results" / "sweeps" / "big").exists()
+    assert seconds < 120, f"the refusal took {seconds:.0f} s"

@@ -1,0 +1,98 @@
+"""What a trial asks Ray for, and whether a cluster holds it (``mtbert_ray.trial_needs``): the arithmetic alone."""
+from __future__ import annotations
+
+import pytest
+
+from mtbert_ray.config import validate_config
+from mtbert_ray.errors import ConfigError, ResourcesError
+from mtbert_ray.trial_needs import Capacity, autoscaler_headroom, fit_plan, trial_needs
+from mtbert_ray.waiting import patiently
+from tests.conftest import tiny_experiment
+
+
+def _config(tiny_models, tmp_path, **resources):
+    return validate_config(tiny_experiment(tiny_models, tmp_path, resources=resources))
+
+
+def _cluster(*nodes: tuple[float, float]) -> Capacity:
+    return Capacity(sum(c for c, _ in nodes), sum(g for _, g in nodes), tuple(nodes), "the test cluster")
+
+
+def test_an_in_process_trial_builds_everything_inside_its_reservation(tiny_models, tmp_path):
+    """The issue's plan: one 2-CPU in-process worker. The trial reserves 2 CPU; the cache adds no actor pool
+    (it is built in the trial), only Ray Data's read task may run beside it: peak 3, which a 4- and a 3-CPU
+    cluster hold and a 2-CPU one refuses."""
+    needs = trial_needs(_config(tiny_models, tmp_path, cpus_per_worker=2), trial_cpus=0.5)
+    assert needs.tune_resources() == {"cpu": 2}
+    assert needs.peak == {"CPU": 3, "GPU": 0}
+    assert fit_plan(needs, _cluster((4, 0)), wanted=2) == 1  # two trials at once would need 6
+    assert fit_plan(needs, _cluster((3, 0)), wanted=1) == 1
+    with pytest.raises(ConfigError, match=r"one trial needs 3 CPU .* has 2 CPU / 0 GPU; lower resources.num_workers"):
+        fit_plan(needs, _cluster((2, 0)), wanted=1)
+
+
+def test_an_in_process_gpu_trial_needs_its_one_gpu_not_two(tiny_models, tmp_path):
+    """Fake GPU resources: the in-process GPU trial's cache runs on the trial's own GPU, so one trial needs 1 GPU
+    (the old plan asked the cache's actor pool for another) and a 2-GPU node runs two trials at once."""
+    needs = trial_needs(_config(tiny_models, tmp_path, use_gpu=True, gpus_per_worker=1, execution="in_process"), 1)
+    assert needs.tune_resources() == {"cpu": 1, "gpu": 1}
+    assert needs.peak == {"CPU": 2, "GPU": 1}
+    assert fit_plan(needs, _cluster((8, 2)), wanted=4) == 2
+    with pytest.raises(ConfigError, match="one trial needs 1 GPU"):
+        fit_plan(needs, _cluster((8, 0)), wanted=1)
+
+
+def test_trainer_trials_add_their_largest_stage_to_the_driver(tiny_models, tmp_path):
+    """Ray Train workers: driver 0.5 + 2 workers × 1 CPU + a read task at the peak; the cache's actor pool is the
+    workers' size, so it does not raise the peak; each worker must fit on one node."""
+    needs = trial_needs(_config(tiny_models, tmp_path, num_workers=2, cpus_per_worker=1), trial_cpus=0.5)
+    assert needs.tune_resources() == {"cpu": 0.5}
+    assert set(needs.stages) == {"co-finetuning", "distillation"}  # the tiny experiment distils from teachers on the fly
+    assert needs.peak == {"CPU": 3.5, "GPU": 0}
+    assert fit_plan(needs, _cluster((4, 0), (4, 0)), wanted=3) == 2
+    big = trial_needs(_config(tiny_models, tmp_path, num_workers=2, cpus_per_worker=3), trial_cpus=0.5)
+    with pytest.raises(ConfigError, match="Ray Train workers 2 × 3 CPU must fit on one node, but the largest node"):
+        fit_plan(big, _cluster((2, 0), (2, 0), (2, 0), (2, 0)), wanted=1)
+
+
+def test_an_autoscalers_worker_types_count_up_to_its_max_workers():
+    cluster = {
+        "max_workers": 3, "head_node_type": "head",
+        "available_node_types": {
+            "head": {"resources": {"CPU": 1}, "max_workers": 0},
+            "gpu": {"resources": {"CPU": 8, "GPU": 1}, "max_workers": 2},
+            "cpu4": {"resources": {"CPU": 4}, "max_workers": 5},
+        },
+    }
+    cpus, gpus, shapes = autoscaler_headroom(cluster)
+    assert (cpus, gpus) == (2 * 8 + 1 * 4, 2)  # both GPU nodes first, then one CPU node: 3 workers in all
+    assert set(shapes) == {(8.0, 1.0), (4.0, 0.0)}
+
+
+def test_a_stream_that_yields_nothing_is_reported_then_given_up(capfd):
+    """``patiently``: a notice once nothing came for notice_s, naming what is waited for; after timeout_s a one-line
+    error naming the setting; items that do come pass through in order."""
+    import threading
+
+    assert list(patiently(iter([1, 2, 3]), "x", "nothing", 5, "some.setting")) == [1, 2, 3]
+    never = threading.Event()
+
+    def stuck():
+        never.wait(30)
+        yield 1
+
+    with pytest.raises(ResourcesError, match=r"stage 2: nothing came for 2.5 s while waiting for 2 actors \(9 free\).*"
+                                             r"raise resources.worker_start_timeout_s"):
+        list(patiently(stuck(), "stage 2", "2 actors", 2.5, "resources.worker_start_timeout_s", notice_s=1.0,
+                       free=lambda: "9 free"))
+    never.set()
+    assert "stage 2: nothing for 1 s — waiting for 2 actors (9 free)" in capfd.readouterr().out
+
+
+def test_an_error_in_the_stream_reaches_the_consumer():
+    def broken():
+        yield 1
+        raise ValueError("block 2 failed")
+
+    with pytest.raises(ValueError, match="block 2 failed"):
+        list(patiently(broken(), "x", "y", 5, "z"))
