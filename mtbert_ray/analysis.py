@@ -24,8 +24,8 @@ from typing import Any
 import pandas as pd
 
 from mtbert_ray.errors import ResultsError
+from mtbert_ray.sweep_record import read_sweep_record
 
-SWEEP_FILE = "mtbert_sweep.json"
 DEFAULT_METRICS = ["accuracy", "macro_f1"]
 SPLITS = ("test", "val")
 LABELS = {"accuracy": "Acc.", "macro_f1": "Macro-F", "mcc": "MCC", "f1": "F1"}
@@ -117,10 +117,7 @@ def load_study(source, *parts) -> Study:
 
 def _load_one(source) -> Study:
     path = Path(getattr(source, "experiment_path", source)).expanduser()
-    meta_file = path / SWEEP_FILE
-    if not meta_file.is_file():
-        raise ResultsError(f"{path}: not an mtbert-ray sweep folder (no {SWEEP_FILE})")
-    meta = json.loads(meta_file.read_text())
+    meta = read_sweep_record(path)
     from ray.tune import ExperimentAnalysis
 
     try:

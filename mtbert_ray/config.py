@@ -22,7 +22,8 @@ METRIC_NAMES = ("accuracy", "macro_f1", "mcc", "f1")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float setting is a finite number (an lr of .inf once trained a NaN student)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -48,7 +49,7 @@ class DataConfig(_Strict):
         default=None, ge=1, description="Use a seeded random subset of this many training rows.")
     limit_eval: int | None = Field(
         default=None, ge=1, description="Use a seeded random subset of this many rows of validation and of test.")
-    seed: int = Field(0, description="Seed of the limit_train / limit_eval subsets and of the stored row order.")
+    seed: int = Field(0, ge=0, description="Seed of the limit_train / limit_eval subsets and of the stored row order.")
     revision: str | None = Field(None, description="glue from the hub: dataset revision (commit or tag).")
     cache_dir: str | None = Field(
         None, description="Tokenized shards and views (default $MTBERT_RAY_CACHE, else ~/.cache/mtbert_ray).")
@@ -122,7 +123,7 @@ class DistillConfig(_Strict):
     t2_scale: bool = Field(False, description="Multiply the distillation loss by t² (Hinton et al.; not in the paper).")
     weight_decay: float = Field(default=0.0, ge=0, description="Adam weight decay.")
     seed: int | None = Field(
-        None, description="Seed of the student's initialisation, dropout and data order; default: the experiment seed. "
+        None, ge=0, description="Seed of the student's initialisation, dropout and data order; default: the experiment seed. "
         "A study that varies only distill.seed distils several students from the same co-finetuned teachers.")
 
 
@@ -232,7 +233,7 @@ class ExperimentConfig(_Strict):
     """One MT-BERT experiment: co-finetune the teachers, cache their outputs, distil the student."""
 
     name: str = Field("mtbert", description="Run name (a plain folder name under <storage>/runs).")
-    seed: int = Field(0, description="Seed of model initialisation, dropout and data order (per rank: seed + rank).")
+    seed: int = Field(0, ge=0, description="Seed of model initialisation, dropout and data order (per rank: seed + rank).")
     teachers: list[str] = Field(description="Teacher encoders: hub ids or folders (any tokenizer, width and depth).")
     student: StudentConfig = Field(description="The student.")
     data: DataConfig = Field(description="The dataset.")
@@ -304,6 +305,21 @@ def micro_batch(cfg: ExperimentConfig, section: Literal["cofinetune", "distill"]
 
 # ---- loading, overrides, errors -----------------------------------------------------------------
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (PyYAML keeps the last one silently,
+    which once dropped a whole config section)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """``yaml.safe_load`` of a mapping, with one-line errors naming the file."""
     path = Path(path)
@@ -314,7 +330,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it ({exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

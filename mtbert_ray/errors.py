@@ -55,3 +55,7 @@ def run_cli(main: Callable[[], int | None], debug: bool) -> NoReturn:
 
 class ResourcesError(MTBertError):
     """The cluster cannot give a stage what it asks for (too small a plan, or a wait that ran out)."""
+
+
+class NonFiniteLossError(MTBertError):
+    """A training stage's loss became NaN or infinite (the stage stops; its last good checkpoint is kept)."""

@@ -44,6 +44,74 @@ def save_student(student: StudentModel, folder: Path, label_names: Sequence[str]
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))
 
 
+def _damaged(path: Path, what: str):
+    from mtbert_ray.errors import MTBertError
+
+    return MTBertError(f"{path}: {what}; export the student again (or copy the whole folder)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def read_student_meta(folder: Path) -> dict:
+    """``mtbert_student.json``, checked: num_labels ≥ 2, as many label names, a query dim."""
+    from mtbert_ray.errors import MTBertError
+
+    path = folder / META_FILE
+    if not path.is_file():
+        raise MTBertError(f"{folder}: not an exported mtbert-ray student (no {META_FILE})")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _damaged(path, f"not readable JSON ({_first_line(exc)})") from None
+    if not isinstance(meta, dict):
+        raise _damaged(path, "expected a JSON object")
+    num_labels, names, query = meta.get("num_labels"), meta.get("label_names"), meta.get("query_dim")
+    if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 2:
+        raise _damaged(path, f"num_labels: expected an integer >= 2, got {num_labels!r}")
+    if not isinstance(names, list) or len(names) != num_labels or not all(isinstance(n, str) for n in names):
+        raise _damaged(path, f"label_names: expected {num_labels} names (num_labels), got {names!r}")
+    if not isinstance(query, int) or isinstance(query, bool) or query < 1:
+        raise _damaged(path, f"query_dim: expected a positive integer, got {query!r}")
+    return meta
+
+
+def check_student_weights(folder: Path) -> None:
+    """The encoder's weights hold every tensor its ``config.json`` asks for (a config claiming more layers than the
+    weights would otherwise load with random layers), and the head's file is readable."""
+    from safetensors import safe_open
+
+    from mtbert_ray.models.hub import load_config, model_depth
+
+    weights = folder / "model.safetensors"
+    keys: set[str] = set()
+    for path in (weights, folder / HEAD_FILE):
+        if not path.is_file():
+            raise _damaged(path, "missing")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                keys |= set(handle.keys()) if path == weights else set()
+        except Exception as exc:  # noqa: BLE001 - a truncated safetensors file raises SafetensorError
+            raise _damaged(path, f"unreadable weights ({_first_line(exc)})") from None
+    depth = model_depth(load_config(str(folder)), str(folder))
+    layers = {int(part) for key in keys for prefix, part in _layer_indices(key)}
+    missing = sorted(set(range(depth)) - layers)
+    if layers and missing:
+        raise _damaged(folder / "config.json", f"says {depth} layers but {weights.name} holds {len(layers)} "
+                                                 f"(no weights for layer(s) {', '.join(map(str, missing))})")
+
+
+def _layer_indices(key: str):
+    """(prefix, index) of a numbered Transformer layer in a state-dict key (``encoder.layer.3.…`` → 3)."""
+    parts = key.split(".")
+    for i in range(len(parts) - 1):
+        if parts[i] in ("layer", "layers") and parts[i + 1].isdigit():
+            yield parts[i], parts[i + 1]
+            return
+
+
 def load_student_weights(student: StudentModel, folder: Path) -> None:
     """Load a saved student's encoder and head weights into an existing ``StudentModel``."""
     from safetensors.torch import load_file
@@ -73,15 +141,17 @@ class StudentClassifier:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "StudentClassifier":
+        """Load an exported student, checked against its meta and weights (``read_student_meta``,
+        ``check_student_weights``): a damaged folder is a one-line ``MTBertError``, never a model with random weights."""
         folder = Path(folder)
-        if not (folder / META_FILE).is_file():
-            from mtbert_ray.errors import MTBertError
-
-            raise MTBertError(f"{folder}: not an exported mtbert-ray student (no {META_FILE})")
-        meta = json.loads((folder / META_FILE).read_text())
+        meta = read_student_meta(folder)
+        check_student_weights(folder)
         encoder = load_encoder(str(folder))
         model = StudentModel(encoder, meta["num_labels"], meta["query_dim"])
-        load_model(model.head, str(folder / HEAD_FILE))
+        try:
+            load_model(model.head, str(folder / HEAD_FILE))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+            raise _damaged(folder / HEAD_FILE, f"cannot load the head ({_first_line(exc)})") from None
         return cls(model.to(device), load_tokenizer(str(folder)), meta)
 
     def save_pretrained(self, folder: str | Path) -> None:
@@ -106,7 +176,13 @@ class StudentClassifier:
             enc = self.tokenizer(list(texts[start : start + batch_size]), pair, truncation=True, max_length=max_length,
                                  padding=True, return_tensors="pt")
             feed = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-            out.append(torch.softmax(self.model(**feed).logits, dim=-1).cpu())
+            probs = torch.softmax(self.model(**feed).logits, dim=-1).cpu()
+            if not torch.isfinite(probs).all():
+                from mtbert_ray.errors import MTBertError
+
+                raise MTBertError(f"the student's outputs for texts {start + 1}–{start + len(probs)} are not finite numbers; "
+                                  "the student is damaged (a run whose loss was not finite?)")
+            out.append(probs)
         return torch.cat(out) if out else torch.zeros(0, len(self.label_names))
 
     def predict(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 32) -> list[Prediction]:

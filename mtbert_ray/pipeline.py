@@ -30,7 +30,7 @@ from mtbert_ray.train.common import read_training_state
 from mtbert_ray.train.distill import STUDENT_DIR
 from mtbert_ray.train.history import HISTORY_FILE, TENSORBOARD_DIR, history_to_tensorboard
 from mtbert_ray.train.session import StageRun
-from mtbert_ray.trial_needs import trial_needs
+from mtbert_ray.trial_needs import cluster_capacity, fit_plan, trial_needs
 
 RESULT_FILE = "result.json"
 CONFIG_FILE = "config.yaml"
@@ -58,12 +58,17 @@ class Experiment:
 
     def prepare(self) -> StageContext:
         cfg = self.config
-        data = prepare_data(cfg.data, [*cfg.teachers, cfg.student.init_from], cfg.trust_remote_code)
+        data = prepare_data(cfg.data, [*cfg.teachers, cfg.student.init_from], cfg.trust_remote_code, verify=self.verify)
         self.ctx = StageContext(cfg, data)
         self.ctx.select_metric  # noqa: B018 - a metric the task does not report is an error now
         self.ctx.hidden_teachers  # noqa: B018 - so is a hidden loss that selects no teacher
-        check_models(cfg.teachers, cfg.student.init_from, cfg.student.num_layers, cfg.trust_remote_code)
-        init_ray(required_cpus=trial_needs(cfg).peak["CPU"])  # an embedded Ray; a joined cluster is as it is
+        check_models(cfg.teachers, cfg.student.init_from, cfg.student.num_layers, cfg.trust_remote_code, cfg.data.max_length)
+        needs = trial_needs(cfg)
+        init_ray(required_cpus=needs.peak["CPU"])  # an embedded Ray holds it; a joined cluster is checked
+        if os.environ.get("RAY_ADDRESS"):
+            capacity = cluster_capacity()
+            if capacity is not None:
+                fit_plan(needs, capacity, 1)
         return self.ctx
 
     def cofinetune(self) -> Published:
@@ -90,6 +95,7 @@ class Experiment:
         """Every stage (reusing what exists), the export and ``result.json``."""
         started = time.time()
         finished = finished_run(self.run_dir, self.config)
+        check_adoptable(self.run_dir)
         if finished is not None:
             print(f"[mtbert] {self.run_dir} already holds this finished run: reusing its results", flush=True)
             return finished
@@ -129,6 +135,18 @@ def run_experiment(config: ExperimentConfig, storage: str | os.PathLike | None =
     ``verify`` re-hashes every reused artefact (sizes and row counts are always checked).
     """
     return Experiment(config, storage, run_dir, verify).run()
+
+
+def check_adoptable(run_dir: Path) -> None:
+    """A run folder is used only when it is new, empty, or one mtbert-ray made (it holds ``config.yaml``, written
+    first): files of the user's there (a ``result.json``, a ``student/``) would otherwise be overwritten or deleted."""
+    if not run_dir.is_dir() or (run_dir / CONFIG_FILE).is_file():
+        return
+    foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir())
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (f" (+{len(foreign) - 4} more)" if len(foreign) > 4 else "")
+        raise ResultsError(f"run folder {run_dir} holds files mtbert-ray did not write ({shown}); "
+                           "choose a new or empty folder (--run-dir)")
 
 
 def finished_run(run_dir: Path, config: ExperimentConfig) -> ExperimentResult | None:

@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     def body() -> int:
         from mtbert_ray.export import StudentClassifier
 
+        if args.batch_size < 1:
+            raise ConfigError(f"--batch-size: expected a positive integer, got {args.batch_size}")
         texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
         if args.pair is not None and len(args.pair) != len(texts):
             raise ConfigError(f"--pair: given {len(args.pair)} times for {len(texts)} texts; expected one per text")

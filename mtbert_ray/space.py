@@ -37,11 +37,12 @@ from mtbert_ray.config import (
 )
 from mtbert_ray.errors import ConfigError
 
+MAX_TRIALS = 10_000  # a study larger than this is refused up front (a 20-teacher subset grid is ~10^6 trials)
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SearchSettings(_Strict):
@@ -175,6 +176,20 @@ class Space:
         pool = list(self.spec.teacher_pool or {})
         return ["+".join(c) for r in range(1, len(pool) + 1) for c in itertools.combinations(pool, r)]
 
+    def grid_trials(self) -> int:
+        """Trials the study starts, counted without listing them: Π grid sizes × seeds × num_samples."""
+        count = self.search.num_samples * (1 if "seed" in self.spec.space else len(self.search.seeds))
+        for key, dim in self.spec.space.items():
+            if dim.kind != "grid":
+                continue
+            if key == "teachers" and dim.values == "subsets":
+                count *= 2 ** len(self.spec.teacher_pool or {}) - 1
+            elif key == "variant" and dim.values == "all":
+                count *= len(self.spec.variants or {})
+            elif isinstance(dim.values, list):
+                count *= len(dim.values)
+        return count
+
     def dimension_values(self, key: str, dim: Dimension) -> list[Any] | None:
         if key == "teachers" and dim.values == "subsets":
             return self.teacher_subsets()
@@ -263,6 +278,10 @@ class Space:
     # ---- validation ----------------------------------------------------------------------
     def _check(self) -> None:
         spec, src = self.spec, self.source
+        trials = self.grid_trials()  # counted first: checking each value of a huge grid would itself take minutes
+        if trials > MAX_TRIALS:
+            raise ConfigError(f"{src}: the study would start {trials:,} trials (grid points × seeds × num_samples), more than "
+                              f"{MAX_TRIALS:,}; narrow the grid (a teacher_pool of n teachers has 2^n - 1 subsets) or sample it")
         validate_config(self.base, source=f"{src}: experiment")
         if spec.search.searcher == "optuna":
             grids = [k for k, d in spec.space.items() if d.kind == "grid"]

@@ -77,11 +77,22 @@ def read_stage(folder: Path, verify: bool = False) -> Published | None:
         marker = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
         return None
+    if not _valid_marker(marker):  # damaged or rewritten by hand: as if the stage were not there (it is rebuilt)
+        log.warning("%s: its marker %s is damaged; the stage will be rebuilt", folder, MARKER)
+        return None
     path = folder / marker["artefact"]
     if verify_manifest(path, check_hashes=verify, check_rows=True) is None:
         log.warning("%s %s: %s is missing or altered; it will be rebuilt", marker.get("kind"), folder.name, path)
         return None
     return Published(marker["kind"], marker["key"], folder, path, marker.get("meta", {}), reused=True)
+
+
+def _valid_marker(marker: Any) -> bool:
+    """A marker this module wrote: kind, key and a plain artefact name (inside the stage folder)."""
+    if not isinstance(marker, dict) or not all(isinstance(marker.get(k), str) and marker[k] for k in ("kind", "key", "artefact")):
+        return False
+    artefact = Path(marker["artefact"])
+    return not artefact.is_absolute() and ".." not in artefact.parts and isinstance(marker.get("meta", {}), dict)
 
 
 def reuse_or_build(

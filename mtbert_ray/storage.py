@@ -76,7 +76,10 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def file_entry(path: Path, rows: int | None = None) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    """A manifest entry: size, sha256 and the file's modification time (``mtime_ns``: its stat signature —
+    a file whose signature changed is hashed again on every reuse, so an edit of the same size is caught)."""
+    stat = path.stat()
+    entry: dict[str, Any] = {"name": path.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(path)}
     if rows is not None:
         entry["rows"] = rows
     return entry
@@ -97,21 +100,24 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
 
 
 def verify_manifest(folder: Path, check_hashes: bool = True, check_rows: bool = False) -> dict[str, Any] | None:
-    """The manifest if every listed file exists with its size (row count for Parquet with ``check_rows``,
-    sha256 with ``check_hashes``); ``None`` otherwise."""
+    """The manifest if every listed file exists with its size (row count for Parquet with ``check_rows``) and its
+    sha256 — re-hashed for every file whose stat signature (size, ``mtime_ns``) differs from the one recorded at
+    publish, and for every file with ``check_hashes`` (``--verify``); ``None`` otherwise (or for a damaged manifest)."""
     manifest = read_manifest(folder)
     if manifest is None or not isinstance(manifest.get("files"), list):
         return None
     for entry in manifest["files"]:
-        path = folder / entry["name"]
         try:
-            if path.stat().st_size != entry["bytes"]:
+            path = folder / entry["name"]
+            stat = path.stat()
+            if stat.st_size != entry["bytes"]:
                 return None
             if check_rows and entry.get("rows") is not None and parquet_rows(path) != entry["rows"]:
                 return None
-        except (OSError, ValueError):
-            return None
-        if check_hashes and file_sha256(path) != entry["sha256"]:
+            changed = entry.get("mtime_ns") != stat.st_mtime_ns
+            if (check_hashes or changed) and file_sha256(path) != entry["sha256"]:
+                return None
+        except (OSError, ValueError, TypeError, KeyError):
             return None
     return manifest
 

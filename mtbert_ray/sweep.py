@@ -33,12 +33,12 @@ from mtbert_ray.context import select_metric_name, task_metrics
 from mtbert_ray.errors import ConfigError, ResultsError
 from mtbert_ray.results import ExperimentResult
 from mtbert_ray.space import Space, SpaceFile, load_space
+from mtbert_ray.sweep_record import SWEEP_FILE, read_sweep_record
 from mtbert_ray.trial_needs import TrialNeeds, trial_needs
 from mtbert_ray.upload import check_upload_uri, upload_sweep
 
 log = logging.getLogger(__name__)
 
-SWEEP_FILE = "mtbert_sweep.json"
 RUNS_DIR = "runs"
 ANALYSIS_DIR = "analysis"
 
@@ -188,10 +188,22 @@ def check_space_models(space: Space) -> None:
     checked: set[tuple] = set()
     for trial in planned_trials(space):
         cfg = trial.config
-        key = (tuple(dict.fromkeys((*cfg.teachers, *pool))), cfg.student.init_from, cfg.student.num_layers, cfg.trust_remote_code)
+        key = (tuple(dict.fromkeys((*cfg.teachers, *pool))), cfg.student.init_from, cfg.student.num_layers, cfg.trust_remote_code,
+               cfg.data.max_length)
         if key not in checked:
             checked.add(key)
-            check_models(list(key[0]), key[1], key[2], key[3])
+            check_models(list(key[0]), key[1], key[2], key[3], key[4])
+
+
+def checked_name(name: str, where: str) -> str:
+    """A sweep name is one plain folder name under ``<storage>/sweeps`` (the dry run checks it as the run does)."""
+    from mtbert_ray.config import check_plain_name
+
+    try:
+        check_plain_name(name)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return name
 
 
 def _start_ray(space: Space, base_config) -> tuple[TrialNeeds, int]:
@@ -217,29 +229,28 @@ def run_sweep(
     """Start (or ``resume``) a sweep; returns (ResultGrid, experiment folder)."""
     from ray import tune
 
-    from mtbert_ray.config import check_plain_name, validate_config
+    from mtbert_ray.config import validate_config
     from mtbert_ray.storage import atomic_write_text, resolve_storage
 
     if name is not None:
-        try:
-            check_plain_name(name)
-        except ValueError as exc:
-            raise ConfigError(f"--name: {exc}") from None
+        checked_name(name, "--name")
     root = resolve_storage(storage)
     if resume:
         if not name:
             raise ConfigError("--resume needs --name (the sweep folder under <storage>/sweeps) or --space's default name")
         experiment_dir = root / "sweeps" / name
         saved = experiment_dir / SWEEP_FILE
-        if not saved.is_file() or not tune.Tuner.can_restore(str(experiment_dir)):
+        if not saved.is_file():
             raise ResultsError(f"--resume: {experiment_dir} holds no sweep to resume")
-        sweep = json.loads(saved.read_text())
+        sweep = read_sweep_record(experiment_dir)  # damaged: one line naming the file
+        if not tune.Tuner.can_restore(str(experiment_dir)):
+            raise ResultsError(f"--resume: {experiment_dir} holds no sweep to resume")
         space = Space(SpaceFile.model_validate(sweep["spec"]), sweep["base"], sweep["source"])
     else:
         space = load_space(space_path, overrides)
         if num_samples is not None:
             space.spec.search.num_samples = num_samples
-        name = name or space.spec.name
+        name = name or checked_name(space.spec.name, f"{space.source}: name")
         experiment_dir = root / "sweeps" / name
         if experiment_dir.exists() and any(experiment_dir.iterdir()):
             raise ResultsError(
@@ -346,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
             space = load_space(args.space, args.set)
             if args.num_samples is not None:
                 space.spec.search.num_samples = args.num_samples
+            checked_name(args.name or space.spec.name, "--name" if args.name else f"{space.source}: name")
             print(plan(space))
             return 0
         name = args.name

@@ -191,11 +191,30 @@ def autoscaler_headroom(cluster: dict) -> tuple[float, float, tuple[tuple[float,
     return cpus, gpus, tuple((c, g) for c, g, count in workers if count > 0)
 
 
-def _autoscaler_running() -> bool:
-    """Whether an autoscaler reports to this cluster (it writes its status to the GCS every update)."""
+def _autoscaler_running(wait_s: float = 15.0) -> bool:
+    """Whether an autoscaler that launches nodes manages this cluster. Every head runs Ray's monitor, which writes its
+    status to the GCS each update; on a fixed cluster (``ray start`` without ``--autoscaling-config``) its read-only
+    provider names each node's type after the node itself, an autoscaler after its node types. An embedded Ray has none."""
+    import json
+    import os
+    import time
+
     from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
 
-    return bool(_internal_kv_initialized() and _internal_kv_get(AUTOSCALING_STATUS_KEY))
+    if not os.environ.get("RAY_ADDRESS") or not _internal_kv_initialized():
+        return False
+    deadline = time.monotonic() + wait_s  # the monitor's first status comes a few seconds after the head starts
+    while True:
+        raw = _internal_kv_get(AUTOSCALING_STATUS_KEY)
+        if raw or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    try:
+        report = (json.loads(raw) if raw else {}).get("autoscaler_report") or {}
+    except ValueError:
+        return False
+    mapping = report.get("node_type_mapping") or {}
+    return any(node != kind for node, kind in mapping.items()) or bool(report.get("pending_launches"))
 
 
 AUTOSCALING_STATUS_KEY = "__autoscaling_status"  # ray._private.ray_constants.DEBUG_AUTOSCALING_STATUS

@@ -7,7 +7,9 @@ Each case calls a command-line entry point in-process (``main(argv)``), as ``pyt
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import re
 from collections.abc import Callable
@@ -91,6 +93,86 @@ def _student_export_without_weights(ws: Workspace) -> list[str]:
 
 def _run_dir_of_another_experiment(ws: Workspace) -> list[str]:
     return [*ws.run(), "--run-dir", str(ws.storage / "runs" / "earlier-run")]
+
+
+def _student(ws: Workspace, name: str = "student") -> Path:
+    """A small exported student (1 layer of the tiny BERT, 2 labels) in the layout a run exports."""
+    from mtbert_ray.export import save_student
+    from mtbert_ray.models.hub import load_encoder, load_tokenizer
+    from mtbert_ray.models.student import StudentModel
+
+    folder = ws.tmp / name
+    with contextlib.redirect_stderr(io.StringIO()):  # transformers' "Writing model shards" bar is the setup's, not the CLI's
+        model = StudentModel(load_encoder(ws.models["bert"], num_layers=1), 2, 16)
+        save_student(model, folder, ["negative", "positive"], max_length=32, pair=False)
+        load_tokenizer(ws.models["bert"]).save_pretrained(folder)
+    return folder
+
+
+def _predict_on_damaged_student(damage: Callable[[Path], None]) -> Callable[[Workspace], list[str]]:
+    def setup(ws: Workspace) -> list[str]:
+        folder = _student(ws)
+        damage(folder)
+        return ["--model", str(folder), "a fine film"]
+
+    return setup
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _meta_with(**changes) -> Callable[[Path], None]:
+    def damage(folder: Path) -> None:
+        meta = json.loads((folder / "mtbert_student.json").read_text())
+        meta.update(changes)
+        (folder / "mtbert_student.json").write_text(json.dumps(meta))
+
+    return damage
+
+
+def _deeper_config(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = 2
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _run_dir_with_the_users_files(ws: Workspace) -> list[str]:
+    folder = ws.storage / "runs" / "mine"
+    (folder / "student").mkdir(parents=True)
+    (folder / "result.json").write_text('{"mine": true}')
+    (folder / "student" / "notes.txt").write_text("my own student")
+    return [*ws.run(), "--run-dir", str(folder)]
+
+
+def _teacher_without_weights(ws: Workspace) -> list[str]:
+    import shutil
+
+    folder = ws.tmp / "no-weights"
+    shutil.copytree(ws.models["bert"], folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    return ws.run(f"teachers=[{folder}]")
+
+
+def _damaged_sweep_record(ws: Workspace) -> list[str]:
+    folder = ws.storage / "sweeps" / "cut"
+    folder.mkdir(parents=True)
+    (folder / "mtbert_sweep.json").write_text('{"name": "cut", "spec": {"sear')
+    return [str(folder)]
+
+
+def _resume_of_a_damaged_sweep_record(ws: Workspace) -> list[str]:
+    folder = ws.storage / "sweeps" / "cut"
+    folder.mkdir(parents=True)
+    (folder / "mtbert_sweep.json").write_text('{"name": "cut", "spec": {"sear')
+    return ws.sweep("--resume", "--name", "cut")
+
+
+def _twenty_teacher_grid(ws: Workspace) -> list[str]:
+    pool = ", ".join(f"t{i}: {ws.models['bert']}" for i in range(20))
+    return ws.sweep("--space", str(ws.space(f"base: _rt_polarity_base.yaml\nteacher_pool: {{{pool}}}\n"
+                                             "space: {teachers: {grid: subsets}}\n")), "--dry-run")
 
 
 CATALOGUE: dict[str, Case] = {
@@ -179,6 +261,50 @@ CATALOGUE: dict[str, Case] = {
     "sweep naming a model that does not load": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space(
         "base: _rt_polarity_base.yaml\nvariants: {A: {}, B: {teachers: [/nonexistent/no-model]}}\nspace: {variant: {grid: all}}\n"))),
         r"model '/nonexistent/no-model': cannot load its config"),
+    # ---- second round (tried as a new user would): data loss, non-finite numbers, damaged files, silent mistakes ----
+    "run folder holding the user's files": Case("run", _run_dir_with_the_users_files,
+                                                r"run folder .*mine holds files mtbert-ray did not write \(result.json, student/\)"),
+    "learning rate not finite": Case("run", lambda ws: ws.run("distill.lr=.inf"), r"distill.lr: Input should be a finite number"),
+    "dry run with a non-finite setting": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space("base: _rt_polarity_base.yaml\n")),
+                                                                           "--set", "distill.lr=.nan", "--dry-run"),
+                                              r"distill.lr: Input should be a finite number"),
+    "negative data seed": Case("run", lambda ws: ws.run("data.seed=-1"), r"data.seed: Input should be greater than or equal to 0"),
+    "duplicate key in a config": Case("run", lambda ws: ["--config", str(ws.space(
+        "name: dup\ndistill: {epochs: 1}\nseed: 0\ndistill: {lr: 0.1}\n", "dup.yaml"))],
+        r"dup.yaml: line 4 invalid YAML \(duplicate key 'distill' \(first at line 2\)\)"),
+    "duplicate key in a space file": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space(
+        "base: _rt_polarity_base.yaml\nspace: {distill.lr: {grid: [0.1]}}\nspace: {distill.temperature: {grid: [1]}}\n"))),
+        r"space.yaml: line 3 invalid YAML \(duplicate key 'space'"),
+    "max_length beyond the position embeddings": Case("run", lambda ws: ws.run("data.max_length=1000"),
+                                                      r"data.max_length=1000 is longer than .*tiny-bert' takes \(128 positions\)"),
+    "teacher folder with a config but no weights": Case("run", _teacher_without_weights,
+                                                        r"no-weights': the folder has a config.json but no weights"),
+    "empty training split": Case("run", lambda ws: (ws.data_file("train", "text,label\n"), ws.run())[1],
+                                 r"train.csv: the train split has no rows"),
+    "empty validation split": Case("run", lambda ws: (ws.data_file("validation", "text,label\n"), ws.run())[1],
+                                   r"validation.csv: the validation split has no rows"),
+    "label id of 10^12": Case("run", lambda ws: (ws.data_file("train", "text,label\ngood film,1\nbad film,1000000000000\n"), ws.run())[1],
+                              r"train.csv row 2, column 'label': label 1000000000000 would make 1,000,000,000,001 classes"),
+    "fractional training label": Case("run", lambda ws: (ws.data_file("train", "text,label\ngood film,1\nbad film,0\nmeh,0.3\n"), ws.run())[1],
+                                      r"train.csv row 3, column 'label': label '0.3' is not a class id"),
+    "dry run with a sweep name that leaves the storage folder": Case("sweep", lambda ws: ws.sweep(
+        "--space", str(ws.space("base: _rt_polarity_base.yaml\n")), "--name", "../outside", "--dry-run"),
+        r"--name: expected a plain name"),
+    "a grid of a million trials": Case("sweep", _twenty_teacher_grid, r"would start 1,048,575 trials .* more than 10,000"),
+    "resume of a damaged sweep record": Case("sweep", _resume_of_a_damaged_sweep_record, r"mtbert_sweep.json: damaged sweep record"),
+    "analysis of a damaged sweep record": Case("analysis", _damaged_sweep_record, r"mtbert_sweep.json: damaged sweep record"),
+    "predict on a truncated head": Case("predict", _predict_on_damaged_student(lambda f: _truncate(f / "head.safetensors")),
+                                        r"head.safetensors: unreadable weights"),
+    "predict on a truncated student meta": Case("predict", _predict_on_damaged_student(lambda f: _truncate(f / "mtbert_student.json")),
+                                                r"mtbert_student.json: not readable JSON"),
+    "predict with fewer label names than the head": Case("predict", _predict_on_damaged_student(_meta_with(label_names=["only"])),
+                                                         r"label_names: expected 2 names \(num_labels\), got \['only'\]"),
+    "predict on a student whose config says more layers than its weights": Case(
+        "predict", _predict_on_damaged_student(_deeper_config), r"config.json: says 2 layers but model.safetensors holds 1"),
+    "predict with batch size 0": Case("predict", lambda ws: ["--model", str(_student(ws)), "--batch-size", "0", "a fine film"],
+                                      r"--batch-size: expected a positive integer, got 0"),
+    "predict with a negative batch size": Case("predict", lambda ws: ["--model", str(_student(ws)), "--batch-size", "-1", "x"],
+                                               r"--batch-size: expected a positive integer, got -1"),
     # ---- analysis and prediction ----
     "analysis of a folder without a sweep": Case("analysis", lambda ws: [str(ws.storage / "runs")], r"runs.*no .*sweep"),
     "predict with a folder that is no student": Case("predict", _student_export_without_weights, r"not-a-student"),

@@ -82,15 +82,21 @@ def loopback_cluster(num_cpus: int):
 
 
 def submit_sweep(dashboard: str, env: dict, storage: Path, name: str, *args: str) -> tuple[str, str]:
-    """The user's command, from the repository root; waits (bounded) for the job. Returns (status, logs)."""
+    """The user's sweep command, from the repository root. Returns (status, logs)."""
+    return submit_job(dashboard, env, ["-m", "mtbert_ray.sweep", "--space", "tune_spaces/demo.yaml", "--storage", str(storage),
+                                       "--name", name, *args])
+
+
+def submit_job(dashboard: str, env: dict, entrypoint: list[str]) -> tuple[str, str]:
+    """``ray job submit --working-dir . -- python ENTRYPOINT`` from the repository root; waits (bounded) for the job,
+    stopping it if it runs out of time. Returns (status, logs)."""
     from ray.job_submission import JobSubmissionClient
 
     job_env = {k: os.environ[k] for k in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "MTBERT_RAY_CACHE") if k in os.environ}
     job_env.update(RAY_DATA_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false")
     command = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", f"--address={dashboard}", "--no-wait",
                "--working-dir", ".", "--runtime-env-json", json.dumps({"env_vars": job_env}), "--",
-               sys.executable, "-m", "mtbert_ray.sweep", "--space", "tune_spaces/demo.yaml", "--storage", str(storage),
-               "--name", name, *args]
+               sys.executable, *entrypoint]
     deadline = time.time() + 120
     while True:  # the head's job agent may still be starting ("No available agent to submit job")
         submitted = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
@@ -122,11 +128,14 @@ def test_a_job_submitted_sweep_finishes_on_a_small_cluster(monkeypatch, tmp_path
     and how many run at once (4 CPUs hold one demo trial's peak of 3, not two)."""
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # this test's job client
     with loopback_cluster(num_cpus) as (dashboard, env):
-        status, logs = submit_sweep(dashboard, env, tmp_path / "results", "small", "--num-samples", str(trials), *SMALL)
+        status, logs = submit_sweep(dashboard, env, tmp_path / "results", "small", "--num-samples", str(trials),
+                                    "--set", f"search.max_concurrent_trials={trials}", *SMALL)
     assert status == "SUCCEEDED", f"job {status}: {logs[-4000:]}"
     assert f"sweep finished: {trials} trials (0 errored)" in logs
     assert "reserves 2 CPU for the trial; beside it, data reads: Ray Data read tasks 1 CPU; peak 3 CPU" in logs
     assert "up to 1 trial(s) at once" in logs
+    if trials > 1:  # asked for 2 at once: the cluster holds one trial's peak
+        assert f"search.max_concurrent_trials {trials} → 1: this cluster's 1 node(s) has {num_cpus} CPU / 0 GPU" in logs
     assert "teacher cache: estimated" in logs  # the cache was built here, not reused
     assert (tmp_path / "results" / "sweeps" / "small" / "analysis" / "table.md").is_file()
 
@@ -148,3 +157,28 @@ def test_a_plan_whose_one_trial_cannot_fit_is_refused_before_anything_runs(monke
     assert "Traceback" not in logs and "co-finetuning" not in logs
     assert not (tmp_path / "results" / "sweeps" / "big").exists()
     assert seconds < 120, f"the refusal took {seconds:.0f} s"
+
+
+@pytest.mark.slow
+def test_the_cache_actor_pool_runs_on_a_cluster_exactly_the_size_the_plan_asks(monkeypatch, tmp_path, tiny_models):
+    """Ray Train workers (2 × 0.5 CPU) and a teacher cache with hidden states, as a ``run`` job on a 2-CPU cluster:
+    the plan's peak (2 × 0.5 for the workers or cache actors + 1 for Ray Data's read task) is the whole cluster."""
+    import yaml
+
+    from mtbert_ray.config import validate_config
+    from mtbert_ray.trial_needs import trial_needs
+    from tests.conftest import tiny_experiment
+
+    experiment = tiny_experiment(tiny_models, tmp_path, distill={"epochs": 1}, cache={"enabled": True, "hidden": True},
+                                 resources={"num_workers": 2, "cpus_per_worker": 0.5, "execution": "trainer"})
+    needs = trial_needs(validate_config(experiment))
+    assert "teacher cache" in needs.stages and needs.peak == {"CPU": 2, "GPU": 0}
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(experiment))
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with loopback_cluster(2) as (dashboard, env):
+        status, logs = submit_job(dashboard, env, ["-m", "mtbert_ray.run", "--config", str(config), "--storage",
+                                                   str(tmp_path / "results")])
+    assert status == "SUCCEEDED", f"job {status}: {logs[-4000:]}"
+    assert "teacher cache: estimated" in logs and "Ray Train workers" in logs
+    assert list((tmp_path / "results" / "runs").glob("*/result.json"))

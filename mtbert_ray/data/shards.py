@@ -140,8 +140,10 @@ def prepare_data(
     models: Sequence[str],
     trust_remote_code: bool = False,
     raw: RawDataset | None = None,
+    verify: bool = False,
 ) -> PreparedData:
-    """Validate the source, tokenize it once per distinct tokenization among ``models``, join the views."""
+    """Validate the source, tokenize it once per distinct tokenization among ``models``, join the views
+    (reused ones re-hashed whole with ``verify``; a file whose stat signature changed is re-hashed anyway)."""
     raw = shuffled(raw if raw is not None else load_source(cfg), cfg.seed)
     key = dataset_key(raw, cfg)
     cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
@@ -152,10 +154,10 @@ def prepare_data(
         specs.setdefault(spec.tokenization, spec)
         model_tokenization[name] = spec.tokenization
     shards = {
-        tokenization: ensure_shards(raw, key, spec, cfg.max_length, cache, trust_remote_code)
+        tokenization: ensure_shards(raw, key, spec, cfg.max_length, cache, trust_remote_code, verify)
         for tokenization, spec in specs.items()
     }
-    view = ensure_view(shards, cache)
+    view = ensure_view(shards, cache, verify)
     rows = {s: int(len(raw.splits[s].frame)) for s in raw.splits}
     summary = {
         "dataset_key": key,
@@ -197,7 +199,7 @@ def _label_counts(raw: RawDataset, split: str) -> dict[str, int]:
 
 
 def ensure_shards(raw: RawDataset, key: str, spec: TokenizerSpec, max_length: int, cache: Path,
-                  trust_remote_code: bool = False):
+                  trust_remote_code: bool = False, verify: bool = False):
     """The shard stage of (dataset, tokenizer, max_length): reused when valid, else built."""
     shard_key = stable_hash({"v": FORMAT_VERSION, "dataset": key, "tokenizer": spec.fingerprint, "max_length": max_length})
 
@@ -214,7 +216,7 @@ def ensure_shards(raw: RawDataset, key: str, spec: TokenizerSpec, max_length: in
                            max_length=max_length, format=FORMAT_VERSION)
             return Built(tmp, {"stats": stats})
 
-    return reuse_or_build(cache, "shards", shard_key, build, what=f"tokenized {raw.describe()} with {spec.name}")
+    return reuse_or_build(cache, "shards", shard_key, build, what=f"tokenized {raw.describe()} with {spec.name}", verify=verify)
 
 
 def _write_tokenized(root: Path, split: str, frame, tokenizer, max_length: int, pair: bool, label: str):
@@ -267,7 +269,7 @@ def _progress_line(what: str, done: int, total: int, started: float) -> str:
     return format_progress(what, done, total, time.time() - started, unit="rows")
 
 
-def ensure_view(shards: dict[str, Any], cache: Path):
+def ensure_view(shards: dict[str, Any], cache: Path, verify: bool = False):
     """The shard sets side by side (token columns prefixed by tokenization), part by part: every set stores
     the same rows in the same order, which is checked."""
     key = stable_hash({"v": FORMAT_VERSION, "shards": sorted((t, s.key) for t, s in shards.items())})
@@ -295,7 +297,7 @@ def ensure_view(shards: dict[str, Any], cache: Path):
                            format=FORMAT_VERSION)
             return Built(tmp)
 
-    return reuse_or_build(cache, "views", key, build, what="joined view of " + ", ".join(sorted(shards)))
+    return reuse_or_build(cache, "views", key, build, what="joined view of " + ", ".join(sorted(shards)), verify=verify)
 
 
 def _split_number(split: str) -> int:

@@ -106,6 +106,9 @@ def _build(tables: list[_Table], cfg: DataConfig, known_labels: list[str] | None
         raise DataError(f"{_where(cfg)}: no train split found")
     if "validation" not in by_split:
         raise DataError(f"{_where(cfg)}: no validation split found (expected a validation or dev file)")
+    for split in ("train", "validation"):
+        if len(by_split[split].frame) == 0:
+            raise DataError(f"{by_split[split].origin}: the {split} split has no rows; expected at least one labelled example")
     pair = len(by_split["train"].text_columns) == 2
     train = by_split["train"]
     raw_train_labels = _label_values(train)
@@ -183,6 +186,22 @@ def _as_int(value) -> int | None:
     return None
 
 
+MAX_CLASSES = 100_000  # integer ids make 0..max classes: a stray id of 10^12 must not fill the memory
+
+
+def _is_number(value) -> bool:
+    """A number, or text that reads as one (CSV labels arrive as text)."""
+    import numbers
+
+    if isinstance(value, str):
+        try:
+            float(value.strip())
+        except ValueError:
+            return False
+        return True
+    return isinstance(value, numbers.Number) and not isinstance(value, bool)
+
+
 def _label_space(train_labels: list, train: _Table, cfg: DataConfig, known: list[str] | None):
     """(label names, value → id) from the training labels. Three cases:
 
@@ -192,6 +211,11 @@ def _label_space(train_labels: list, train: _Table, cfg: DataConfig, known: list
     """
     column = train.label_column
     ints = [_as_int(v) for v in train_labels]
+    numbers = [_is_number(v) for v in train_labels]
+    if known is None and all(numbers) and None in ints:  # numbers, one of them not a whole number: not a class id
+        row = ints.index(None)
+        raise DataError(f"{train.origin} row {row + 1}, column {column!r}: label {train_labels[row]!r} is not a class id; "
+                        "expected integer ids 0..C-1 or names")
     if known is not None:
         names, index = list(known), {name: i for i, name in enumerate(known)}
     elif all(i is not None for i in ints):
@@ -203,6 +227,10 @@ def _label_space(train_labels: list, train: _Table, cfg: DataConfig, known: list
             raise DataError(
                 f"{train.origin} row {row + 1}, column {column!r}: label {ints[row]} is out of range for data.num_labels={cfg.num_labels}"
             )
+        if max(ints) >= MAX_CLASSES:
+            row = ints.index(max(ints))
+            raise DataError(f"{train.origin} row {row + 1}, column {column!r}: label {ints[row]} would make {ints[row] + 1:,} "
+                            f"classes; expected ids 0..C-1 with C <= {MAX_CLASSES:,} (or label names)")
         names, index = [str(i) for i in range(max(ints) + 1)], None
     else:
         names = sorted({str(v).strip() for v in train_labels})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -114,17 +115,48 @@ def model_depth(config, name: str) -> int:
     return depth
 
 
-def check_models(teachers: list[str], student: str, student_layers: int, trust_remote_code: bool = False) -> None:
-    """Pre-flight: every teacher's and the student's config loads, and the student fits its checkpoint.
+def check_models(teachers: list[str], student: str, student_layers: int, trust_remote_code: bool = False,
+                 max_length: int | None = None) -> None:
+    """Pre-flight: every teacher's and the student's config loads, a local model folder holds weights, the student
+    fits its checkpoint and ``max_length`` fits every model's position embeddings.
 
-    Reads only ``config.json`` files (hub cache or folder), so a missing model or a student
-    deeper than ``student.init_from`` is a one-line error before any Ray worker starts.
+    Reads only ``config.json`` files (hub cache or folder) and folder listings, so a missing model, a folder without
+    weights, a student deeper than ``student.init_from`` or too long a ``data.max_length`` is a one-line error before
+    any Ray worker starts.
     """
-    for name in teachers:
-        model_depth(load_config(name, trust_remote_code=trust_remote_code), name)
-    depth = model_depth(load_config(student, trust_remote_code=trust_remote_code), student)
-    if student_layers > depth:
-        raise ModelLoadError(f"student.num_layers={student_layers} is deeper than {student!r}, which has {depth} layers")
+    for name in dict.fromkeys([*teachers, student]):
+        config = load_config(name, trust_remote_code=trust_remote_code)
+        depth = model_depth(config, name)
+        check_weights(name)
+        positions = usable_positions(config)
+        if max_length is not None and positions is not None and max_length > positions:
+            raise ModelLoadError(f"data.max_length={max_length} is longer than {name!r} takes ({positions} positions); "
+                                 f"set data.max_length <= {positions}")
+        if name == student and student_layers > depth:
+            raise ModelLoadError(f"student.num_layers={student_layers} is deeper than {student!r}, which has {depth} layers")
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+#: model types whose position ids start after the padding index (RoBERTa's ``create_position_ids_from_input_ids``)
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer", "data2vec-text", "bart"}
+
+
+def check_weights(name: str) -> None:
+    """A local model folder must hold weights (a hub id is fetched, or found in the cache, when it is loaded)."""
+    folder = Path(name).expanduser()
+    if folder.is_dir() and not any((folder / f).is_file() for f in WEIGHT_FILES):
+        raise ModelLoadError(f"model {name!r}: the folder has a config.json but no weights "
+                             f"(expected one of {', '.join(WEIGHT_FILES)})")
+
+
+def usable_positions(config) -> int | None:
+    """Tokens one sequence may hold: ``max_position_embeddings``, less the padding offset of RoBERTa-style models."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    if getattr(config, "model_type", None) in OFFSET_POSITIONS:
+        positions -= int(getattr(config, "pad_token_id", None) or 1) + 1
+    return positions
 
 
 def _first_line(exc: BaseException) -> str:

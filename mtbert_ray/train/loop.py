@@ -153,11 +153,26 @@ def _train_pass(step: Step, train_module: torch.nn.Module, optimization: "Optimi
     for micro, batch in enumerate(batches):
         maybe_inject_fault(spec.fault_name, epoch, micro, rank)
         terms = optimization.micro_step(step, train_module, batch)
+        check_finite_loss(terms["loss"], spec, epoch, micro)
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach())
         progress.update(micro + 1, extra=f"loss {float(terms['loss'].detach()):.4f}")
     optimization.flush()  # an epoch whose micro-batches do not fill the last step: apply what was accumulated
     return sums, micro + 1
+
+
+def check_finite_loss(loss: torch.Tensor, spec: "LoopSpec", epoch: int, micro: int) -> None:
+    """Stop the stage at the first micro-batch whose loss is not a finite number (NaN or ±inf): nothing of the
+    epoch is saved, so the last good checkpoint (the previous epoch's) stays the latest, and no student is exported."""
+    if bool(torch.isfinite(loss.detach()).all()):
+        return
+    from mtbert_ray.errors import NonFiniteLossError
+
+    section = "cofinetune" if spec.fault_name == "cofinetune" else "distill"
+    raise NonFiniteLossError(
+        f"{spec.stage}: the loss is {float(loss.detach().float().mean())} at epoch {epoch + 1}, step {micro + 1}; "
+        f"the stage stopped and keeps its last good checkpoint (epoch {epoch} at most); lower {section}.lr, "
+        "or use resources.precision: fp32")
 
 
 def _checkpoint_and_report(step: Step, session: StageSession, spec: LoopSpec, device: torch.device,

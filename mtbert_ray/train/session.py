@@ -290,7 +290,32 @@ def _fit_trainer(worker, loop_config, resources, *, name, storage_path, datasets
             worker_runtime_env={"env_vars": runtime_env_vars()},  # as the driver sees them now
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - a user-facing error raised on a worker comes back wrapped
+        user_error = worker_user_error(exc)
+        if user_error is not None:
+            raise user_error from None
+        raise
     best = result.get_best_checkpoint(SCORE, "max") or result.checkpoint
     metrics = next((m for c, m in result.best_checkpoints if c.path == best.path), dict(result.metrics or {}))
     return StageRun(Path(best.path), dict(metrics), storage_path / name)
+
+
+def worker_user_error(exc: BaseException):
+    """The ``MTBertError`` (one line for the user, e.g. a non-finite loss) a Train worker raised, unwrapped from Ray
+    Train's ``WorkerGroupError`` (``worker_failures``: rank → exception); None when the failure is something else."""
+    from mtbert_ray.errors import MTBertError
+
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, MTBertError):
+            return current
+        todo += [e for e in (getattr(current, "worker_failures", None) or {}).values() if isinstance(e, BaseException)]
+        todo += [e for e in (current.__cause__, current.__context__, getattr(current, "cause", None)) if isinstance(e, BaseException)]
+    return None
