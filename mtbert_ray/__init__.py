@@ -2,7 +2,9 @@
 
 ``StudentClassifier`` (an exported student), ``run_experiment`` / ``Experiment`` (one experiment, all its
 stages or one at a time), ``ExperimentResult`` (its typed result) and ``load_config`` are importable from
-here; they load lazily so that ``import mtbert_ray`` stays cheap.
+here; they load lazily. Importing the package registers the exported student's model type (``mtbert-student``)
+with transformers' ``AutoConfig`` and ``AutoModelForSequenceClassification``, so ``pipeline("text-classification",
+model=FOLDER)`` loads a student folder without remote code.
 """
 from __future__ import annotations
 
@@ -24,3 +26,14 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_WHERE[name]), name)
     raise AttributeError(f"module 'mtbert_ray' has no attribute {name!r}")
+
+
+def _register_with_transformers() -> None:
+    try:
+        from mtbert_ray.models.hf_student import register
+    except ImportError:  # pragma: no cover - torch / transformers missing: nothing to register with
+        return
+    register()
+
+
+_register_with_transformers()

@@ -20,7 +20,8 @@ from mtbert_ray.config import ExperimentConfig, dump_config
 from mtbert_ray.context import StageContext
 from mtbert_ray.data.shards import prepare_data
 from mtbert_ray.errors import ResultsError
-from mtbert_ray.export import export_student, parameter_counts
+from mtbert_ray.export import export_student, parameter_counts, read_student_meta
+from mtbert_ray.model_card import write_model_card
 from mtbert_ray.models.hub import check_models
 from mtbert_ray.ray_runtime import init_ray
 from mtbert_ray.results import ExperimentResult
@@ -109,6 +110,7 @@ class Experiment:
         distilled = self.distill()
         result = self._result(distilled, time.time() - distill_started, started)
         result.write(self.run_dir / RESULT_FILE)
+        write_model_card(result.student_dir, read_student_meta(result.student_dir), result.to_json())
         return result
 
     def _result(self, distilled: StageRun, distill_seconds: float, started: float) -> ExperimentResult:

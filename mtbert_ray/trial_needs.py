@@ -214,10 +214,12 @@ def _autoscaler_running(wait_s: float = 15.0) -> bool:
     except ValueError:
         return False
     mapping = report.get("node_type_mapping") or {}
-    return any(node != kind for node, kind in mapping.items()) or bool(report.get("pending_launches"))
+    readonly = {node: READONLY_NODE_TYPE.format(node) for node in mapping}  # ray.autoscaler's format_readonly_node_type
+    return any(kind != readonly[node] for node, kind in mapping.items()) or bool(report.get("pending_launches"))
 
 
 AUTOSCALING_STATUS_KEY = "__autoscaling_status"  # ray._private.ray_constants.DEBUG_AUTOSCALING_STATUS
+READONLY_NODE_TYPE = "node_{}"  # the type the read-only provider of a fixed cluster gives each node
 
 
 def _read_yaml(path: str) -> dict:

@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import REPO, RT_POLARITY
 
-JOB_WAIT_S = 600  # the 4-CPU sweep took ~{measured} s here; a loaded CI machine gets room
+JOB_WAIT_S = 600  # the 4-CPU two-trial sweep took 74 s here (2026-12); a loaded CI machine gets room
 
 
 def free_ports(n: int, low: int = 20000, high: int = 29999) -> list[int]:

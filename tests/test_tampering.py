@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -115,3 +116,24 @@ def test_an_error_raised_on_a_train_worker_comes_back_as_itself():
     wrapped = WorkerGroupError("Training failed due to worker errors", {0: RuntimeError("x"), 1: original})
     assert worker_user_error(wrapped) is original
     assert worker_user_error(WorkerGroupError("boom", {0: RuntimeError("x")})) is None
+
+
+@pytest.mark.slow
+def test_a_run_whose_loss_explodes_exits_with_one_line_and_exports_nothing(ray_session, tiny_models, tmp_path, capsys):
+    """``distill.lr: 1e30`` is a finite setting that sends the student to NaN within a few steps: the run stops with one
+    line naming the stage, epoch and step (exit 2), exports no student and writes no result."""
+    import yaml
+
+    from mtbert_ray.run import main
+    from tests.conftest import tiny_experiment
+
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(tiny_experiment(tiny_models, tmp_path, distill={"epochs": 1, "lr": 1e30})))
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exited:
+        main(["--config", str(config), "--storage", str(tmp_path / "results"), "--run-dir", str(run_dir)])
+    text = capsys.readouterr().err
+    errors = [line for line in text.splitlines() if line.startswith("error:")]  # Ray's own log lines aside
+    assert exited.value.code == 2 and len(errors) == 1 and "Traceback" not in text, text[-3000:]
+    assert re.match(r"error: distill: the loss is (nan|inf|-inf) at epoch 1, step \d+; the stage stopped", errors[0]), errors[0]
+    assert not (run_dir / "student").exists() and not (run_dir / "result.json").exists()

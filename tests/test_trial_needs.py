@@ -96,3 +96,24 @@ def test_an_error_in_the_stream_reaches_the_consumer():
 
     with pytest.raises(ValueError, match="block 2 failed"):
         list(patiently(broken(), "x", "y", 5, "z"))
+
+
+def test_a_fixed_cluster_is_told_apart_from_an_autoscaling_one(monkeypatch):
+    """Every head runs Ray's monitor. On ``ray start --head`` without a config its read-only provider names each node's
+    type ``node_<id>`` (measured on a 3-CPU loopback head); an autoscaler names its node types."""
+    import json
+
+    import ray.experimental.internal_kv as kv
+
+    from mtbert_ray import trial_needs as tn
+
+    status = {}
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    monkeypatch.setattr(kv, "_internal_kv_initialized", lambda: True)
+    monkeypatch.setattr(kv, "_internal_kv_get", lambda key: json.dumps(status).encode())
+    status["autoscaler_report"] = {"node_type_mapping": {"fac04": "node_fac04"}, "pending_launches": {}}
+    assert not tn._autoscaler_running(wait_s=0)
+    status["autoscaler_report"] = {"node_type_mapping": {"fac04": "ray.head.default"}, "pending_launches": {}}
+    assert tn._autoscaler_running(wait_s=0)
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert not tn._autoscaler_running(wait_s=0)  # an embedded Ray sizes itself
