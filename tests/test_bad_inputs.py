@@ -20,6 +20,7 @@ import yaml
 
 from tests import data_fixtures as fx
 from tests.conftest import REPO, tiny_experiment
+from tests.tiny_models import make_tiny_student
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -96,22 +97,16 @@ def _run_dir_of_another_experiment(ws: Workspace) -> list[str]:
 
 
 def _student(ws: Workspace, name: str = "student") -> Path:
-    """A small exported student (1 layer of the tiny BERT, 2 labels) in the layout a run exports."""
-    from mtbert_ray.export import save_student
-    from mtbert_ray.models.hub import load_encoder, load_tokenizer
-    from mtbert_ray.models.student import StudentModel
+    """A small exported student (1 layer of the tiny BERT, 2 labels), converted to the layout a run exports."""
+    from mtbert_ray.export import convert_student
 
-    folder = ws.tmp / name
-    with contextlib.redirect_stderr(io.StringIO()):  # transformers' "Writing model shards" bar is the setup's, not the CLI's
-        model = StudentModel(load_encoder(ws.models["bert"], num_layers=1), 2, 16)
-        save_student(model, folder, ["negative", "positive"], max_length=32, pair=False)
-        load_tokenizer(ws.models["bert"]).save_pretrained(folder)
-    return folder
+    with contextlib.redirect_stderr(io.StringIO()):
+        return convert_student(make_tiny_student(ws.tmp / f"{name}-format1", ws.models["bert"]), ws.tmp / name)
 
 
-def _predict_on_damaged_student(damage: Callable[[Path], None]) -> Callable[[Workspace], list[str]]:
+def _predict_on_damaged_student(damage: Callable[[Path], None], format1: bool = False) -> Callable[[Workspace], list[str]]:
     def setup(ws: Workspace) -> list[str]:
-        folder = _student(ws)
+        folder = make_tiny_student(ws.tmp / "student", ws.models["bert"]) if format1 else _student(ws)
         damage(folder)
         return ["--model", str(folder), "a fine film"]
 
@@ -133,7 +128,7 @@ def _meta_with(**changes) -> Callable[[Path], None]:
 
 def _deeper_config(folder: Path) -> None:
     config = json.loads((folder / "config.json").read_text())
-    config["num_hidden_layers"] = 2
+    (config["encoder"] if "encoder" in config else config)["num_hidden_layers"] = 2
     (folder / "config.json").write_text(json.dumps(config))
 
 
@@ -293,14 +288,18 @@ CATALOGUE: dict[str, Case] = {
     "a grid of a million trials": Case("sweep", _twenty_teacher_grid, r"would start 1,048,575 trials .* more than 10,000"),
     "resume of a damaged sweep record": Case("sweep", _resume_of_a_damaged_sweep_record, r"mtbert_sweep.json: damaged sweep record"),
     "analysis of a damaged sweep record": Case("analysis", _damaged_sweep_record, r"mtbert_sweep.json: damaged sweep record"),
-    "predict on a truncated head": Case("predict", _predict_on_damaged_student(lambda f: _truncate(f / "head.safetensors")),
-                                        r"head.safetensors: unreadable weights"),
+    "predict on truncated weights": Case("predict", _predict_on_damaged_student(lambda f: _truncate(f / "model.safetensors")),
+                                         r"student/model.safetensors: unreadable weights"),
+    "predict on a truncated head (format 1)": Case("predict", _predict_on_damaged_student(
+        lambda f: _truncate(f / "head.safetensors"), format1=True), r"head.safetensors: unreadable weights"),
     "predict on a truncated student meta": Case("predict", _predict_on_damaged_student(lambda f: _truncate(f / "mtbert_student.json")),
                                                 r"mtbert_student.json: not readable JSON"),
     "predict with fewer label names than the head": Case("predict", _predict_on_damaged_student(_meta_with(label_names=["only"])),
                                                          r"label_names: expected 2 names \(num_labels\), got \['only'\]"),
     "predict on a student whose config says more layers than its weights": Case(
         "predict", _predict_on_damaged_student(_deeper_config), r"config.json: says 2 layers but model.safetensors holds 1"),
+    "predict on a format-1 student whose config says more layers than its weights": Case(
+        "predict", _predict_on_damaged_student(_deeper_config, format1=True), r"config.json: says 2 layers but model.safetensors holds 1"),
     "predict with batch size 0": Case("predict", lambda ws: ["--model", str(_student(ws)), "--batch-size", "0", "a fine film"],
                                       r"--batch-size: expected a positive integer, got 0"),
     "predict with a negative batch size": Case("predict", lambda ws: ["--model", str(_student(ws)), "--batch-size", "-1", "x"],

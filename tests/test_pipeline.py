@@ -249,3 +249,75 @@ def test_a_killed_in_process_run_resumes_from_its_latest_checkpoint(ray_session,
     assert [(h["epoch"], h["start_epoch"]) for h in history] == [(1, 0), (2, 1)], "the rerun did not resume"
     assert "reusing cofinetune/" in finished.stdout, "stage 1 finished in the killed run and is reused"
     assert json.loads((run_dir / "result.json").read_text())["stages"]["distill"]["metrics"]["epoch"] in (1, 2)
+
+
+FRESH_PIPELINE = """
+import json, sys
+sys.modules["mtbert_ray"] = None  # a fresh environment: torch and transformers, no mtbert-ray
+from transformers import pipeline
+clf = pipeline("text-classification", model=sys.argv[1], trust_remote_code=True, top_k=None)
+print(json.dumps(clf(json.loads(sys.argv[2]), truncation=True)))
+"""
+
+
+def test_the_export_is_a_transformers_model_with_a_card(first_run):
+    """In a fresh environment, ``pipeline(..., trust_remote_code=True)`` on the run's student gives the run's label
+    names and the probabilities of ``StudentClassifier`` (≤ 1e-6); with mtbert-ray imported the Auto classes load it
+    without remote code; the card parses and carries the run's test score."""
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForSequenceClassification
+
+    folder = first_run.student_dir
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "mtbert-student" and config["id2label"] == {"0": "0", "1": "1"}
+    assert config["auto_map"]["AutoModelForSequenceClassification"] == "hf_student.MTBertStudentForSequenceClassification"
+    texts = ["a gorgeous movie", "boring and far too long", "fine"]
+    expected = StudentClassifier.from_pretrained(folder).predict_proba(texts)
+    out = subprocess.run([sys.executable, "-c", FRESH_PIPELINE, str(folder), json.dumps(texts)], capture_output=True,
+                         text=True, timeout=300, cwd="/")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    for probs, row in zip(expected, rows):
+        assert {d["label"] for d in row} == {"0", "1"}
+        assert max(abs(d["score"] - float(probs[int(d["label"])])) for d in row) <= 1e-6
+    native = AutoModelForSequenceClassification.from_pretrained(folder).eval()  # registered on import mtbert_ray
+    assert type(native).__name__ == "MTBertStudentForSequenceClassification"
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.pipeline_tag == "text-classification" and card.data.library_name == "transformers"
+    test_accuracy = json.loads((first_run.run_dir / "result.json").read_text())["stages"]["distill"]["test"]["accuracy"]
+    assert f"accuracy {test_accuracy:.4f}" in card.text and "`0`, `1`" in card.text
+
+
+def test_onnx_and_int8_exports_match_torch_and_are_measured(first_run):
+    """``export onnx RUN --int8``: parity ≤ 1e-4 on the run's test rows, the test split re-scored with int8, the speed
+    table in result.json and the card; ``predict --runtime onnx`` gives torch's labels; an empty row is refused."""
+    from mtbert_ray.errors import MTBertError
+    from mtbert_ray.export import main as export_main
+    from mtbert_ray.onnx_export import OnnxStudent
+
+    with pytest.raises(SystemExit) as exited:
+        export_main(["onnx", str(first_run.run_dir), "--int8"])
+    assert exited.value.code == 0
+    result = json.loads((first_run.run_dir / "result.json").read_text())
+    report = result["export"]
+    assert report["parity"]["max_abs_logit_diff"] <= 1e-4 and report["data"] == "test split: 64 rows"
+    accuracy = report["test_accuracy"]
+    assert accuracy["torch fp32"] == pytest.approx(result["stages"]["distill"]["test"]["accuracy"], abs=1e-9)
+    assert report["int8_accuracy_change"] == pytest.approx(accuracy["onnxruntime int8"] - accuracy["torch fp32"])
+    assert {"torch fp32", "onnxruntime fp32", "onnxruntime int8"} <= set(report["speed"])
+    assert any(name.startswith("teacher ") for name in report["speed"])
+    assert "| onnxruntime int8 |" in (first_run.student_dir / "README.md").read_text()
+    texts = ["a gorgeous movie", "boring and far too long"]
+    torch_labels = [p.label for p in StudentClassifier.from_pretrained(first_run.student_dir).predict(texts)]
+    for runtime in ("onnx", "onnx-int8"):
+        out = subprocess.run([sys.executable, "-m", "mtbert_ray.predict", "--model", str(first_run.student_dir), "--runtime",
+                              runtime, *texts], capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert out.returncode == 0, out.stderr
+        labels = [json.loads(x)["label"] for x in out.stdout.splitlines()]
+        assert labels == torch_labels or runtime == "onnx-int8" and len(labels) == 2
+    onnx = OnnxStudent(first_run.student_dir)
+    import numpy as np
+
+    with pytest.raises(MTBertError, match="no real token"):
+        onnx.logits({"input_ids": np.zeros((1, 3), np.int64), "attention_mask": np.zeros((1, 3), np.int64),
+                     "token_type_ids": np.zeros((1, 3), np.int64)})

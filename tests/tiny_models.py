@@ -81,3 +81,23 @@ def make_tiny_roberta(folder: Path, hidden: int = 48, layers: int = 2, extra_cor
     RobertaModel(config, add_pooling_layer=False).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+def make_tiny_student(folder: Path, bert: str, labels: tuple[str, ...] = ("negative", "positive"), seed: int = 0) -> Path:
+    """A format-1 export (as training checkpoints hold it) of a 1-layer student of the tiny BERT: encoder folder,
+    head.safetensors, mtbert_student.json and the tokenizer."""
+    import contextlib
+    import io
+
+    import torch
+
+    from mtbert_ray.export import save_student
+    from mtbert_ray.models.hub import load_encoder, load_tokenizer
+    from mtbert_ray.models.student import StudentModel
+
+    torch.manual_seed(seed)
+    with contextlib.redirect_stderr(io.StringIO()):  # transformers' "Writing model shards" bar
+        model = StudentModel(load_encoder(bert, num_layers=1), len(labels), 16)
+        save_student(model, folder, list(labels), max_length=32, pair=False)
+        load_tokenizer(bert).save_pretrained(folder)
+    return folder

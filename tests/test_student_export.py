@@ -1,0 +1,114 @@
+"""The student outside mtbert-ray: format-1 folders converted (never loaded with a random head), the card, and Ray Serve."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from mtbert_ray.export import StudentClassifier, convert_student, is_transformers_student
+from tests.tiny_models import make_tiny_student
+
+TEXTS = ["a fine film", "dull", "the plot is thin but the actors carry it"]
+
+
+def test_a_format1_folder_is_converted_with_its_predictions_and_kept(tiny_models, tmp_path):
+    """``export convert`` in place: the new folder is a transformers student with the same probabilities (3 classes,
+    its own label names) and the old files are kept beside it, never deleted."""
+    from transformers import AutoModelForSequenceClassification
+
+    old = make_tiny_student(tmp_path / "student", tiny_models["bert"], ("neg", "neu", "pos"))
+    before = StudentClassifier.from_pretrained(old).predict_proba(TEXTS)
+    converted = convert_student(old)
+    assert converted == old and is_transformers_student(old) and (tmp_path / "student.format1" / "head.safetensors").is_file()
+    after = StudentClassifier.from_pretrained(old)
+    assert after.label_names == ["neg", "neu", "pos"] and (after.predict_proba(TEXTS) - before).abs().max() <= 1e-6
+    native = AutoModelForSequenceClassification.from_pretrained(old).eval()
+    assert native.config.id2label == {0: "neg", 1: "neu", 2: "pos"}
+    import torch
+
+    enc = after.tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = torch.softmax(native(**enc).logits, -1)
+    assert (probs - before).abs().max() <= 1e-6
+    with pytest.raises(Exception, match="already a transformers student"):
+        convert_student(old)
+
+
+def test_the_card_parses_and_says_what_the_student_is(tiny_models, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from mtbert_ray.export import read_student_meta
+    from mtbert_ray.model_card import write_model_card
+
+    folder = convert_student(make_tiny_student(tmp_path / "old", tiny_models["bert"]), tmp_path / "student")
+    result = {"select": {"metric": "accuracy", "mode": "max"},
+              "stages": {"distill": {"metrics": {"accuracy": 0.8125, "epoch": 2}, "test": {"accuracy": 0.75}}},
+              "params": {"student": 12345}}
+    speed = {"torch fp32": {"p50_ms": 2.0, "p95_ms": 3.0, "batch32_rows_per_s": 900.0}}
+    write_model_card(folder, read_student_meta(folder), result, speed, seeds={"test accuracy": "0.74 ± 0.02 (5 seeds)"})
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.pipeline_tag == "text-classification" and "knowledge-distillation" in card.data.tags
+    for text in ("`negative`, `positive`", "validation: accuracy 0.8125", "test: accuracy 0.7500", "parameters: 12,345",
+                 "| torch fp32 | 2.00 | 3.00 | 900 |", "test accuracy 0.74 ± 0.02 (5 seeds)", "trust_remote_code=True"):
+        assert text in card.text, text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body) -> tuple[int, object]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.slow
+def test_serve_batches_a_burst_and_answers_as_predict(ray_session, tiny_models, tmp_path):
+    """A real local Serve instance on 127.0.0.1 (not Serve's local testing mode): 200 requests from 32 threads within a
+    time limit, every answer equal to ``predict``'s label, batches larger than one, 400 with one line for bad bodies,
+    a health route; shut down afterwards."""
+    from ray import serve
+
+    from mtbert_ray.export import main as export_main
+    from mtbert_ray.onnx_export import OnnxStudent
+    from mtbert_ray.serve import app
+
+    folder = convert_student(make_tiny_student(tmp_path / "old", tiny_models["bert"]), tmp_path / "student")
+    with pytest.raises(SystemExit):
+        export_main(["onnx", str(folder), "--no-speed"])
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(app({"model_dir": str(folder), "batch_wait_timeout_s": "0.02"}), name="student", route_prefix="/")
+        url = f"http://127.0.0.1:{port}/"
+        health = json.loads(urllib.request.urlopen(url + "healthz", timeout=30).read())
+        assert health == {"status": "ok", "runtime": "onnx", "labels": ["negative", "positive"]}
+        texts = [f"film number {i} was {'good' if i % 2 else 'bad'}" for i in range(200)]
+        expected = [p.label for p in OnnxStudent(folder).predict(texts)]
+        started = time.monotonic()
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(lambda t: _post(url, {"text": t}), texts))
+        assert time.monotonic() - started < 120
+        assert all(status == 200 for status, _ in answers)
+        assert [body["label"] for _, body in answers] == expected
+        status, many = _post(url, {"texts": texts[:3]})
+        assert status == 200 and [m["label"] for m in many] == expected[:3]
+        sizes = json.loads(urllib.request.urlopen(url + "stats", timeout=30).read())["batch_sizes"]
+        assert max(int(k) for k in sizes) > 1, sizes
+        for bad in (b"not json", {"texts": []}, {"text": "x", "texts": ["y"]}, {"text": "x", "text_pair": "y"}):
+            status, body = _post(url, bad)
+            assert status == 400 and len(body["error"].splitlines()) == 1, body
+    finally:
+        serve.shutdown()
