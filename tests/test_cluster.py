@@ -290,7 +290,9 @@ def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_p
         space.write_text(yaml.safe_dump({
             "name": "fake-cluster", "experiment": base,
             "space": {"distill.temperature": {"grid": [1.0, 2.0]}},
-            "search": {"searcher": "grid", "max_concurrent_trials": 2, "trial_cpus": 0.5},
+            # the autoscaler's node types size the study: one trial's peak (0.5 driver + 1 worker + 1 read) is 2.5 of
+            # the 1 + 3 × 1 CPUs the cluster can reach, so the two trials run one after the other
+            "search": {"searcher": "grid", "max_concurrent_trials": 2, "trial_cpus": 0.5, "autoscaling_config": str(config_file)},
         }))
         job_env = {k: os.environ[k] for k in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "MTBERT_RAY_CACHE") if k in os.environ}
         # The package reaches the job through PYTHONPATH, not --working-dir: fake nodes share this
@@ -322,6 +324,7 @@ def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_p
                              env=env, capture_output=True, text=True, timeout=60).stdout
         assert status == "SUCCEEDED", f"job {status}: {log[-4000:]}"
         assert "sweep finished: 2 trials (0 errored)" in log
+        assert "search.max_concurrent_trials 2 → 1: this cluster's 1 node(s) + the autoscaler's worker nodes" in log
         uploaded = tmp_path / "bucket" / "studies" / "fake-cluster"
         assert (uploaded / "analysis" / "table.md").is_file() and (uploaded / "mtbert_sweep.json").is_file()
         assert peak >= 1, f"the cluster never scaled up (peak {peak} one-CPU workers)"
