@@ -71,3 +71,61 @@ def patiently(items: Iterable[T], what: str, asks: str, timeout_s: float, settin
             return
         last = noticed = time.monotonic()
         yield item
+
+
+class PendingPlacementNotice:
+    """While a Ray Train stage starts, say so every ``notice_s`` if a placement group asked for since it started is
+    still pending (its workers cannot be scheduled yet): what it asks for, what the cluster has free, and when Ray
+    Train gives up (``resources.worker_start_timeout_s``). A context manager around ``trainer.fit()``."""
+
+    def __init__(self, what: str, timeout_s: float | None, notice_s: float = NOTICE_S, poll_s: float = 5.0,
+                 table: Callable[[], dict] | None = None, free: Callable[[], str] = cluster_free) -> None:
+        self.what, self.timeout_s, self.notice_s, self.poll_s = what, timeout_s, notice_s, poll_s
+        self.table, self.free = table or _placement_group_table, free
+        self.stop = threading.Event()
+        self.notices: list[str] = []
+
+    def __enter__(self) -> "PendingPlacementNotice":
+        self.before = set(self._pending())  # groups pending before this stage are not its own
+        self.thread = threading.Thread(target=self._watch, daemon=True, name=f"pending:{self.what}")
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def _pending(self) -> dict[str, list[dict]]:
+        try:
+            groups = self.table() or {}
+        except Exception:  # noqa: BLE001 - a notice must never fail the stage
+            return {}
+        return {pg: list((info.get("bundles") or {}).values()) for pg, info in groups.items() if info.get("state") == "PENDING"}
+
+    def _watch(self) -> None:
+        first_seen: dict[str, float] = {}
+        last_notice = 0.0
+        while not self.stop.wait(self.poll_s):
+            now = time.monotonic()
+            pending = {pg: b for pg, b in self._pending().items() if pg not in self.before}
+            for pg in pending:
+                first_seen.setdefault(pg, now)
+            waited = [(now - first_seen[pg], bundles) for pg, bundles in pending.items()]
+            if not waited or now - last_notice < self.notice_s:
+                continue
+            longest, bundles = max(waited, key=lambda w: w[0])
+            if longest < self.notice_s:
+                continue
+            last_notice = now
+            asks = " + ".join(", ".join(f"{v:g} {k}" for k, v in b.items() if not k.startswith("bundle_group")) for b in bundles)
+            limit = f"Ray Train gives up after {self.timeout_s:g} s" if self.timeout_s else "Ray Train gives up after its 60 s"
+            line = (f"[mtbert] {self.what}: its workers have waited {longest:.0f} s for {len(bundles)} bundle(s) of [{asks}] "
+                    f"({self.free()}); {limit} (resources.worker_start_timeout_s)")
+            self.notices.append(line)
+            emit(line)
+
+
+def _placement_group_table() -> dict:
+    from ray.util import placement_group_table
+
+    return placement_group_table()

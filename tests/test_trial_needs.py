@@ -117,3 +117,21 @@ def test_a_fixed_cluster_is_told_apart_from_an_autoscaling_one(monkeypatch):
     assert tn._autoscaler_running(wait_s=0)
     monkeypatch.delenv("RAY_ADDRESS")
     assert not tn._autoscaler_running(wait_s=0)  # an embedded Ray sizes itself
+
+
+def test_a_train_stage_whose_workers_wait_says_so(capfd):
+    """A placement group that stays PENDING past notice_s is reported (what it asks, what is free, the limit); one that
+    was pending before the stage started is not this stage's."""
+    import time
+
+    from mtbert_ray.waiting import PendingPlacementNotice
+
+    groups = {"old": {"state": "PENDING", "bundles": {0: {"CPU": 9.0}}}}
+    with PendingPlacementNotice("stage distill", 900, notice_s=0.3, poll_s=0.05, table=lambda: groups,
+                                free=lambda: "0/4 CPU free") as notice:
+        groups["new"] = {"state": "PENDING", "bundles": {0: {"CPU": 1.0}, 1: {"CPU": 1.0}}}
+        time.sleep(1.0)
+    assert notice.notices, "no notice"
+    assert notice.notices[0].startswith("[mtbert] stage distill: its workers have waited ")
+    assert "for 2 bundle(s) of [1 CPU + 1 CPU] (0/4 CPU free); Ray Train gives up after 900 s" in notice.notices[0]
+    assert "9 CPU" not in " ".join(notice.notices)

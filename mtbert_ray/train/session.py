@@ -290,8 +290,11 @@ def _fit_trainer(worker, loop_config, resources, *, name, storage_path, datasets
             worker_runtime_env={"env_vars": runtime_env_vars()},  # as the driver sees them now
         ),
     )
+    from mtbert_ray.waiting import PendingPlacementNotice
+
     try:
-        result = trainer.fit()
+        with PendingPlacementNotice(f"stage {name}", timeout):
+            result = trainer.fit()
     except Exception as exc:  # noqa: BLE001 - a user-facing error raised on a worker comes back wrapped
         user_error = worker_user_error(exc)
         if user_error is not None:
