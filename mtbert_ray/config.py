@@ -197,6 +197,15 @@ class ResourcesConfig(_Strict):
     controller_failure_limit: int = Field(
         default=2, ge=0, description="Times a stage retries when its workers could not be started in time.")
 
+    @model_validator(mode="after")
+    def _whole_gpus_for_several_workers(self) -> "ResourcesConfig":
+        # two NCCL ranks on one GPU fail ("Duplicate GPU detected"): several workers need a GPU each
+        if self.use_gpu and self.num_workers > 1 and self.gpus_per_worker < 1:
+            raise ValueError(f"gpus_per_worker={self.gpus_per_worker:g} with num_workers={self.num_workers}: data-parallel "
+                             "workers need a whole GPU each (NCCL refuses two ranks on one GPU); set gpus_per_worker: 1 "
+                             "or num_workers: 1")
+        return self
+
     def worker_resources(self) -> dict[str, float]:
         resources = {"CPU": self.cpus_per_worker}
         if self.use_gpu:

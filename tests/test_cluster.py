@@ -85,9 +85,13 @@ def test_gpu_settings_reach_the_scaling_config_and_trial_resources(tiny_models, 
     from mtbert_ray.space import load_space
     from mtbert_ray.sweep import needs_of
 
-    sc = scaling_config(ResourcesConfig(num_workers=2, use_gpu=True, cpus_per_worker=4, gpus_per_worker=0.5))
+    sc = scaling_config(ResourcesConfig(num_workers=2, use_gpu=True, cpus_per_worker=4, gpus_per_worker=1))
     assert sc.use_gpu and sc.num_workers == 2
-    assert sc.resources_per_worker == {"CPU": 4, "GPU": 0.5}
+    assert sc.resources_per_worker == {"CPU": 4, "GPU": 1}
+    # a fractional GPU suits one worker (a trial sharing a GPU), never two NCCL ranks on one GPU ("Duplicate GPU detected")
+    assert scaling_config(ResourcesConfig(num_workers=1, use_gpu=True, gpus_per_worker=0.5)).resources_per_worker["GPU"] == 0.5
+    with pytest.raises(ValueError, match="gpus_per_worker=0.5 with num_workers=2: data-parallel workers need a whole GPU"):
+        ResourcesConfig(num_workers=2, use_gpu=True, gpus_per_worker=0.5)
     assert scaling_config(ResourcesConfig()).resources_per_worker == {"CPU": 1.0} and not scaling_config(ResourcesConfig()).use_gpu
 
     space = load_space(REPO / "tune_spaces" / "paper_glue.yaml")

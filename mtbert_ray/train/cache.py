@@ -87,16 +87,15 @@ class TeacherCacheWriter:
     """A Ray Data actor: frozen teachers → the cache rows of one batch (``targets.cache_columns``)."""
 
     def __init__(self, context: dict[str, Any], counter=None) -> None:
-        import torch
 
         from mtbert_ray.models.hub import quiet_transformers
         from mtbert_ray.models.teachers import TeacherEnsemble
-        from mtbert_ray.train.common import configure_device
+        from mtbert_ray.train.common import configure_device, training_device
 
         quiet_transformers()
         self.ctx = StageContext.from_dict(context)
         cfg = self.ctx.config
-        self.device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
+        self.device = training_device(cfg.resources.use_gpu)  # no silent CPU fall-back
         configure_device(self.device, None if cfg.resources.use_gpu else cfg.resources.cpus_per_worker)
         self.ensemble = TeacherEnsemble.from_pretrained(self.ctx.teachers_checkpoint, cfg.trust_remote_code).to(self.device).eval()
         pads = self.ctx.pad_ids

@@ -47,6 +47,23 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
+def training_device(use_gpu: bool) -> torch.device:
+    """The device a stage in this process runs on: CUDA when ``use_gpu`` (a one-line error naming the node when no CUDA
+    device is visible — never a silent fall-back to the CPU), else the CPU."""
+    if not use_gpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        import socket
+
+        from mtbert_ray.errors import ResourcesError
+
+        raise ResourcesError(
+            f"resources.use_gpu: no CUDA device is visible on node {socket.gethostname()} (torch {torch.__version__}, "
+            f"CUDA build {torch.version.cuda or 'none'}); check the node's driver and CUDA_VISIBLE_DEVICES, "
+            "or set resources.use_gpu: false")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def configure_device(device: torch.device, threads: float | None) -> None:
     """TF32 matmuls on GPUs that have them; on a CPU worker, torch threads = its CPUs."""
     if device.type == "cuda":

@@ -222,6 +222,7 @@ class Optimization:
         self.grad_accum_steps, self.world_size = grad_accum_steps, world_size
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.pending = 0
+        self.unsynced = False  # the accumulated gradient holds micro-batches DDP did not all-reduce
         optimizer.zero_grad(set_to_none=True)
 
     def micro_step(self, step: Step, train_module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -232,17 +233,38 @@ class Optimization:
             with autocast(self.device, self.precision):
                 terms = step.loss(train_module, batch)
             self.scaler.scale(terms["loss"] / self.grad_accum_steps).backward()
+        self.unsynced = skip_sync
         if last:
             self.flush()
         return terms
 
     def flush(self) -> None:
-        """Apply the accumulated gradient (if any) and start the next step."""
+        """Apply the accumulated gradient (if any) and start the next step.
+
+        At the end of an epoch whose micro-batches do not fill the last step, the gradient accumulated under
+        ``no_sync`` was never averaged across ranks: it is all-reduced here (mean over ranks, as DDP would have),
+        so every rank takes the same step and the copies stay identical."""
         if self.pending:
+            if self.unsynced:
+                average_gradients(self.optimizer, self.world_size)
+                self.unsynced = False
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.pending = 0
+
+
+def average_gradients(optimizer: torch.optim.Optimizer, world_size: int) -> None:
+    """g ← (Σ_ranks g) / world_size for every parameter's gradient (one all-reduce per tensor)."""
+    import torch.distributed as dist
+
+    if world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if param.grad is not None:
+                dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+                param.grad.div_(world_size)
 
 
 def _head_metric(step: Step, name: str) -> str:

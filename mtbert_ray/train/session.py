@@ -127,7 +127,9 @@ class InProcessSession(StageSession):
         self.on_report = list(on_report)
 
     def device(self, use_gpu: bool) -> torch.device:
-        return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        from mtbert_ray.train.common import training_device
+
+        return training_device(use_gpu)
 
     def dataset(self, split: str):
         return self.datasets[split]
