@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import yaml
 
 from mtbert_ray.config import ResourcesConfig, validate_config
 from mtbert_ray.ray_runtime import scaling_config
+from tests.cluster_helpers import forget_cluster_address, free_ports
 from tests.conftest import REPO, tiny_experiment
 
 CLUSTER_FILES = sorted((REPO / "cluster").glob("*.yaml"))
@@ -162,32 +162,6 @@ def test_upload_copies_a_study_to_an_object_store_uri(tmp_path):
 
 # ---- a sweep on an autoscaling cluster (Ray's fake multi-node provider) ----------------------------
 
-def _free_ports(n: int, low: int = 20000, high: int = 29999) -> list[int]:
-    """``n`` distinct ports free now, outside Ray's default worker port range (10002–19999)."""
-    ports: list[int] = []
-    for port in range(low, high):
-        with socket.socket() as s:
-            try:
-                s.bind(("", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise RuntimeError("no free ports")
-
-
-def _forget_cluster_address(address: str) -> None:
-    """Remove the address file ``ray start`` wrote (as ``ray stop`` does) when it names this test's
-    cluster: a later ``ray.init()`` on the machine would otherwise try to join the dead head."""
-    marker = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-    try:
-        if marker.read_text().strip() == address:
-            marker.unlink()
-    except OSError:
-        pass
-
-
 def _cluster_nodes(address: str, env: dict) -> tuple[dict[str, int], dict[str, int]]:
     """Nodes per type from one ``ray status``: those up ("Active") and those being launched ("Pending",
     lines such as `` cpu1, 1 launching`` or `` <ip>: cpu1, setting-up``)."""
@@ -246,7 +220,7 @@ def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_p
 
     ip = get_node_ip_address()
     # every port of this head chosen free, so another Ray on the machine (e.g. the tests' embedded one) does not collide
-    gcs_port, dash_port, client_port, agent_port, metrics_port = _free_ports(5)
+    gcs_port, dash_port, client_port, agent_port, metrics_port = free_ports(5)
     provider = {
         "cluster_name": "mtbert-fake", "max_workers": 3, "upscaling_speed": 1.0, "idle_timeout_minutes": IDLE_TIMEOUT_S / 60,
         "provider": {"type": "external", "module": "tests.slow_node_provider.SlowFakeProvider",
@@ -347,7 +321,7 @@ def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_p
             os.killpg(group, signal.SIGKILL)  # only the processes this test started
         except ProcessLookupError:
             pass
-        _forget_cluster_address(address)
+        forget_cluster_address(address)
 
 
 def test_the_gpu_smoke_script_parses_and_its_configs_validate():

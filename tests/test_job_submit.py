@@ -13,43 +13,16 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.cluster_helpers import forget_cluster_address, free_ports
 from tests.conftest import REPO, RT_POLARITY
 
 JOB_WAIT_S = 600  # the 4-CPU two-trial sweep took 74 s here (2026-12); a loaded CI machine gets room
-
-
-def free_ports(n: int, low: int = 20000, high: int = 29999) -> list[int]:
-    """``n`` distinct ports free now, outside Ray's default worker port range (10002–19999)."""
-    import socket
-
-    ports: list[int] = []
-    for port in range(low, high):
-        with socket.socket() as s:
-            try:
-                s.bind(("", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise RuntimeError("no free ports")
-
-
-def forget_cluster_address(address: str) -> None:
-    """Remove the address file ``ray start`` wrote (as ``ray stop`` does) when it names this test's cluster."""
-    marker = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-    try:
-        if marker.read_text().strip() == address:
-            marker.unlink()
-    except OSError:
-        pass
 
 
 @contextmanager
