@@ -40,7 +40,9 @@ def test_cluster_yaml_passes_rays_schema(path):
     assert not re.search(r"(aws_secret|aws_access_key|private_key_id|BEGIN [A-Z ]*PRIVATE KEY)", text, re.I)
     setup = " ".join(cfg.get("setup_commands", []))
     image = (cfg.get("docker") or {}).get("image", "")
-    assert re.search(r":0\.1\.0-gpu$", image) or "mtbert-ray==" in setup, "a pinned release: the project's image or version"
+    assert re.search(r":0\.1\.0-gpu$", image) or "-c ~/mtbert-ray/constraints.txt ~/mtbert-ray" in setup, \
+        "the project's image, or the repository installed with its pins"
+    assert "python3 -m mtbert_ray.node_check" in cfg["worker_start_ray_commands"], "GPU nodes checked before Ray starts"
     assert " -e " not in setup, "never an editable path"
     assert ">> ~/.bashrc" not in text, "set-up must not append to a file on every `ray up`"
     assert "HF_TOKEN" not in json.dumps(cfg.get("docker", {}).get("run_options", [])).replace("--env-file", ""), \
@@ -330,3 +332,25 @@ def test_the_gpu_smoke_script_parses_and_its_configs_validate():
     out = subprocess.run(["bash", str(script), "--check"], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHON": sys.executable}, cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip() == "ok gpu_smoke bf16", out.stdout + out.stderr
+
+
+def test_the_node_check_fails_a_gpu_node_torch_cannot_use(tmp_path, monkeypatch, capsys):
+    """``python -m mtbert_ray.node_check`` (before ``ray start`` on every worker node): a CPU node (no nvidia-smi) is
+    fine; a node whose driver lists GPUs that torch cannot use fails with one line."""
+    import stat
+
+    import torch
+
+    from mtbert_ray import node_check
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert node_check.node_problem() is None  # no nvidia-smi: a CPU node
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA A10G (UUID: GPU-1)'\n")
+    smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "the driver shows 1 GPU(s) but torch" in node_check.node_problem()
+    with pytest.raises(SystemExit) as exited:
+        node_check.main()
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.startswith("mtbert-ray node check FAILED: the driver shows 1 GPU(s)")
