@@ -354,3 +354,34 @@ def test_the_node_check_fails_a_gpu_node_torch_cannot_use(tmp_path, monkeypatch,
         node_check.main()
     assert exited.value.code == 1
     assert capsys.readouterr().err.startswith("mtbert-ray node check FAILED: the driver shows 1 GPU(s)")
+
+
+def test_the_gpu_smoke_verdict_fails_on_what_matters(tmp_path):
+    """``python -m mtbert_ray.gpu_smoke RUN``: a good run passes; no resume, a NaN loss, no GPU memory and a student at
+    chance each fail, by name."""
+    from mtbert_ray.gpu_smoke import smoke_failures
+
+    def write(distill_rows, accuracy=0.8, co_rows=None):
+        run = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        (run / "distill").mkdir(parents=True)
+        co = run / "stages" / "cofinetune" / "k" / "artefact"
+        co.mkdir(parents=True)
+        (co.parent / "history.jsonl").write_text("\n".join(json.dumps(r) for r in co_rows or [
+            {"epoch": 1, "start_epoch": 0, "train_loss": 0.6, "gpu_memory_peak_gb": 9.5, "train_examples_per_s": 300.0}]))
+        (run / "distill" / "history.jsonl").write_text("\n".join(json.dumps(r) for r in distill_rows))
+        (run / "result.json").write_text(json.dumps({
+            "data": {"label_names": ["0", "1"]},
+            "stages": {"cofinetune": {"checkpoint": str(co)},
+                       "distill": {"metrics": {"accuracy": accuracy}, "test": {"accuracy": accuracy}}}}))
+        return run
+
+    good = [{"epoch": 1, "start_epoch": 0, "train_loss": 0.5, "gpu_memory_peak_gb": 3.0},
+            {"epoch": 2, "start_epoch": 1, "train_loss": 0.4, "gpu_memory_peak_gb": 3.1}]
+    failures, table = smoke_failures(write(good))
+    assert failures == [] and table[0].startswith("stage")
+    assert smoke_failures(write(good[:1]))[0] == ["distill: no epoch resumed from the epoch-1 checkpoint after the injected fault"]
+    nan = [good[0], {**good[1], "train_loss": float("nan")}]
+    assert smoke_failures(write(nan))[0] == ["distill epoch 2: train_loss not finite"]
+    cpu = [good[0], {**good[1], "gpu_memory_peak_gb": None}]
+    assert smoke_failures(write(cpu))[0] == ["distill epoch 2: no GPU memory used (a worker on the CPU?)"]
+    assert smoke_failures(write(good, accuracy=0.51))[0] == ["distill: test accuracy 0.5100 is at chance (majority class 0.5000)"]
