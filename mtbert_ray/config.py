@@ -138,6 +138,15 @@ class LossConfig(_Strict):
     distill_weight: float = Field(1.0, gt=0, description="λ_dis, the distillation loss's weight in the sum (the paper: 1).")
     task_weight: float = Field(1.0, gt=0, description="λ_task, the task loss's weight in the sum (the paper: 1).")
     weighted: bool = Field(True, description="Per-sample teacher weights 1/(1+CE(y, y_i)) in L_MT-Dis (Eq. 2).")
+    teacher_weighting: Literal["paper", "normalized", "confidence"] = Field(
+        "paper", description="How L_MT-Dis mixes the teachers per sample (losses.mixture_weights): paper = Eq. 2, "
+        "N·α_i/(1+CE) (up to N teachers' worth); normalized = the same weights divided by their sum over teachers; "
+        "confidence = softmax over teachers of log α_i − CE/τ (loss.confidence_temperature).")
+    teacher_prior: list[float] | None = Field(
+        None, description="Fixed per-teacher priors α_i >= 0 (one per teacher, normalised to sum 1; default uniform) in the "
+        "soft-label mixture and in the hidden loss's per-teacher weights. A one-hot α is the student of that one teacher.")
+    confidence_temperature: float = Field(
+        1.0, gt=0, description="τ of teacher_weighting: confidence (smaller: the most correct teacher takes more of the weight).")
     ensemble: Literal["none", "average", "average_logits", "weighted"] = Field(
         "none", description="Fig. 3 baselines: distil one ensembled soft label instead of L_MT-Dis.")
     project: Literal["teacher", "student"] = Field(
@@ -280,6 +289,12 @@ class ExperimentConfig(_Strict):
             unknown = [t for t in chosen if t not in self.teachers]
             if unknown:
                 raise ValueError(f"loss.hidden_teachers: {unknown[0]!r} is not one of the teachers {self.teachers}")
+        prior = self.loss.teacher_prior
+        if prior is not None:
+            if len(prior) != len(self.teachers):
+                raise ValueError(f"loss.teacher_prior: {len(prior)} weights for {len(self.teachers)} teachers; expected one per teacher")
+            if any(a < 0 for a in prior) or not sum(prior) > 0:
+                raise ValueError(f"loss.teacher_prior: expected weights >= 0 with a positive sum, got {prior}")
         return self
 
     @model_validator(mode="after")

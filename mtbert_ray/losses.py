@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 EnsembleMode = Literal["average", "average_logits", "weighted"]
+TeacherWeighting = Literal["paper", "normalized", "confidence"]
 ProjectSide = Literal["teacher", "student"]
 
 
@@ -40,6 +41,55 @@ def teacher_weights(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch
     return 1.0 / (1.0 + ce)
 
 
+def normalized_prior(prior: Sequence[float] | None, n: int) -> torch.Tensor:
+    """α_i ≥ 0 normalised to sum 1 (uniform 1/N when ``prior`` is None) → [N] float32."""
+    if prior is None:
+        return torch.full((n,), 1.0 / n)
+    alpha = torch.tensor([float(a) for a in prior], dtype=torch.float32)
+    if alpha.numel() != n or bool((alpha < 0).any()) or not float(alpha.sum()) > 0:
+        raise ValueError(f"teacher prior: expected {n} weights >= 0 with a positive sum, got {list(prior)}")
+    return alpha / alpha.sum()
+
+
+def mixture_weights(
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    mode: TeacherWeighting = "paper",
+    prior: Sequence[float] | None = None,
+    confidence_temperature: float = 1.0,
+    use_labels: bool = True,
+) -> torch.Tensor:
+    """Per-sample teacher weights w_ib [N, B], detached, from teacher logits [N, B, C], labels [B] and priors α_i (Σ α = 1).
+
+    With CE_ib = CE(y_b, softmax(y_i,b)) at temperature 1:
+
+        paper:       w_ib = N·α_i / (1 + CE_ib)                       (Eq. 2 when α is uniform: 1 / (1 + CE))
+        normalized:  w_ib = (α_i / (1 + CE_ib)) / Σ_k α_k / (1 + CE_kb)   (Σ_i w_ib = 1)
+        confidence:  w_ib = softmax_i(log α_i − CE_ib / τ)             (confidence-aware KD; Σ_i w_ib = 1)
+
+    Without labels (unlabelled rows) or with ``use_labels=False`` (``loss.weighted: false``) the correctness factor is
+    left out: paper N·α_i, normalized and confidence α_i. Σ_i w_ib = 1 means the soft-label term weighs one teacher's
+    worth whatever the number of teachers; ``paper`` weighs up to N.
+    """
+    logits = teacher_logits.detach()
+    n, batch = logits.shape[0], logits.shape[1]
+    alpha = normalized_prior(prior, n).to(logits.device).view(n, 1)
+    if labels is None or not use_labels:
+        weights = alpha.expand(n, batch)
+        return weights * n if mode == "paper" else weights
+    if mode == "paper":
+        return n * alpha * teacher_weights(logits, labels)
+    if mode == "normalized":
+        raw = alpha * teacher_weights(logits, labels)
+        return raw / raw.sum(dim=0, keepdim=True)
+    if mode == "confidence":
+        if not confidence_temperature > 0:
+            raise ValueError(f"confidence temperature must be > 0, got {confidence_temperature}")
+        ce = 1.0 / teacher_weights(logits, labels) - 1.0  # CE_ib, from w = 1 / (1 + CE)
+        return torch.softmax(torch.log(alpha.clamp(min=1e-12)) - ce / confidence_temperature, dim=0) * (alpha > 0)
+    raise ValueError(f"teacher weighting must be 'paper', 'normalized' or 'confidence', got {mode!r}")
+
+
 def soft_cross_entropy(student_logits: torch.Tensor, soft_targets: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-sample CE(p, y_s/t) = −Σ_c p_c · log_softmax(y_s/t)_c → [B] (in float32 under autocast too)."""
     return -(_full(soft_targets) * torch.log_softmax(_full(student_logits) / temperature, dim=-1)).sum(dim=-1)
@@ -52,18 +102,24 @@ def mt_distill_loss(
     temperature: float = 1.0,
     weighted: bool = True,
     t2_scale: bool = False,
+    weighting: TeacherWeighting = "paper",
+    prior: Sequence[float] | None = None,
+    confidence_temperature: float = 1.0,
 ) -> torch.Tensor:
     """L_MT-Dis = Σ_i mean_b w_ib · Σ_c −softmax(y_i,b/t)_c · log_softmax(y_s,b/t)_c   (Eq. 2).
 
     ``w = teacher_weights(teacher_logits, labels)`` when ``weighted`` and labels are given,
-    otherwise 1. ``t2_scale`` multiplies by t² (Hinton et al.; not in the paper).
+    otherwise 1 — the paper; other mixtures and priors α_i through ``mixture_weights`` (``weighting``, ``prior``).
+    ``t2_scale`` multiplies by t² (Hinton et al.; not in the paper).
     student_logits [B, C], teacher_logits [N, B, C], labels [B].
     """
     _check_temperature(temperature)
     teacher_logits = _full(teacher_logits.detach())
     targets = torch.softmax(teacher_logits / temperature, dim=-1)  # [N, B, C]
     per_sample = soft_cross_entropy(student_logits.unsqueeze(0), targets, temperature)  # [N, B]
-    if weighted and labels is not None:
+    if weighting != "paper" or prior is not None:
+        per_sample = per_sample * mixture_weights(teacher_logits, labels, weighting, prior, confidence_temperature, weighted)
+    elif weighted and labels is not None:  # Eq. 2 as the paper writes it (the same numbers as mixture_weights' paper)
         per_sample = per_sample * teacher_weights(teacher_logits, labels)
     loss = per_sample.mean(dim=1).sum()
     return loss * temperature**2 if t2_scale else loss
@@ -118,8 +174,11 @@ def mt_hidden_loss(
     projections: Sequence[Sequence[nn.Module]] | None,
     attention_mask: torch.Tensor | None = None,
     project: ProjectSide = "teacher",
+    teacher_scale: Sequence[float] | None = None,
 ) -> torch.Tensor:
-    """L_MT-Hid = Σ_i Σ_j MSE(H^s_j, W_ij H^i_j)   (Eq. 1), masked mean over real tokens and features.
+    """L_MT-Hid = Σ_i s_i Σ_j MSE(H^s_j, W_ij H^i_j)   (Eq. 1 with s_i = 1), masked mean over real tokens and features.
+
+    ``teacher_scale`` s_i weighs each teacher's term (``hidden_teacher_scale``: the priors α_i); default 1 (the paper).
 
     ``student_states[j]`` is [B, L, Hs] (student layer j+1); ``teacher_states[i][j]`` is
     [B, L, Ht_i], already taken from the teacher layer mapped to student layer j+1 and
@@ -131,8 +190,11 @@ def mt_hidden_loss(
         projections = [[nn.Identity()] * len(student_states) for _ in teacher_states]
     if len(teacher_states) != len(projections):
         raise ValueError(f"mt_hidden_loss: {len(teacher_states)} teachers' states but {len(projections)} projection sets")
+    scales = list(teacher_scale) if teacher_scale is not None else [1.0] * len(teacher_states)
+    if len(scales) != len(teacher_states):
+        raise ValueError(f"mt_hidden_loss: {len(teacher_states)} teachers' states but {len(scales)} teacher scales")
     total = student_states[0].new_zeros(())
-    for states_i, proj_i in zip(teacher_states, projections):
+    for states_i, proj_i, scale in zip(teacher_states, projections, scales):
         if len(states_i) != len(student_states) or len(proj_i) != len(student_states):
             raise ValueError(
                 f"mt_hidden_loss: {len(student_states)} student layers but a teacher has "
@@ -141,12 +203,30 @@ def mt_hidden_loss(
         for h_s, h_t, w in zip(student_states, states_i, proj_i):
             h_t = h_t.detach()
             if project == "teacher":
-                total = total + masked_mse(h_s, w(h_t), attention_mask)
+                term = masked_mse(h_s, w(h_t), attention_mask)
             elif project == "student":
-                total = total + masked_mse(w(h_s), h_t, attention_mask)
+                term = masked_mse(w(h_s), h_t, attention_mask)
             else:
                 raise ValueError(f"mt_hidden_loss: project must be 'teacher' or 'student', got {project!r}")
+            total = total + (term if scale == 1.0 else scale * term)
     return total
+
+
+def hidden_teacher_scale(prior: Sequence[float] | None, hidden: Sequence[int], mode: TeacherWeighting = "paper") -> list[float] | None:
+    """s_i of the hidden loss for the teachers ``hidden`` (indices into the prior): the priors restricted to them and
+    renormalised — × their number for ``paper`` (so a uniform prior gives the paper's s_i = 1), as they are otherwise
+    (Σ s_i = 1, like the normalized mixtures). None: the paper's 1 for every teacher."""
+    if prior is None and mode == "paper":
+        return None
+    n = len(hidden)
+    if prior is None:
+        return [1.0 / n] * n
+    alpha = normalized_prior(prior, len(prior))
+    picked = alpha[list(hidden)]
+    if not float(picked.sum()) > 0:
+        return [0.0] * n
+    picked = picked / picked.sum()
+    return [float(a) * (n if mode == "paper" else 1.0) for a in picked]
 
 
 def _check_temperature(temperature: float) -> None:

@@ -263,6 +263,12 @@ CATALOGUE: dict[str, Case] = {
     "dry run with a non-finite setting": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space("base: _rt_polarity_base.yaml\n")),
                                                                            "--set", "distill.lr=.nan", "--dry-run"),
                                               r"distill.lr: Input should be a finite number"),
+    "teacher prior of the wrong length": Case("run", lambda ws: ws.run("loss.teacher_prior=[1.0]"),
+                                              r"loss.teacher_prior: 1 weights for 2 teachers; expected one per teacher"),
+    "negative teacher prior": Case("run", lambda ws: ws.run("loss.teacher_prior=[1.0,-0.5]"),
+                                   r"loss.teacher_prior: expected weights >= 0 with a positive sum"),
+    "unknown teacher weighting": Case("run", lambda ws: ws.run("loss.teacher_weighting=best"),
+                                      r"loss.teacher_weighting: Input should be 'paper', 'normalized' or 'confidence'"),
     "negative data seed": Case("run", lambda ws: ws.run("data.seed=-1"), r"data.seed: Input should be greater than or equal to 0"),
     "duplicate key in a config": Case("run", lambda ws: ["--config", str(ws.space(
         "name: dup\ndistill: {epochs: 1}\nseed: 0\ndistill: {lr: 0.1}\n", "dup.yaml"))],

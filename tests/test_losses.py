@@ -252,3 +252,72 @@ def test_objective_weights_each_term_and_reports_it_unweighted(gen):
     assert weighted["loss"] == pytest.approx(0.1 * 0.7 + 2.0 * float(plain["distill"]) + 0.5 * float(plain["task"]))
     with pytest.raises(ValueError, match="hidden_weight"):
         LossConfig(hidden_weight=0)
+
+
+# ---- teacher mixtures (loss.teacher_weighting, loss.teacher_prior) ------------------------------------------------
+
+def _mixture_case(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(4, 3, generator=g), torch.randn(3, 4, 3, generator=g) * 3, torch.tensor([0, 2, 1, 1])
+
+
+def test_the_paper_mixture_is_eq2_exactly():
+    from mtbert_ray.losses import mixture_weights, mt_distill_loss, teacher_weights
+
+    student, teachers, labels = _mixture_case()
+    assert torch.allclose(mixture_weights(teachers, labels, "paper", [1, 1, 1]), teacher_weights(teachers, labels))
+    old = mt_distill_loss(student, teachers, labels, 2.0, True)
+    assert torch.equal(mt_distill_loss(student, teachers, labels, 2.0, True, weighting="paper"), old)
+    assert torch.allclose(mt_distill_loss(student, teachers, labels, 2.0, True, prior=[1, 1, 1]), old)
+
+
+def test_normalized_and_confidence_mixtures_sum_to_one_teacher():
+    from mtbert_ray.losses import mixture_weights, teacher_weights
+
+    _, teachers, labels = _mixture_case(1)
+    prior = [0.5, 0.3, 0.2]
+    normalized = mixture_weights(teachers, labels, "normalized", prior)
+    raw = torch.tensor(prior).view(3, 1) * teacher_weights(teachers, labels)
+    assert torch.allclose(normalized, raw / raw.sum(0)) and torch.allclose(normalized.sum(0), torch.ones(4))
+    confidence = mixture_weights(teachers, labels, "confidence", prior, confidence_temperature=0.5)
+    ce = -torch.log_softmax(teachers, -1).gather(-1, labels.view(1, -1, 1).expand(3, -1, 1)).squeeze(-1)
+    expected = torch.softmax(torch.log(torch.tensor(prior)).view(3, 1) - ce / 0.5, dim=0)
+    assert torch.allclose(confidence, expected, atol=1e-6) and torch.allclose(confidence.sum(0), torch.ones(4))
+    # a small τ gives (almost) all of a sample's weight to its most correct teacher
+    sharp = mixture_weights(teachers, labels, "confidence", None, confidence_temperature=1e-3)
+    assert torch.equal(sharp.argmax(0), ce.argmin(0)) and bool((sharp.max(0).values > 0.99).all())
+
+
+def test_a_one_hot_prior_is_that_teachers_student():
+    """normalized with α = e_k: L_MT-Dis is exactly the soft cross-entropy with teacher k alone."""
+    from mtbert_ray.losses import mt_distill_loss, soft_cross_entropy
+
+    student, teachers, labels = _mixture_case(2)
+    for k in range(3):
+        prior = [1.0 if i == k else 0.0 for i in range(3)]
+        loss = mt_distill_loss(student, teachers, labels, 1.0, True, weighting="normalized", prior=prior)
+        alone = soft_cross_entropy(student, torch.softmax(teachers[k], -1), 1.0).mean()
+        assert torch.allclose(loss, alone, atol=1e-6)
+
+
+def test_unlabelled_rows_take_the_priors_and_the_hidden_scale_follows_them():
+    from mtbert_ray.losses import hidden_teacher_scale, mixture_weights
+
+    _, teachers, _ = _mixture_case(3)
+    assert torch.allclose(mixture_weights(teachers, None, "normalized", [2, 1, 1]), torch.tensor([[0.5], [0.25], [0.25]]).expand(3, 4))
+    assert torch.allclose(mixture_weights(teachers, None, "paper"), torch.ones(3, 4))
+    assert hidden_teacher_scale(None, [0, 1, 2], "paper") is None  # the paper: every teacher's MSE at weight 1
+    assert hidden_teacher_scale([1, 1, 2], [0, 1, 2], "paper") == pytest.approx([0.75, 0.75, 1.5])
+    assert hidden_teacher_scale([1, 1, 2], [0, 2], "normalized") == pytest.approx([1 / 3, 2 / 3])
+    assert hidden_teacher_scale(None, [0, 1], "confidence") == pytest.approx([0.5, 0.5])
+
+
+def test_the_hidden_loss_weighs_each_teacher_by_its_scale():
+    from mtbert_ray.losses import mt_hidden_loss
+
+    g = torch.Generator().manual_seed(4)
+    student = [torch.randn(2, 5, 8, generator=g)]
+    teachers = [[torch.randn(2, 5, 8, generator=g)], [torch.randn(2, 5, 8, generator=g)]]
+    each = [mt_hidden_loss(student, [t], None) for t in teachers]
+    assert torch.allclose(mt_hidden_loss(student, teachers, None, teacher_scale=[0.25, 0.75]), 0.25 * each[0] + 0.75 * each[1])
+    assert torch.allclose(mt_hidden_loss(student, teachers, None), each[0] + each[1])

@@ -21,7 +21,7 @@ from mtbert_ray.config import ExperimentConfig
 from mtbert_ray.context import StageContext
 from mtbert_ray.data.loader import PadCollate, inputs_for
 from mtbert_ray.export import load_student_weights, save_student
-from mtbert_ray.losses import mt_hidden_loss
+from mtbert_ray.losses import hidden_teacher_scale, mt_hidden_loss
 from mtbert_ray.models.projection import build_projections, fit_projection, projection_plan
 from mtbert_ray.models.student import StudentModel, build_student, init_head_from
 from mtbert_ray.models.teachers import TeacherEnsemble, load_head_states, read_ensemble_meta
@@ -42,12 +42,13 @@ class DistillModule(nn.Module):
     """
 
     def __init__(self, student: StudentModel, projections: nn.ModuleList | None, project: str = "teacher",
-                 fit_pending: Sequence[int] = ()) -> None:
+                 fit_pending: Sequence[int] = (), teacher_scale: Sequence[float] | None = None) -> None:
         super().__init__()
         self.student = student
         self.projections = projections
         self.project = project
         self.fit_pending = list(fit_pending)
+        self.teacher_scale = list(teacher_scale) if teacher_scale is not None else None  # s_i of the hidden loss
 
     def forward(self, inputs: dict[str, torch.Tensor], teacher_states: list[list[torch.Tensor]] | None = None):
         out = self.student.forward_batch(inputs, output_hidden_states=teacher_states is not None)
@@ -56,7 +57,8 @@ class DistillModule(nn.Module):
         student_states = out.hidden_states[1:]
         if self.fit_pending:
             self._fit(student_states, teacher_states, inputs["attention_mask"])
-        hidden = mt_hidden_loss(student_states, teacher_states, self.projections, inputs["attention_mask"], self.project)
+        hidden = mt_hidden_loss(student_states, teacher_states, self.projections, inputs["attention_mask"], self.project,
+                                self.teacher_scale)
         return out.logits, hidden
 
     @torch.no_grad()
@@ -105,7 +107,8 @@ def build_distill_module(cfg: ExperimentConfig, num_labels: int, teachers_folder
                                         cfg.loss.projection_init)
         plan = projection_plan(widths, student.width, cfg.loss.projection_init)
         fit = [i for i, start in enumerate(plan) if start == "least_squares"]
-    return DistillModule(student, projections, cfg.loss.project, fit), decision
+    scale = hidden_teacher_scale(cfg.loss.teacher_prior, hidden_teachers, cfg.loss.teacher_weighting) if hidden_teachers else None
+    return DistillModule(student, projections, cfg.loss.project, fit, scale), decision
 
 
 def head_widths(teachers_folder: str | Path, teacher_widths: list[int]) -> list[int]:

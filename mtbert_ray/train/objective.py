@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mtbert_ray.config import DistillConfig, LossConfig
-from mtbert_ray.losses import ensemble_distill_loss, mt_distill_loss, mt_hidden_loss, task_loss
+from mtbert_ray.losses import ensemble_distill_loss, hidden_teacher_scale, mt_distill_loss, mt_hidden_loss, task_loss
 
 
 def mt_bert_objective(
@@ -28,7 +28,8 @@ def mt_bert_objective(
 
     hidden:  mt_hidden_loss(student layers 1..K, mapped + aligned teacher states, W_ij), or
              ``hidden_loss`` when the caller computed it (inside the DDP-wrapped forward)
-    distill: mt_distill_loss (``loss.ensemble == "none"``) or ensemble_distill_loss (Fig. 3 baselines)
+    distill: mt_distill_loss (``loss.ensemble == "none"``; teachers mixed by ``loss.teacher_weighting`` and
+             ``loss.teacher_prior``) or ensemble_distill_loss (Fig. 3 baselines)
     task:    task_loss (cross-entropy with the gold labels)
     """
     terms: dict[str, torch.Tensor] = {}
@@ -37,7 +38,8 @@ def mt_bert_objective(
     if loss.distill:
         if loss.ensemble == "none":
             terms["distill"] = mt_distill_loss(
-                student_logits, teacher_logits, labels, distill.temperature, loss.weighted, distill.t2_scale
+                student_logits, teacher_logits, labels, distill.temperature, loss.weighted, distill.t2_scale,
+                loss.teacher_weighting, loss.teacher_prior, loss.confidence_temperature,
             )
         else:
             terms["distill"] = ensemble_distill_loss(
@@ -45,7 +47,8 @@ def mt_bert_objective(
             )
     if loss.hidden:
         terms["hidden"] = hidden_loss if hidden_loss is not None else mt_hidden_loss(
-            student_states, teacher_states, projections, attention_mask, loss.project
+            student_states, teacher_states, projections, attention_mask, loss.project,
+            hidden_teacher_scale(loss.teacher_prior, range(len(teacher_states)), loss.teacher_weighting),
         )
     weights = {"hidden": loss.hidden_weight, "distill": loss.distill_weight, "task": loss.task_weight}
     terms["loss"] = sum(weights[name] * value for name, value in terms.items())
