@@ -319,6 +319,24 @@ def run_sweep(
     return grid, experiment_dir
 
 
+def card_with_seeds(report) -> None:
+    """The best student's model card rewritten with its row's scores over seeds (mean ± 95 % interval)."""
+    from mtbert_ray.analysis import seed_summary
+    from mtbert_ray.export import read_student_meta
+    from mtbert_ray.model_card import write_model_card
+    from mtbert_ray.onnx_export import REPORT_FILE
+
+    best = report.best
+    seeds = seed_summary(report)
+    if not seeds or not best.get("student_dir") or not Path(best["student_dir"]).is_dir():
+        return
+    student = Path(best["student_dir"])
+    result_file = student.parent / "result.json"
+    result = json.loads(result_file.read_text()) if result_file.is_file() else None
+    speed = json.loads((student / REPORT_FILE).read_text()).get("speed") if (student / REPORT_FILE).is_file() else None
+    write_model_card(student, read_student_meta(student), result, speed, seeds)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mtbert_ray.sweep", description="Run an MT-BERT study with Ray Tune.")
     parser.add_argument("--space", help="space file (tune_spaces/*.yaml)")
@@ -369,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
         from mtbert_ray.analysis import write_report
 
         report = write_report(experiment_dir, experiment_dir / ANALYSIS_DIR)
+        card_with_seeds(report)
         print(report.table_markdown)
         errored = sum(1 for r in grid if r.error is not None)
         best = report.best

@@ -112,3 +112,23 @@ def test_serve_batches_a_burst_and_answers_as_predict(ray_session, tiny_models, 
             assert status == 400 and len(body["error"].splitlines()) == 1, body
     finally:
         serve.shutdown()
+
+
+def test_the_best_students_card_carries_its_rows_seeds(tiny_models, tmp_path):
+    """After a sweep, the best trial's card gets its row's mean ± 95 % interval over seeds (``sweep.card_with_seeds``)."""
+    import pandas as pd
+    from huggingface_hub import ModelCard
+
+    from mtbert_ray.analysis import Report
+    from mtbert_ray.sweep import card_with_seeds
+
+    folder = convert_student(make_tiny_student(tmp_path / "old", tiny_models["bert"]), tmp_path / "run" / "student")
+    table = pd.DataFrame([{"row": "MT-BERT", "n": 5, "stopped_early": 0, "test_accuracy_mean": 80.12, "test_accuracy_ci": 1.5,
+                           "val_accuracy_mean": 81.0, "val_accuracy_ci": 0.9},
+                          {"row": "other", "n": 5, "stopped_early": 0, "test_accuracy_mean": 70.0, "test_accuracy_ci": 2.0,
+                           "val_accuracy_mean": 71.0, "val_accuracy_ci": 2.0}])
+    best = {"row": "MT-BERT", "test": {"accuracy": 0.8}, "validation": {"accuracy": 0.81}, "student_dir": str(folder)}
+    card_with_seeds(Report(tmp_path, table, "", best=best))
+    text = ModelCard.load(folder / "README.md").text
+    assert "test accuracy 80.12 ± 1.50 % (95 % interval, 5 seeds of row 'MT-BERT')" in text
+    assert "validation accuracy 81.00 ± 0.90 %" in text
