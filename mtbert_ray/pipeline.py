@@ -109,6 +109,9 @@ class Experiment:
         distill_started = time.time()
         distilled = self.distill()
         result = self._result(distilled, time.time() - distill_started, started)
+        below = teachers_below_student(result)
+        if below:
+            result.decisions["teachers_below_student"] = ", ".join(below)
         result.write(self.run_dir / RESULT_FILE)
         write_model_card(result.student_dir, read_student_meta(result.student_dir), result.to_json())
         return result
@@ -126,6 +129,23 @@ class Experiment:
             distill_seconds=distill_seconds, student_test=read_training_state(distilled.best_checkpoint).get("test"),
             test_note=note, predictions=predictions, decisions=stages.distill_decisions(ctx),
         )
+
+
+def teachers_below_student(result: ExperimentResult) -> list[str]:
+    """Teachers whose validation score (``select.metric``) is below the student's, each said in one warning line:
+    a teacher that teaches below its student (drop it, or give it a smaller ``loss.teacher_prior``)."""
+    metric, mode = result.select.get("metric", "accuracy"), result.select.get("mode", "max")
+    student = result.student.metric(metric)
+    below = []
+    for name, scores in result.teachers.items():
+        teacher = scores.metric(metric)
+        if student is None or teacher is None:
+            continue
+        if (teacher < student) if mode == "max" else (teacher > student):
+            below.append(name)
+            print(f"[mtbert] warning: teacher {name} has validation {metric} {teacher:.4f}, below its student's {student:.4f}: "
+                  "it teaches below the student (drop it, or lower its loss.teacher_prior)", flush=True)
+    return below
 
 
 def run_experiment(config: ExperimentConfig, storage: str | os.PathLike | None = None,

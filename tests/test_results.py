@@ -103,3 +103,17 @@ def test_a_sweep_ranked_on_macro_f1_exports_the_checkpoint_best_by_macro_f1(asha
         predicted = torch.tensor([int(p.label) for p in model.predict(val["text"].tolist())])
         exported = macro_f1(confusion_matrix(predicted, torch.tensor(val["label"].tolist()), 2))
         assert exported == pytest.approx(r.metrics["val_macro_f1"], abs=1e-9), "the export is not the checkpoint best by macro-F1"
+
+
+def test_a_teacher_below_its_student_is_said(capsys):
+    from mtbert_ray.pipeline import teachers_below_student
+    from mtbert_ray.results import ModelScores
+
+    class Result:
+        select = {"metric": "accuracy", "mode": "max"}
+        student = ModelScores({"accuracy": 0.76}, None, 1)
+        teachers = {"L6": ModelScores({"accuracy": 0.729}, None, 1), "MPNet": ModelScores({"accuracy": 0.91}, None, 1)}
+
+    assert teachers_below_student(Result()) == ["L6"]
+    out = capsys.readouterr().out
+    assert "warning: teacher L6 has validation accuracy 0.7290, below its student's 0.7600" in out and "MPNet" not in out
