@@ -1,4 +1,4 @@
-"""Stage 2 — the teacher-output cache, built with Ray Data batch inference.
+"""Stage 2 — the teacher-output cache, built in the stage's own process or by Ray Data batch inference.
 
 The cached splits (``stages.CACHE_SPLITS``: the training rows) of the experiment's view stream through
 frozen teachers (run in ``resources.precision``), and this process writes the rows to Parquet in the
@@ -84,10 +84,10 @@ def check_cache_size(ctx: StageContext, estimate: CacheEstimate) -> None:
 
 
 class TeacherCacheWriter:
-    """A Ray Data actor: frozen teachers → the cache rows of one batch (``targets.cache_columns``)."""
+    """Frozen teachers → the cache rows of one batch (``targets.cache_columns``): a Ray Data actor of the pool, or
+    called by an in-process stage itself."""
 
     def __init__(self, context: dict[str, Any], counter=None) -> None:
-
         from mtbert_ray.models.hub import quiet_transformers
         from mtbert_ray.models.teachers import TeacherEnsemble
         from mtbert_ray.train.common import configure_device, training_device
