@@ -156,6 +156,10 @@ def plan(space: Space) -> str:
                  f"{concurrent * peak['CPU']:g} CPU" + (f" and {concurrent * peak['GPU']:g} GPU" if peak["GPU"] else "")
                  + " runs them all at their peak; the sweep caps the trials at once to what the cluster it joins holds, "
                  "and refuses a plan whose one trial cannot fit")
+    if r.use_gpu:
+        from mtbert_ray.memory_fit import memory_lines
+
+        lines += memory_lines(base)
     return "\n".join(lines)
 
 

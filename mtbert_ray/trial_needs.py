@@ -96,13 +96,13 @@ def trial_needs(config, trial_cpus: float = 0.0, driver_resource: str | None = N
         return TrialNeeds(Ask("trial", 1, r.cpus_per_worker, gpus), {"data reads": (read,)}, None)
     workers = Ask("Ray Train workers", r.num_workers, r.cpus_per_worker, gpus)
     stages = {"co-finetuning": (workers, read)}
-    if uses_cache(_ConfigOnly(config)):
+    if uses_cache(ConfigView(config)):
         stages["teacher cache"] = (Ask("cache actors", r.num_workers, r.cpus_per_worker, gpus), read)
     stages["distillation"] = (workers, read)
     return TrialNeeds(Ask("trial driver", 1, trial_cpus), stages, driver_resource)
 
 
-class _ConfigOnly:
+class ConfigView:
     """The part of a StageContext ``stages.uses_cache`` reads."""
 
     def __init__(self, config) -> None:

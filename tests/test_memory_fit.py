@@ -1,0 +1,64 @@
+"""GPU memory per stage in the dry run (``mtbert_ray.memory_fit``): the arithmetic, and the lines a GPU plan prints."""
+from __future__ import annotations
+
+import pytest
+
+from mtbert_ray.memory_fit import (
+    CUDA_CONTEXT_GB,
+    GB,
+    EncoderShape,
+    activation_bytes,
+    advice,
+    cofinetune_memory,
+    distill_memory,
+)
+
+BASE = EncoderShape(params=109_482_240, layers=12, hidden=768, heads=12)  # bert-base's shape
+
+
+def test_the_optimizer_terms_are_16_bytes_per_parameter_plus_the_autocast_copy():
+    fp32 = cofinetune_memory([BASE], 16, 128, "fp32", False)
+    bf16 = cofinetune_memory([BASE], 16, 128, "bf16", False)
+    assert fp32.parts["weights"] + fp32.parts["gradients"] + fp32.parts["Adam"] == 16 * BASE.params
+    assert "autocast copies" not in fp32.parts and bf16.parts["autocast copies"] == 2 * BASE.params
+    assert fp32.parts["CUDA context"] == CUDA_CONTEXT_GB * GB
+
+
+def test_activations_follow_the_per_layer_formula_and_checkpointing_shrinks_them():
+    s, b, h, a = 128, 16, 768, 12
+    per_layer = s * b * h * (34 + 5 * a * s / h)
+    assert activation_bytes(BASE, 12, b, s, "bf16", False) == pytest.approx(12 * per_layer)
+    assert activation_bytes(BASE, 12, b, s, "fp32", False) == pytest.approx(24 * per_layer)
+    assert activation_bytes(BASE, 12, b, s, "bf16", True) == pytest.approx(12 * 2 * s * b * h + per_layer)
+
+
+def test_the_paper_setting_and_what_does_not_fit():
+    """Three 12 × 768 teachers co-finetuned at micro-batch 16 × 128 in bf16 fit a 24 GB card (~9 GB); the same at
+    micro-batch 512 × 512 in fp32 fits none, and the advice names the settings that shrink it."""
+    paper = cofinetune_memory([BASE] * 3, 16, 128, "bf16", False)
+    assert 5 * GB < paper.total < 24 * GB and "fits a 24 GB card" in paper.describe()
+    huge = cofinetune_memory([BASE] * 3, 512, 512, "fp32", False)
+    assert "fits no card up to 141 GB" in huge.describe()
+    line = advice(huge, "cofinetune")
+    assert "cofinetune.grad_accum_steps" in line and "gradient_checkpointing" in line and "bf16" in line
+    student = EncoderShape(params=67_000_000, layers=6, hidden=768, heads=12)
+    cached = distill_memory(student, 6, [BASE] * 3, [0, 1, 2], 16, 128, "bf16", cached=True)
+    fly = distill_memory(student, 6, [BASE] * 3, [0, 1, 2], 16, 128, "bf16", cached=False)
+    assert "frozen teachers" not in cached.parts and fly.parts["frozen teachers"] == 6 * 3 * BASE.params
+    assert cached.parts["hidden-loss states"] == 16 * 128 * (3 * 768 + 768) * 6 * 4
+
+
+def test_a_gpu_plan_prints_its_memory(tiny_models, tmp_path):
+    import yaml
+
+    from mtbert_ray.dryrun import plan
+    from mtbert_ray.space import load_space
+    from tests.conftest import tiny_experiment
+
+    base = tiny_experiment(tiny_models, tmp_path, resources={"num_workers": 1, "use_gpu": True, "gpus_per_worker": 1})
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"name": "gpu", "experiment": base, "space": {"distill.temperature": {"grid": [1.0]}}}))
+    text = plan(load_space(space))
+    assert "GPU memory (reasoned" in text
+    assert "co-finetuning: ~1.0 GB per GPU worker" in text and "fits a 24 GB card" in text
+    assert "peak 2.5 CPU + 1 GPU" in text  # driver 0.5 + a 1-CPU GPU worker + a read task; one GPU, not two
