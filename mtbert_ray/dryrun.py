@@ -56,19 +56,13 @@ def _cofinetune_identity(cfg: ExperimentConfig, sampled: list[str]) -> tuple:
 
 def _cache_identity(cfg: ExperimentConfig, sampled: list[str]) -> tuple | None:
     from mtbert_ray.stages import uses_cache
+    from mtbert_ray.trial_needs import ConfigView
 
-    if not uses_cache(_Ctx(cfg)):
+    if not uses_cache(ConfigView(cfg)):
         return None
     hidden = cfg.cache.hidden and cfg.loss.hidden
     return (_cofinetune_identity(cfg, sampled), cfg.student.init_from,
             cfg.student.num_layers if hidden else None, cfg.cache.dtype if hidden else None)
-
-
-class _Ctx:
-    """The part of a StageContext ``stages.uses_cache`` reads."""
-
-    def __init__(self, config: ExperimentConfig) -> None:
-        self.config = config
 
 
 def _data_shape(cfg: ExperimentConfig) -> tuple[int, float]:

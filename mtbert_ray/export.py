@@ -150,6 +150,18 @@ class Prediction:
     probabilities: dict[str, float]
 
 
+def encoded_batches(tokenizer, texts: Sequence[str] | str, text_pairs: Sequence[str] | None, batch_size: int, max_length: int,
+                    tensors: str):
+    """(index of the batch's first text, its encoding) for ``texts`` (and their pairs) in batches of ``batch_size``,
+    truncated to ``max_length`` and padded to each batch's longest row; ``tensors``: ``"pt"`` or ``"np"``."""
+    if isinstance(texts, str):
+        texts = [texts]
+    for start in range(0, len(texts), batch_size):
+        pair = list(text_pairs[start:start + batch_size]) if text_pairs is not None else None
+        yield start, tokenizer(list(texts[start:start + batch_size]), pair, truncation=True, max_length=max_length,
+                               padding=True, return_tensors=tensors)
+
+
 class StudentClassifier:
     """An exported MT-BERT student, ready to classify text (either export format)."""
 
@@ -191,14 +203,8 @@ class StudentClassifier:
     @torch.no_grad()
     def predict_proba(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 32) -> torch.Tensor:
         """Class probabilities [len(texts), C]."""
-        if isinstance(texts, str):
-            texts = [texts]
-        max_length = int(self.meta.get("max_length", 512))
         out = []
-        for start in range(0, len(texts), batch_size):
-            pair = list(text_pairs[start : start + batch_size]) if text_pairs is not None else None
-            enc = self.tokenizer(list(texts[start : start + batch_size]), pair, truncation=True, max_length=max_length,
-                                 padding=True, return_tensors="pt")
+        for start, enc in encoded_batches(self.tokenizer, texts, text_pairs, batch_size, int(self.meta.get("max_length", 512)), "pt"):
             feed = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
             probs = torch.softmax(self.model(**feed).logits, dim=-1).cpu()
             if not torch.isfinite(probs).all():

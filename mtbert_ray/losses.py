@@ -34,11 +34,15 @@ def teacher_weights(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch
     A teacher that is confidently right on sample b gets a weight near 1; a confidently
     wrong one a weight near 0. Computed at temperature 1.
     """
+    return 1.0 / (1.0 + teacher_cross_entropy(teacher_logits, labels))
+
+
+def teacher_cross_entropy(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE_ib = −log softmax(y_i,b)[y_b] for teacher logits [N, B, C] → [N, B], detached, at temperature 1."""
     logits = teacher_logits.detach()
     log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
     index = labels.long().view(1, -1, 1).expand(logits.shape[0], -1, 1)
-    ce = -log_probs.gather(-1, index).squeeze(-1)
-    return 1.0 / (1.0 + ce)
+    return -log_probs.gather(-1, index).squeeze(-1)
 
 
 def normalized_prior(prior: Sequence[float] | None, n: int) -> torch.Tensor:
@@ -85,7 +89,7 @@ def mixture_weights(
     if mode == "confidence":
         if not confidence_temperature > 0:
             raise ValueError(f"confidence temperature must be > 0, got {confidence_temperature}")
-        ce = 1.0 / teacher_weights(logits, labels) - 1.0  # CE_ib, from w = 1 / (1 + CE)
+        ce = teacher_cross_entropy(logits, labels)
         return torch.softmax(torch.log(alpha.clamp(min=1e-12)) - ce / confidence_temperature, dim=0) * (alpha > 0)
     raise ValueError(f"teacher weighting must be 'paper', 'normalized' or 'confidence', got {mode!r}")
 

@@ -99,12 +99,14 @@ def card_text(meta: Mapping[str, Any], result: Mapping[str, Any] | None = None, 
         "",
         "## How to use it",
         "```python",
+        "import mtbert_ray  # registers the model type with transformers' Auto classes: no remote code runs",
         "from transformers import pipeline",
-        "clf = pipeline(\"text-classification\", model=\"PATH/TO/THIS/FOLDER\", trust_remote_code=True)  # no mtbert-ray needed",
+        "clf = pipeline(\"text-classification\", model=\"PATH/TO/THIS/FOLDER\")",
         "clf(\"a fine film\", truncation=True)",
         "```",
-        "With `import mtbert_ray` first, `trust_remote_code` is not needed. ONNX: `python -m mtbert_ray.export onnx FOLDER "
-        "--int8`; Ray Serve: `serve run mtbert_ray.serve:app model_dir=FOLDER`.",
+        "Without mtbert-ray installed, the folder's own model code (`hf_student.py`, torch and transformers only) runs "
+        "if you allow it: read that file, then pass `trust_remote_code=True` to `pipeline`. ONNX: `python -m "
+        "mtbert_ray.export onnx FOLDER --int8`; Ray Serve: `serve run mtbert_ray.serve:app model_dir=FOLDER`.",
     ]
     return data, "\n".join(lines) + "\n"
 

@@ -118,14 +118,10 @@ class OnnxStudent:
         return self.session.run(["logits"], {n: encoded[n].astype(np.int64) for n in self.inputs})[0]
 
     def predict_proba(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 32) -> np.ndarray:
-        if isinstance(texts, str):
-            texts = [texts]
-        max_length = int(self.meta.get("max_length", 512))
+        from mtbert_ray.export import encoded_batches
+
         out = []
-        for start in range(0, len(texts), batch_size):
-            pair = list(text_pairs[start:start + batch_size]) if text_pairs is not None else None
-            enc = self.tokenizer(list(texts[start:start + batch_size]), pair, truncation=True, max_length=max_length,
-                                 padding=True, return_tensors="np")
+        for _, enc in encoded_batches(self.tokenizer, texts, text_pairs, batch_size, int(self.meta.get("max_length", 512)), "np"):
             logits = self.logits(dict(enc))
             exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
             out.append(exp / exp.sum(axis=-1, keepdims=True))

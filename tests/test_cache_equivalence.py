@@ -116,3 +116,23 @@ def test_cache_writer_keeps_the_order_and_rolls_files_at_the_row_count(ray_sessi
     assert [f.name for f in files] == [f"part-{i:05d}.parquet" for i in range(len(files))]
     assert sum(sizes) == 1001 and all(n >= 300 for n in sizes[:-1]) and len(files) > 1
     assert [i for f in files for i in pq.read_table(f)["id"].to_pylist()] == list(range(1001))
+
+
+def test_local_batches_keep_every_row_in_order_across_files_of_odd_sizes(tmp_path):
+    """The in-process cache's reader: 7 + 1 + 5 rows in three files, batches of 4 → 4, 4, 4, 1 rows, every row once,
+    in order (list columns as arrays, as Ray Data's numpy batches give them)."""
+    import pyarrow as pa
+
+    from mtbert_ray.train.cache import local_batches
+
+    files, start = [], 0
+    for i, n in enumerate((7, 1, 5)):
+        path = tmp_path / f"part-{i}.parquet"
+        pq.write_table(pa.table({"example_id": list(range(start, start + n)),
+                                 "tok.input_ids": [[101, start + k, 102] for k in range(n)]}), path)
+        files.append(str(path))
+        start += n
+    batches = list(local_batches(files, ["example_id", "tok.input_ids", "not.there"], 4))
+    assert [len(b["example_id"]) for b in batches] == [4, 4, 4, 1]
+    assert [int(x) for b in batches for x in b["example_id"]] == list(range(13))
+    assert [list(row) for row in batches[2]["tok.input_ids"]] == [[101, k, 102] for k in range(8, 12)]

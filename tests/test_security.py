@@ -61,3 +61,20 @@ def test_the_embedded_ray_dashboard_listens_on_localhost_only(ray_session):
 
     url = ray._private.worker.get_dashboard_url()
     assert url.split(":")[0] == "127.0.0.1", url
+
+
+def test_the_one_yaml_loader_is_a_safe_loader():
+    """``config.UniqueKeyLoader`` (used for every config, space and cluster file) is a ``SafeLoader``: a Python tag
+    that would run code is a one-line YAML error, not an object."""
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    from mtbert_ray.config import UniqueKeyLoader
+
+    assert issubclass(UniqueKeyLoader, yaml.SafeLoader)
+    path = Path(tempfile.mkdtemp()) / "evil.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="evil.yaml: line 1 invalid YAML"):
+        read_yaml(path)
