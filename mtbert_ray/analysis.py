@@ -8,7 +8,8 @@ variants (ablations, ensembles: Fig. 3–5), or single trials (Optuna studies). 
 student selected on validation (``select.metric``) and then measured on test: columns are the test
 (and validation) metrics in percent, mean ± sample standard deviation over the row's seeds, with n
 (a row of one seed says so instead of showing ±0). ``comparisons`` are paired by seed: the mean of
-(a − b) over the seeds both rows finished, with its 95 % t-interval. Trials a scheduler stopped
+(a − b) over the seeds both rows finished, with its 95 % t-interval, and — from the runs' per-example test
+predictions — a paired bootstrap interval over seeds and test sentences (``paired_bootstrap``). Trials a scheduler stopped
 early are counted apart ("stopped early"), never averaged in and never chosen as best.
 """
 from __future__ import annotations
@@ -53,6 +54,44 @@ def mean_interval(values: list[float]) -> tuple[float, float | None, float | Non
         return mean, None, None
     std = statistics.stdev(values)
     return mean, std, t_critical(n - 1) * std / math.sqrt(n)
+
+
+BOOTSTRAP_DRAWS = 2000
+PREDICTIONS_FILE = "predictions/test.tsv"  # in a run folder: index, prediction, label of every test example
+
+
+def test_correctness(student_dir: str | Path | None) -> pd.Series | None:
+    """1.0 / 0.0 per test example (indexed by example id) of the student of a run folder, from the run's
+    ``predictions/test.tsv``; None when the run has none (an older run, or an unlabelled test split)."""
+    if not student_dir:
+        return None
+    path = Path(student_dir).parent / PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    if "label" not in frame.columns:
+        return None
+    return pd.Series((frame["prediction"] == frame["label"]).astype(float).to_numpy(), index=frame["index"].astype(int))
+
+
+def paired_bootstrap(diffs: "np.ndarray", draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of the mean paired difference, resampling seeds and test sentences.
+
+    ``diffs`` [S, M]: correct_a − correct_b of seed s on sentence m (both rows scored on the same M sentences).
+    Each draw takes S seeds and M sentences with replacement (the same sentences for every seed, so the pairing by
+    sentence is kept) and averages D[seeds][:, sentences]; the interval is the 2.5 / 97.5 % quantiles × 100 (points).
+    Unlike a t-interval over seed means, it counts the test set's sampling as well as the seeds' spread.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    s, m = diffs.shape
+    means = np.empty(draws)
+    for k in range(draws):
+        rows = diffs[rng.integers(0, s, s)]
+        means[k] = rows[:, rng.integers(0, m, m)].mean()
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(100 * low), float(100 * high)
 
 
 @dataclass
@@ -233,8 +272,28 @@ def comparison_table(study: Study, comparisons: list[tuple[str, str]] | None = N
             rec[f"{m}_diff"], rec[f"{m}_ci"] = mean, half
             rec[f"{m}_low"] = mean - half if half is not None else math.nan
             rec[f"{m}_high"] = mean + half if half is not None else math.nan
+        rec["accuracy_boot_low"], rec["accuracy_boot_high"] = _bootstrap_accuracy(done, a, b, key, seeds)
         records.append(rec)
     return pd.DataFrame(records)
+
+
+def _bootstrap_accuracy(done: pd.DataFrame, a: str, b: str, key: str, seeds: list) -> tuple[float, float]:
+    """``paired_bootstrap`` of test accuracy a − b over the seeds both rows finished, from the runs' per-example
+    predictions (NaN when a run has none, or the rows were scored on different sentences)."""
+    import numpy as np
+
+    rows = []
+    for seed in seeds:
+        pair = []
+        for row in (a, b):
+            first = done[(done["row"] == row) & (done[key] == seed)].iloc[0]
+            pair.append(test_correctness(first["student_dir"]))
+        if pair[0] is None or pair[1] is None or not pair[0].index.equals(pair[1].index):
+            return math.nan, math.nan
+        rows.append((pair[0] - pair[1]).to_numpy())
+    if not rows or len({len(r) for r in rows}) != 1:
+        return math.nan, math.nan
+    return paired_bootstrap(np.stack(rows))
 
 
 def _cell(mean: float, std: float | None, n: int) -> str:
@@ -271,7 +330,9 @@ def table_markdown(table: pd.DataFrame, study: Study, metrics: list[str] | None 
 def comparisons_markdown(table: pd.DataFrame, metrics: list[str]) -> str:
     if table.empty:
         return ""
-    cols = ["Comparison (test, a − b, points)", *[f"Δ {LABELS.get(m, m)} [95% interval]" for m in metrics], "paired seeds"]
+    boot = "accuracy_boot_low" in table and table["accuracy_boot_low"].notna().any()
+    cols = ["Comparison (test, a − b, points)", *[f"Δ {LABELS.get(m, m)} [95% interval]" for m in metrics],
+            *(["Δ Acc. [95% bootstrap, seeds × sentences]"] if boot else []), "paired seeds"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():
         cells = [f"{r['a']} − {r['b']}"]
@@ -282,6 +343,9 @@ def comparisons_markdown(table: pd.DataFrame, metrics: list[str]) -> str:
                 cells.append(f"{r[f'{m}_diff']:+.2f} (1 pair: no interval)")
             else:
                 cells.append(f"{r[f'{m}_diff']:+.2f} [{r[f'{m}_low']:+.2f}, {r[f'{m}_high']:+.2f}]")
+        if boot:
+            cells.append("—" if pd.isna(r["accuracy_boot_low"]) else
+                         f"{r['accuracy_diff']:+.2f} [{r['accuracy_boot_low']:+.2f}, {r['accuracy_boot_high']:+.2f}]")
         cells.append(str(int(r["pairs"])))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

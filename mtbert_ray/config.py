@@ -49,6 +49,12 @@ class DataConfig(_Strict):
         default=None, ge=1, description="Use a seeded random subset of this many training rows.")
     limit_eval: int | None = Field(
         default=None, ge=1, description="Use a seeded random subset of this many rows of validation and of test.")
+    unlabeled: str | None = Field(
+        None, description="Unlabelled transfer text for distillation: a file (Parquet, CSV, TSV, JSON Lines with the "
+        "text_fields columns; or .txt, one text a line) or a folder of such files. The teachers are co-finetuned on the "
+        "labelled rows only; the student learns their soft labels (and hidden states) on both (loss.unlabeled_rows).")
+    limit_unlabeled: int | None = Field(
+        default=None, ge=1, description="Use a seeded random subset of this many unlabelled rows.")
     seed: int = Field(0, ge=0, description="Seed of the limit_train / limit_eval subsets and of the stored row order.")
     revision: str | None = Field(None, description="glue from the hub: dataset revision (commit or tag).")
     cache_dir: str | None = Field(
@@ -79,9 +85,11 @@ class StudentConfig(_Strict):
         description="Hub id or folder of a pretrained encoder; the student keeps its embeddings and first num_layers layers.")
     num_layers: int = Field(ge=1, description="K, the student's depth.")
     query_dim: int = Field(default=200, ge=1, description="Attentive-pooling query dimension of the student's head.")
-    head_init: Literal["shared_head", "random"] = Field(
-        "shared_head", description="Start the student's pooling + dense layer from the co-finetuned shared head "
-        "(when the widths match), or from random weights.")
+    head_init: str = Field(
+        "from_teachers", min_length=1, description="Start of the student's pooling + dense layer: from_teachers = copied "
+        "from this run's co-finetuned shared head (when the widths match); random = seeded random weights; a teacher's "
+        "name (hub id or folder, in this run's teachers or not) = copied from the head of that teacher co-finetuned alone "
+        "(a stage-1 run of its own, reused by key), so rows of different teacher sets start from the same student.")
 
 
 class CofinetuneConfig(_Strict):
@@ -147,6 +155,10 @@ class LossConfig(_Strict):
         "soft-label mixture and in the hidden loss's per-teacher weights. A one-hot α is the student of that one teacher.")
     confidence_temperature: float = Field(
         1.0, gt=0, description="τ of teacher_weighting: confidence (smaller: the most correct teacher takes more of the weight).")
+    unlabeled_rows: Literal["confidence", "uniform"] = Field(
+        "confidence", description="Rows without a gold label (data.unlabeled) take no task loss; their correctness weights "
+        "use the prior-weighted teachers' majority class as the label, and the row weighs u_b in the soft-label term: "
+        "confidence = max_c p̄_b,c of that mixture (an ambiguous sentence teaches less), uniform = 1.")
     ensemble: Literal["none", "average", "average_logits", "weighted"] = Field(
         "none", description="Fig. 3 baselines: distil one ensembled soft label instead of L_MT-Dis.")
     project: Literal["teacher", "student"] = Field(
@@ -309,6 +321,20 @@ class ExperimentConfig(_Strict):
                     f"{section}.grad_accum_steps = {parts} (the batch size is global)"
                 )
         return self
+
+
+HEAD_INITS = ("from_teachers", "random")  # student.head_init values that are not a teacher's name
+
+
+def head_teacher(config: ExperimentConfig) -> str | None:
+    """The teacher whose head, co-finetuned alone, the student copies (``student.head_init: <teacher>``), else None."""
+    choice = config.student.head_init
+    return None if choice in HEAD_INITS else choice
+
+
+def experiment_models(config: ExperimentConfig) -> list[str]:
+    """Every model an experiment loads: its teachers, the student's checkpoint and a ``head_teacher`` (once each)."""
+    return list(dict.fromkeys([*config.teachers, config.student.init_from, *filter(None, [head_teacher(config)])]))
 
 
 def check_plain_name(value: str) -> str:

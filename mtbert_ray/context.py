@@ -35,6 +35,7 @@ class StageContext:
     teacher_depths: list[int] = field(default_factory=list)
     layer_maps: list[list[int]] = field(default_factory=list)  # teacher layer for student layer j, per teacher
     cache: CacheInfo | None = None  # the teacher cache (after stage 2), None: teachers on the fly
+    head_checkpoint: str | None = None  # student.head_init: <teacher>: that teacher co-finetuned alone (after stage 1)
 
     # ---- derived ------------------------------------------------------------------------------
     @property
@@ -63,6 +64,12 @@ class StageContext:
 
         hidden = self.hidden_teachers if self.cache is not None and self.cache.hidden else ()
         return cache_float_columns(self.teacher_widths, self.config.student.num_layers, hidden)
+
+    @property
+    def head_source(self) -> str | None:
+        """The co-finetuned ensemble whose head the student copies: the named teacher's own stage 1
+        (``student.head_init: <teacher>``), else this run's teachers."""
+        return self.head_checkpoint or self.teachers_checkpoint
 
     @property
     def student_width(self) -> int:
@@ -104,6 +111,7 @@ class StageContext:
             "teacher_depths": list(self.teacher_depths),
             "layer_maps": [list(m) for m in self.layer_maps],
             "cache": None if self.cache is None else {"files": self.cache.files, "hidden": self.cache.hidden, "dtype": self.cache.dtype},
+            "head_checkpoint": self.head_checkpoint,
         }
 
     @classmethod
@@ -117,6 +125,7 @@ class StageContext:
             teacher_depths=list(data.get("teacher_depths") or []),
             layer_maps=[list(m) for m in data.get("layer_maps") or []],
             cache=CacheInfo(**cache) if cache else None,
+            head_checkpoint=data.get("head_checkpoint"),
         )
 
 

@@ -12,7 +12,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from mtbert_ray.config import ExperimentConfig
+from mtbert_ray.config import ExperimentConfig, head_teacher
 from mtbert_ray.data.floats import STORED_BYTES
 from mtbert_ray.space import Space
 
@@ -48,10 +48,15 @@ def planned_trials(space: Space) -> list[PlannedTrial]:
     return trials
 
 
-def _cofinetune_identity(cfg: ExperimentConfig, sampled: list[str]) -> tuple:
+UNLABELED_FIELDS = {"unlabeled", "limit_unlabeled"}  # stage 3's data only: the teachers never see it
+
+
+def _cofinetune_identity(cfg: ExperimentConfig, sampled: list[str], teachers: tuple[str, ...] | None = None) -> tuple:
     varies = any(k.startswith(("cofinetune.", "data.")) or k in ("teachers", "seed") for k in sampled)
-    return (tuple(cfg.teachers), cfg.cofinetune.model_dump_json(exclude={"reuse", "grad_accum_steps", "gradient_checkpointing"}),
-            cfg.seed, cfg.resources.num_workers, cfg.resources.precision, cfg.data.model_dump_json(), varies)
+    return (teachers or tuple(cfg.teachers),
+            cfg.cofinetune.model_dump_json(exclude={"reuse", "grad_accum_steps", "gradient_checkpointing"}),
+            cfg.seed, cfg.resources.num_workers, cfg.resources.precision, cfg.data.model_dump_json(exclude=UNLABELED_FIELDS),
+            varies)
 
 
 def _cache_identity(cfg: ExperimentConfig, sampled: list[str]) -> tuple | None:
@@ -62,23 +67,29 @@ def _cache_identity(cfg: ExperimentConfig, sampled: list[str]) -> tuple | None:
         return None
     hidden = cfg.cache.hidden and cfg.loss.hidden
     return (_cofinetune_identity(cfg, sampled), cfg.student.init_from,
-            cfg.student.num_layers if hidden else None, cfg.cache.dtype if hidden else None)
+            cfg.student.num_layers if hidden else None, cfg.cache.dtype if hidden else None,
+            cfg.data.unlabeled, cfg.data.limit_unlabeled)
 
 
-def _data_shape(cfg: ExperimentConfig) -> tuple[int, float]:
-    """(training rows, mean tokens per example with the student's tokenizer on a sample of up to SAMPLE_ROWS)."""
-    from mtbert_ray.data.sources import load_source
+def _data_shape(cfg: ExperimentConfig) -> tuple[int, int, float]:
+    """(labelled training rows, unlabelled rows, mean tokens per example with the student's tokenizer on a sample of up
+    to SAMPLE_ROWS of both)."""
+    import pandas as pd
+
+    from mtbert_ray.data.sources import UNLABELED, load_source
     from mtbert_ray.data.tokenize import encode_arrow
     from mtbert_ray.models.hub import load_tokenizer
 
     raw = load_source(cfg.data)
-    frame = raw.splits["train"].frame
+    labelled = len(raw.splits["train"].frame)
+    unlabeled = len(raw.splits[UNLABELED].frame) if UNLABELED in raw.splits else 0
+    frame = pd.concat([raw.splits[s].frame for s in ("train", UNLABELED) if s in raw.splits], ignore_index=True)
     sample = frame.sample(n=min(SAMPLE_ROWS, len(frame)), random_state=0)
     tokenizer = load_tokenizer(cfg.student.init_from, trust_remote_code=cfg.trust_remote_code)
     columns, _ = encode_arrow(tokenizer, sample["text_a"].tolist(), sample["text_b"].tolist() if raw.pair else None,
                               cfg.data.max_length)
     lengths = columns["input_ids"].value_lengths().to_numpy()
-    return len(frame), float(lengths.mean()) if len(lengths) else 0.0
+    return labelled, unlabeled, float(lengths.mean()) if len(lengths) else 0.0
 
 
 def _teacher_shape(cfg: ExperimentConfig, name: str) -> tuple[int, int]:
@@ -114,28 +125,48 @@ def plan(space: Space) -> str:
 
     co_runs: dict[tuple, list[int]] = {}
     caches: dict[tuple, list[int]] = {}
+    heads: dict[tuple, list[int]] = {}
     for i, trial in enumerate(trials, start=1):
         co_runs.setdefault(_cofinetune_identity(trial.config, trial.sampled), []).append(i)
+        head = head_teacher(trial.config)
+        if head is not None and [head] != list(trial.config.teachers):
+            heads.setdefault(_cofinetune_identity(trial.config, trial.sampled, (head,)), []).append(i)
         cache = _cache_identity(trial.config, trial.sampled)
         if cache is not None:
             caches.setdefault(cache, []).append(i)
+    for identity, members in heads.items():  # the student's head from a teacher co-finetuned alone: a run of its own
+        co_runs.setdefault(identity, [])
     varying = any(identity[-1] for identity in co_runs)
     count = f"up to {len(trials)}" if varying else str(len(co_runs))
     lines.append(f"co-finetuning runs: {count} distinct (trials that share teachers, data, co-finetuning settings and seed "
                  "share one; a finished run already in the results folder is reused)")
     for identity, members in co_runs.items():
-        lines.append(f"  teachers {', '.join(identity[0])} · seed {identity[2]} → trials {_ranges(members)}")
+        lines.append(f"  teachers {', '.join(identity[0])} · seed {identity[2]} → trials {_ranges(members)}"
+                     if members else f"  teachers {', '.join(identity[0])} · seed {identity[2]}")
+        if identity in heads:
+            lines[-1] += f" (the student's head, student.head_init, of trials {_ranges(heads[identity])})"
 
-    rows, tokens = _data_shape(base)
+    shapes_of: dict[str, tuple[int, int, float]] = {}
+
+    def data_shape(cfg: ExperimentConfig) -> tuple[int, int, float]:
+        key = cfg.data.model_dump_json() + cfg.student.init_from
+        if key not in shapes_of:
+            shapes_of[key] = _data_shape(cfg)
+        return shapes_of[key]
+
+    rows, unlabeled_rows, tokens = data_shape(base)
     shapes = {t: _teacher_shape(base, t) for t in {t for trial in trials for t in trial.config.teachers}}
     total = 0.0
-    lines.append(f"teacher caches: {len(caches)} distinct ({rows:,} training rows, ~{tokens:.1f} student tokens per row)")
-    for (co, student, layers, dtype), members in caches.items():
+    lines.append(f"teacher caches: {len(caches)} distinct ({rows:,} labelled training rows"
+                 + (f" + {unlabeled_rows:,} unlabelled" if unlabeled_rows else "") + f", ~{tokens:.1f} student tokens per row)")
+    for (co, student, layers, dtype, *_), members in caches.items():
         cfg = trials[members[0] - 1].config
         widths = [shapes[t][0] for t in cfg.teachers]
-        size = cache_bytes(cfg, rows, tokens, widths)
+        labelled, unlabeled, cfg_tokens = data_shape(cfg)
+        size = cache_bytes(cfg, labelled + unlabeled, cfg_tokens, widths)
         total += size
         what = f"hidden states of {layers} layer map(s) in {dtype}" if layers else "logits only"
+        what += f"; + {unlabeled:,} unlabelled rows" if unlabeled else ""
         lines.append(f"  teachers {', '.join(co[0])} → {student} ({what}): ~{size / 1e9:,.2f} GB → trials {_ranges(members)}")
     if caches:
         lines.append(f"  all caches: ~{total / 1e9:,.2f} GB on disk (cache.max_gb {base.cache.max_gb:g} refuses a larger one)")

@@ -23,9 +23,47 @@ def _full(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+UnlabeledRows = Literal["confidence", "uniform"]
+NO_LABEL = -1  # the label of an unlabelled row (data.unlabeled)
+
+
 def task_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """L_Task = mean_b CE(y_b, y_s,b) = mean_b −log softmax(y_s,b)[y_b]."""
-    return F.cross_entropy(_full(student_logits), labels)
+    """L_Task = mean over labelled b of CE(y_b, y_s,b) = −log softmax(y_s,b)[y_b]; rows labelled ``NO_LABEL`` (−1)
+    take no part (0 when the batch has none labelled)."""
+    labelled = labels != NO_LABEL
+    total = F.cross_entropy(_full(student_logits), labels, ignore_index=NO_LABEL, reduction="sum")
+    return total / labelled.sum().clamp(min=1)
+
+
+def fill_unlabeled(
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    prior: Sequence[float] | None = None,
+    rows: UnlabeledRows = "confidence",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels [B] with every ``NO_LABEL`` row given the teachers' class, row weights u [B]), detached.
+
+    For an unlabelled row b, with the prior-weighted mixture p̄_b = Σ_i α_i softmax(y_i,b) (temperature 1):
+
+        ŷ_b = argmax_c p̄_b,c          (stands in for y_b in the correctness weights of Eq. 2)
+        u_b = max_c p̄_b,c (confidence) or 1 (uniform)
+
+    A labelled row keeps y_b and u_b = 1. u multiplies the row's soft-label term: a sentence the teachers are unsure
+    of teaches less, a sure one nearly as much as a labelled one.
+    """
+    logits = _full(teacher_logits.detach())
+    alpha = normalized_prior(prior, logits.shape[0]).to(logits.device).view(-1, 1, 1)
+    mixture = (alpha * torch.softmax(logits, dim=-1)).sum(dim=0)  # [B, C]
+    confidence, guess = mixture.max(dim=-1)
+    unlabelled = labels == NO_LABEL
+    filled = torch.where(unlabelled, guess, labels)
+    if rows == "confidence":
+        weight = torch.where(unlabelled, confidence, torch.ones_like(confidence))
+    elif rows == "uniform":
+        weight = torch.ones_like(confidence)
+    else:
+        raise ValueError(f"unlabelled rows must be 'confidence' or 'uniform', got {rows!r}")
+    return filled, weight
 
 
 def teacher_weights(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -109,12 +147,14 @@ def mt_distill_loss(
     weighting: TeacherWeighting = "paper",
     prior: Sequence[float] | None = None,
     confidence_temperature: float = 1.0,
+    row_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """L_MT-Dis = Σ_i mean_b w_ib · Σ_c −softmax(y_i,b/t)_c · log_softmax(y_s,b/t)_c   (Eq. 2).
+    """L_MT-Dis = Σ_i mean_b u_b · w_ib · Σ_c −softmax(y_i,b/t)_c · log_softmax(y_s,b/t)_c   (Eq. 2; u_b = 1 there).
 
     ``w = teacher_weights(teacher_logits, labels)`` when ``weighted`` and labels are given,
     otherwise 1 — the paper; other mixtures and priors α_i through ``mixture_weights`` (``weighting``, ``prior``).
-    ``t2_scale`` multiplies by t² (Hinton et al.; not in the paper).
+    ``t2_scale`` multiplies by t² (Hinton et al.; not in the paper). ``row_weight`` u [B]: per-row weights
+    (``fill_unlabeled`` for unlabelled rows; default 1).
     student_logits [B, C], teacher_logits [N, B, C], labels [B].
     """
     _check_temperature(temperature)
@@ -125,6 +165,8 @@ def mt_distill_loss(
         per_sample = per_sample * mixture_weights(teacher_logits, labels, weighting, prior, confidence_temperature, weighted)
     elif weighted and labels is not None:  # Eq. 2 as the paper writes it (the same numbers as mixture_weights' paper)
         per_sample = per_sample * teacher_weights(teacher_logits, labels)
+    if row_weight is not None:
+        per_sample = per_sample * row_weight.detach().to(per_sample.dtype).unsqueeze(0)
     loss = per_sample.mean(dim=1).sum()
     return loss * temperature**2 if t2_scale else loss
 
@@ -136,13 +178,14 @@ def ensemble_distill_loss(
     temperature: float = 1.0,
     mode: EnsembleMode = "average",
     t2_scale: bool = False,
+    row_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Distillation from one ensembled soft label (the baselines of the paper's Fig. 3).
 
     average:         p_b = (1/N) Σ_i softmax(y_i,b/t)          (the teachers' soft labels averaged)
     average_logits:  p_b = softmax(((1/N) Σ_i y_i,b) / t)      (logits averaged: TextBrewer's MultiTeacherDistiller)
     weighted: p_b = Σ_i α_ib softmax(y_i,b/t),  α_ib = w_ib / Σ_k w_kb,  w = teacher_weights
-    loss = mean_b Σ_c −p_b,c · log_softmax(y_s,b/t)_c
+    loss = mean_b u_b · Σ_c −p_b,c · log_softmax(y_s,b/t)_c      (u = ``row_weight``, default 1)
     """
     _check_temperature(temperature)
     teacher_logits = _full(teacher_logits.detach())
@@ -159,7 +202,10 @@ def ensemble_distill_loss(
         targets = (alpha.unsqueeze(-1) * probs).sum(dim=0)
     else:
         raise ValueError(f"ensemble_distill_loss: mode must be 'average', 'average_logits' or 'weighted', got {mode!r}")
-    loss = soft_cross_entropy(student_logits, targets, temperature).mean()
+    per_sample = soft_cross_entropy(student_logits, targets, temperature)
+    if row_weight is not None:
+        per_sample = per_sample * row_weight.detach().to(per_sample.dtype)
+    loss = per_sample.mean()
     return loss * temperature**2 if t2_scale else loss
 
 

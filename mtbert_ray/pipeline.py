@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from mtbert_ray import stages
-from mtbert_ray.config import ExperimentConfig, dump_config
+from mtbert_ray.config import ExperimentConfig, dump_config, experiment_models, head_teacher
 from mtbert_ray.context import StageContext
 from mtbert_ray.data.shards import prepare_data
 from mtbert_ray.errors import ResultsError
@@ -59,11 +59,12 @@ class Experiment:
 
     def prepare(self) -> StageContext:
         cfg = self.config
-        data = prepare_data(cfg.data, [*cfg.teachers, cfg.student.init_from], cfg.trust_remote_code, verify=self.verify)
+        data = prepare_data(cfg.data, experiment_models(cfg), cfg.trust_remote_code, verify=self.verify)
         self.ctx = StageContext(cfg, data)
         self.ctx.select_metric  # noqa: B018 - a metric the task does not report is an error now
         self.ctx.hidden_teachers  # noqa: B018 - so is a hidden loss that selects no teacher
-        check_models(cfg.teachers, cfg.student.init_from, cfg.student.num_layers, cfg.trust_remote_code, cfg.data.max_length)
+        check_models([*cfg.teachers, *filter(None, [head_teacher(cfg)])], cfg.student.init_from, cfg.student.num_layers,
+                     cfg.trust_remote_code, cfg.data.max_length)
         needs = trial_needs(cfg)
         init_ray(required_cpus=needs.peak["CPU"])  # an embedded Ray holds it; a joined cluster is checked
         if os.environ.get("RAY_ADDRESS"):
@@ -76,6 +77,7 @@ class Experiment:
         ctx = self.ctx or self.prepare()
         nonce = None if self.config.cofinetune.reuse else str(self.run_dir)
         self.teachers = stages.cofinetune(ctx, self.stage_root, nonce, self.verify)
+        ctx = stages.head_teacher(ctx, self.stage_root, self.teachers, nonce, self.verify)
         self.ctx = stages.with_teachers(ctx, self.teachers)
         return self.teachers
 

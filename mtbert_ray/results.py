@@ -61,7 +61,7 @@ class ExperimentResult:
     layer_maps: list[list[int]]
     decisions: dict[str, str] = field(default_factory=dict)
     test_note: str | None = None  # why a test score is missing, if it is
-    predictions: str | None = None  # file of test predictions (unlabelled test split)
+    predictions: str | None = None  # file of the student's test predictions (index \t prediction)
 
     # ---- the earlier dict views, for readers of result.json ---------------------------------------
     @property

@@ -14,18 +14,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mtbert_ray.config import head_teacher
 from mtbert_ray.context import CacheInfo, StageContext
 from mtbert_ray.data.loader import MATERIALIZE_MAX_BYTES, read_split, view_columns
+from mtbert_ray.data.sources import UNLABELED
 from mtbert_ray.hashing import stable_hash
 from mtbert_ray.models.layer_map import layer_map
 from mtbert_ray.models.teachers import read_ensemble_meta
 from mtbert_ray.stage import Built, Published, read_stage, reuse_or_build
 from mtbert_ray.train.common import OPTIMIZER_FILE, SCALER_FILE, read_training_state
+from mtbert_ray.train.loop import PREDICTIONS_DIR
 from mtbert_ray.train.session import StageRun, run_stage
 from mtbert_ray.train.worker import COFINETUNE, DISTILL, distill_seed, stage_worker
 
 STAGE_VERSION = 2
-CACHE_SPLITS = ("train",)  # distillation reads teacher outputs for training rows only; evaluation reads the view
+#: Distillation reads teacher outputs for its training rows only — labelled and unlabelled (``data.unlabeled``);
+#: evaluation reads the view.
+CACHE_SPLITS = ("train", UNLABELED)
+DISTILL_SPLITS = ("train", UNLABELED)  # the rows stage 3 trains on (co-finetuning: "train" only)
 
 
 def cofinetune_inputs(ctx: StageContext, nonce: str | None = None) -> dict:
@@ -96,6 +102,30 @@ def cofinetune(ctx: StageContext, stages: Path, nonce: str | None = None, verify
                           inputs=inputs, identity=_identity(ctx), verify=verify)
 
 
+def alone(ctx: StageContext, teacher: str) -> StageContext:
+    """The context of ``teacher`` co-finetuned alone with this experiment's stage-1 settings: the stage whose head
+    ``student.head_init: <teacher>`` copies (the same key as a run of that one teacher, so it is shared with it)."""
+    data = ctx.config.model_dump(mode="json")
+    data["teachers"] = [teacher]
+    data["loss"].update(teacher_prior=None, hidden_teachers="all")
+    data["student"]["head_init"] = "from_teachers"
+    return StageContext(type(ctx.config).model_validate(data), ctx.data)
+
+
+def head_teacher(ctx: StageContext, stages: Path, teachers: Published, nonce: str | None = None,
+                 verify: bool = False) -> StageContext:
+    """``student.head_init: <teacher>``: the context whose student copies that teacher's head co-finetuned alone
+    (this run's stage 1 when it is that teacher alone, else its own stage 1, reused or trained)."""
+    choice = head_teacher(ctx.config)
+    if choice is None:
+        return ctx
+    if list(ctx.config.teachers) == [choice]:
+        return ctx.with_updates(head_checkpoint=str(teachers.path))
+    print(f"[mtbert] student head: from {choice} co-finetuned alone (student.head_init)", flush=True)
+    own = cofinetune(alone(ctx, choice), stages, nonce, verify)
+    return ctx.with_updates(head_checkpoint=str(own.path))
+
+
 def with_teachers(ctx: StageContext, teachers: Published) -> StageContext:
     """The context once stage 1 is done: the teachers' folder, widths, depths and layer maps (decision c)."""
     meta = read_ensemble_meta(teachers.path)
@@ -124,6 +154,7 @@ def teacher_cache(ctx: StageContext, stages: Path, teachers: Published, verify: 
             "student_tokenization": ctx.student_tokenization, "max_length": cfg.data.max_length,
             "layer_maps": ctx.layer_maps if with_states else None, "dtype": cfg.cache.dtype if with_states else None,
             "splits": splits,
+            **({"unlabeled": ctx.data.unlabeled_key} if UNLABELED in splits else {}),
         })
 
     key = cache_key(hidden)
@@ -152,17 +183,17 @@ def teacher_cache(ctx: StageContext, stages: Path, teachers: Published, verify: 
 def distill_decisions(ctx: StageContext) -> dict[str, str]:
     """The choices stage 3 makes where the configured one cannot apply as is, in words, known before it runs:
     how the student's head starts, how each W_i· starts, how each teacher's states reach the student's tokens."""
-    from mtbert_ray.models.projection import projection_plan
+    from mtbert_ray.models.projection import FIT_ROWS, projection_plan
     from mtbert_ray.train.distill import head_widths, student_head_decision
 
     cfg, width = ctx.config, ctx.student_width
-    decisions = {"student_head": student_head_decision(cfg, head_widths(ctx.teachers_checkpoint, ctx.teacher_widths), width)}
+    decisions = {"student_head": student_head_decision(cfg, head_widths(ctx.head_source), width)}
     hidden = ctx.hidden_teachers
     plan = projection_plan([ctx.teacher_widths[i] for i in hidden], width, cfg.loss.projection_init)
     for i, start in zip(hidden, plan):
         name, w = cfg.teachers[i], ctx.teacher_widths[i]
         how = {"identity": "identity", "xavier": "random (Xavier)",
-               "least_squares": "least squares on the first training batch"}[start]
+               "least_squares": f"least squares on the first {FIT_ROWS:,} training rows (student in eval mode)"}[start]
         decisions[f"projection_{i}"] = f"W for {name} ({w} → {width}): {how}"
         same = ctx.teacher_tokenizations[i] == ctx.student_tokenization
         decisions[f"alignment_{i}"] = (f"{name}: the student's tokenization" if same else
@@ -184,11 +215,16 @@ def distill(ctx: StageContext, run_dir: Path) -> StageRun:
     """Stage 3 in ``<run_dir>/distill`` (a rerun of the same run folder resumes from its latest checkpoint)."""
     cfg = ctx.config
     student = [ctx.student_tokenization]
+    splits = _splits(ctx, DISTILL_SPLITS)
     if ctx.cache is not None:
-        train = read_split(ctx.cache.files["train"], cache_read_columns(ctx), shuffle_seed=distill_seed(cfg),
-                           max_bytes=_driver_read_cap(ctx))
+        files = [f for split in splits for f in ctx.cache.files[split]]
+        columns = cache_read_columns(ctx)
     else:
-        train = _view(ctx, [*ctx.teacher_tokenizations, ctx.student_tokenization], "train", offsets=True, seed=distill_seed(cfg))
+        files = [f for split in splits for f in ctx.data.splits[split]]
+        columns = view_columns([*ctx.teacher_tokenizations, ctx.student_tokenization], with_offsets=True)
+    # labelled and unlabelled rows in one training split, mixed (one seeded order) before the per-epoch block shuffle
+    train = read_split(files, columns, shuffle_seed=distill_seed(cfg), max_bytes=_driver_read_cap(ctx),
+                       mix_seed=distill_seed(cfg) if len(splits) > 1 else None)
     datasets = {"train": train, **{s: _view(ctx, student, s, offsets=False) for s in _splits(ctx, ("validation", "test"))}}
     for what, decision in distill_decisions(ctx).items():
         print(f"[mtbert] {what.rstrip('0123456789').rstrip('_').replace('_', ' ')}: {decision}", flush=True)
@@ -201,17 +237,22 @@ def distill(ctx: StageContext, run_dir: Path) -> StageRun:
 
 
 def test_predictions(ctx: StageContext, teachers: Published, distilled: StageRun, folder: Path) -> tuple[str | None, str | None]:
-    """For an unlabelled test split, the benchmark's submission files of the student and of each selected teacher
-    (``folder/<file>``, ``folder/teacher<i>/<file>``); (the student's file, a note on the missing test scores)."""
+    """The test predictions of the student and of each selected teacher, one ``index \\t prediction`` line per
+    example (``folder/<file>``, ``folder/teacher<i>/<file>``): the benchmark's submission files for an unlabelled test
+    split, ``test.tsv`` for a labelled one (for error analysis and paired comparisons over sentences);
+    (the student's file, a note on missing test scores)."""
     from mtbert_ray.train.loop import merge_predictions
 
     data = ctx.data
     if "test" not in data.splits:
         return None, "no test split: test scores are missing"
-    if data.labelled.get("test", False):
-        return None, None
-    name = data.submission_file or "test.tsv"
-    rows = merge_predictions(distilled.best_checkpoint, folder / name)
+    labelled = data.labelled.get("test", False)
+    name = "test.tsv" if labelled else data.submission_file or "test.tsv"
+    label_text = (data.submission_labels or data.label_names) if labelled else None
+    rows = merge_predictions(distilled.best_checkpoint, folder / name, label_text=label_text)
     for i in range(len(ctx.config.teachers)):
-        merge_predictions(teachers.path, folder / f"teacher{i}" / name, head=f"teacher{i}_")
+        if any((teachers.path / PREDICTIONS_DIR).glob(f"teacher{i}_part-*.tsv")):  # stages published before they were kept
+            merge_predictions(teachers.path, folder / f"teacher{i}" / name, head=f"teacher{i}_", label_text=label_text)
+    if labelled:
+        return str(folder / name), None
     return str(folder / name), f"the test split has no labels: {rows} predictions written to {folder / name} (submit them to the benchmark)"

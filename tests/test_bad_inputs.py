@@ -269,6 +269,21 @@ CATALOGUE: dict[str, Case] = {
                                    r"loss.teacher_prior: expected weights >= 0 with a positive sum"),
     "unknown teacher weighting": Case("run", lambda ws: ws.run("loss.teacher_weighting=best"),
                                       r"loss.teacher_weighting: Input should be 'paper', 'normalized' or 'confidence'"),
+    "unlabelled text that does not exist": Case("run", lambda ws: ws.run(f"data.unlabeled={ws.tmp / 'nowhere.txt'}"),
+                                                r"data.unlabeled: .*nowhere.txt does not exist; expected a file or folder of texts"),
+    "unlabelled table without the text column": Case("run", lambda ws: (
+        (ws.tmp / "transfer.csv").write_text("sentence\na film\n"), ws.run(f"data.unlabeled={ws.tmp / 'transfer.csv'}"))[1],
+        r"transfer.csv: no column 'text' \(data.text_fields\); columns are \['sentence'\]"),
+    "unlabelled text file with nothing in it": Case("run", lambda ws: (
+        (ws.tmp / "empty.txt").write_text("\n \n"), ws.run(f"data.unlabeled={ws.tmp / 'empty.txt'}"))[1],
+        r"data.unlabeled: .*empty.txt holds no text; expected at least one unlabelled example"),
+    "unlabelled row with an empty text": Case("run", lambda ws: (
+        (ws.tmp / "gap.csv").write_text('text\na film\n""\n'), ws.run(f"data.unlabeled={ws.tmp / 'gap.csv'}"))[1],
+        r"gap.csv row 2, column 'text': empty text"),
+    "student head from a model that does not exist": Case("run", lambda ws: ws.run(f"student.head_init={ws.tmp / 'nobody'}"),
+                                                          r"tokenizer of '.*nobody': cannot load it"),
+    "unknown unlabelled-row weighting": Case("run", lambda ws: ws.run("loss.unlabeled_rows=all"),
+                                             r"loss.unlabeled_rows: Input should be 'confidence' or 'uniform'"),
     "negative data seed": Case("run", lambda ws: ws.run("data.seed=-1"), r"data.seed: Input should be greater than or equal to 0"),
     "duplicate key in a config": Case("run", lambda ws: ["--config", str(ws.space(
         "name: dup\ndistill: {epochs: 1}\nseed: 0\ndistill: {lr: 0.1}\n", "dup.yaml"))],

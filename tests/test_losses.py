@@ -321,3 +321,42 @@ def test_the_hidden_loss_weighs_each_teacher_by_its_scale():
     each = [mt_hidden_loss(student, [t], None) for t in teachers]
     assert torch.allclose(mt_hidden_loss(student, teachers, None, teacher_scale=[0.25, 0.75]), 0.25 * each[0] + 0.75 * each[1])
     assert torch.allclose(mt_hidden_loss(student, teachers, None), each[0] + each[1])
+
+
+def test_moments_added_batch_by_batch_give_the_one_shot_fit():
+    """The least-squares W fitted from sums over several batches equals the fit to all their rows at once."""
+    from mtbert_ray.models.projection import Moments, least_squares_map
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(300, 7, generator=g), torch.randn(300, 4, generator=g)
+    once = least_squares_map(x, y)
+    summed = Moments.of(x[:100], y[:100]).add(Moments.of(x[100:250], y[100:250])).add(Moments.of(x[250:], y[250:]))
+    weight, bias = summed.solve()
+    assert torch.allclose(weight.float(), once[0], atol=1e-5) and torch.allclose(bias.float(), once[1], atol=1e-5)
+
+
+def test_unlabelled_rows_take_no_task_loss_and_teach_by_the_teachers_class(gen):
+    """Rows labelled −1: the task loss is the mean over the labelled rows only; in L_MT-Dis an unlabelled row's
+    correctness weights use the prior-weighted teachers' class, and the row weighs the mixture's confidence."""
+    from mtbert_ray.config import DistillConfig, LossConfig
+    from mtbert_ray.losses import fill_unlabeled
+    from mtbert_ray.train.objective import mt_bert_objective
+
+    student = torch.randn(4, 3, generator=gen)
+    teachers = torch.tensor([[[4.0, 0, 0], [0, 3.0, 0], [0, 0, 0.2], [1.0, 0, 0]],
+                             [[3.0, 0, 0], [0, 0, 2.0], [0.1, 0, 0], [1.0, 0, 0]]])
+    labels = torch.tensor([0, -1, -1, 2])
+    assert task_loss(student, labels).item() == pytest.approx(task_loss(student[[0, 3]], labels[[0, 3]]).item())
+    assert task_loss(student, torch.full((4,), -1)).item() == 0.0
+    filled, weight = fill_unlabeled(teachers, labels)
+    mixture = torch.softmax(teachers, -1).mean(0)
+    assert filled.tolist() == [0, int(mixture[1].argmax()), int(mixture[2].argmax()), 2]
+    assert weight[0] == 1 and weight[3] == 1
+    assert weight[1].item() == pytest.approx(mixture[1].max().item()) and weight[2] < weight[1]  # row 2: unsure teachers
+    assert fill_unlabeled(teachers, labels, rows="uniform")[1].tolist() == [1.0] * 4
+    # a prior on teacher 2 alone makes its class the label: row 1 → class 2
+    assert fill_unlabeled(teachers, labels, prior=[0.0, 1.0])[0][1].item() == 2
+    terms = mt_bert_objective(student, labels, teachers, LossConfig(hidden=False), DistillConfig())
+    expected = mt_distill_loss(student, teachers, filled, 1.0, row_weight=weight)
+    assert terms["distill"].item() == pytest.approx(expected.item())
+    assert terms["task"].item() == pytest.approx(task_loss(student[[0, 3]], labels[[0, 3]]).item())

@@ -44,8 +44,8 @@ def test_three_stages_write_results_and_export(first_run, tiny_models):
     assert 0 <= student["accuracy"] <= 1 and student["epoch"] in (1, 2)
     assert s["select"] == {"metric": "accuracy", "mode": "max"}
     # every choice made where the configured one could not apply as is, recorded (and printed once)
-    assert s["decisions"]["student_head"] == "copied from the co-finetuned head (32 wide)"
-    assert s["decisions"]["projection_1"].endswith("(48 → 32): least squares on the first training batch")
+    assert s["decisions"]["student_head"] == "copied from this run's co-finetuned head (32 wide)"
+    assert s["decisions"]["projection_1"].endswith("(48 → 32): least squares on the first 1,000 training rows (student in eval mode)")
     assert "other tokenizer" in s["decisions"]["alignment_1"] and "the student's tokenization" in s["decisions"]["alignment_0"]
     assert 0 <= s["stages"]["distill"]["test"]["accuracy"] <= 1 and s["stages"]["distill"]["test"]["examples"] == 64
     assert s["params"]["student"] < min(s["params"]["teachers"].values())
@@ -321,3 +321,37 @@ def test_onnx_and_int8_exports_match_torch_and_are_measured(first_run):
     with pytest.raises(MTBertError, match="no real token"):
         onnx.logits({"input_ids": np.zeros((1, 3), np.int64), "attention_mask": np.zeros((1, 3), np.int64),
                      "token_type_ids": np.zeros((1, 3), np.int64)})
+
+
+def test_unlabelled_transfer_text_is_cached_and_taught_on(first_run, tiny_models, storage, tmp_path):
+    """``data.unlabeled``: the teachers are co-finetuned on the labelled rows only (stage 1 reused, the same key), the
+    cache holds their outputs for both kinds of rows, and the student trains on both (twice the steps): the task loss on
+    the labelled rows, the soft labels on all of them; result.json and the data summary count the unlabelled rows."""
+    texts = pd.read_parquet(RT_POLARITY / "train.parquet")["sentence"].iloc[-300:]
+    (tmp_path / "transfer.txt").write_text("\n".join(texts) + "\n\n")
+    cfg = validate_config(tiny_experiment(tiny_models, storage, cache={"enabled": True, "hidden": True},
+                                          data={"unlabeled": str(tmp_path / "transfer.txt"), "limit_unlabeled": 128},
+                                          distill={"epochs": 1}))
+    s = run_experiment(cfg, storage=storage).summary
+    assert s["stages"]["cofinetune"]["reused"]
+    assert s["stages"]["cofinetune"]["key"] == first_run.summary["stages"]["cofinetune"]["key"]
+    cache = s["stages"]["teacher_cache"]
+    assert not cache["reused"] and cache["checkpoint"] != first_run.summary["stages"]["teacher_cache"]["checkpoint"]
+    assert s["data"]["rows"]["unlabeled"] == 128 and s["data"]["rows"]["train"] == 128
+    history = read_history(Path(s["run_dir"]) / "distill" / HISTORY_FILE)
+    assert history[0]["train_steps"] == (128 + 128) // 32, "the student trained on labelled and unlabelled rows"
+    assert history[0]["train_task"] > 0 and history[0]["train_distill"] > 0
+
+
+def test_student_head_from_one_teacher_alone_is_shared_by_rows(first_run, tiny_models, storage):
+    """``student.head_init: <teacher>``: the student copies the head of that teacher co-finetuned alone — a stage of its
+    own, reused by a later row and by a run of that one teacher — so rows of different teacher sets start alike."""
+    bert = tiny_models["bert"]
+    two = validate_config(tiny_experiment(tiny_models, storage, student={"head_init": bert}, distill={"epochs": 1}))
+    s = run_experiment(two, storage=storage).summary
+    assert s["decisions"]["student_head"] == f"copied from the head of {bert} co-finetuned alone (32 wide)"
+    one = validate_config(tiny_experiment(tiny_models, storage, teachers=[bert], student={"head_init": bert},
+                                          distill={"epochs": 1}))
+    alone = run_experiment(one, storage=storage).summary
+    assert alone["stages"]["cofinetune"]["reused"], "the head's own stage 1 is the single-teacher run's stage 1"
+    assert alone["decisions"]["student_head"] == s["decisions"]["student_head"]

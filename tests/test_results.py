@@ -117,3 +117,29 @@ def test_a_teacher_below_its_student_is_said(capsys):
     assert teachers_below_student(Result()) == ["L6"]
     out = capsys.readouterr().out
     assert "warning: teacher L6 has validation accuracy 0.7290, below its student's 0.7600" in out and "MPNet" not in out
+
+
+def test_paired_bootstrap_counts_test_sampling_and_seeds():
+    """The interval of a paired difference widens with fewer sentences (test sampling) and with seeds that disagree,
+    and covers the true difference of a known simulation."""
+    import numpy as np
+
+    from mtbert_ray.analysis import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    # a is right on 80 % of sentences, b on 78 %: the true difference is +2 points
+    def diffs(seeds: int, sentences: int, spread: float) -> np.ndarray:
+        rows = []
+        for _ in range(seeds):
+            shift = rng.normal(0, spread)
+            a = rng.random(sentences) < 0.80 + shift
+            b = rng.random(sentences) < 0.78
+            rows.append(a.astype(float) - b.astype(float))
+        return np.stack(rows)
+
+    low, high = paired_bootstrap(diffs(5, 8_000, 0.0))
+    assert low < 2.0 < high and high - low < 2.0
+    small_low, small_high = paired_bootstrap(diffs(5, 400, 0.0))
+    assert small_high - small_low > 2 * (high - low), "fewer test sentences: a wider interval"
+    noisy_low, noisy_high = paired_bootstrap(diffs(5, 8_000, 0.03))
+    assert noisy_high - noisy_low > 2 * (high - low), "seeds that disagree: a wider interval"

@@ -111,7 +111,7 @@ def test_dry_run_prints_trials_shared_stages_cache_sizes_and_resources(capsys):
     assert len(trials) == 9 and {t.params["teachers"] for t in trials} == {"minilm6", "minilm3", "minilm6+minilm3"}
     text = plan(space)
     assert "grid search, 9 trial(s)" in text and "co-finetuning runs: 9 distinct" in text
-    assert "teacher caches: 9 distinct (1,500 training rows" in text and "all caches: ~" in text
+    assert "teacher caches: 9 distinct (1,500 labelled training rows" in text and "all caches: ~" in text
     # the same figure the sweep reserves and sizes its cluster by (trial_needs): in-process, the cache built in the trial
     assert ("resources per trial: reserves 2 CPU for the trial; beside it, data reads: Ray Data read tasks 1 CPU; "
             "peak 3 CPU; its stages run in the trial's own process (the teacher cache too)") in text

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mtbert_ray.config import load_config
+from mtbert_ray.config import experiment_models, load_config
 from mtbert_ray.data.shards import PreparedData, prepare_data
 from mtbert_ray.errors import run_cli
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> int:
         config = load_config(args.config, args.set)
-        prepared = prepare_data(config.data, [*config.teachers, config.student.init_from], config.trust_remote_code)
+        prepared = prepare_data(config.data, experiment_models(config), config.trust_remote_code)
         print(format_summary(prepared))
         return 0
 

@@ -63,7 +63,8 @@ def view_columns(tokenizations: Iterable[str], with_offsets: bool = True) -> lis
 
 
 def read_split(files: Sequence[str], columns: Sequence[str] | None = None, materialize: bool | str = "auto",
-               shuffle_seed: int | None = None, blocks: int | None = None, max_bytes: int | None = MATERIALIZE_MAX_BYTES):
+               shuffle_seed: int | None = None, blocks: int | None = None, max_bytes: int | None = MATERIALIZE_MAX_BYTES,
+               mix_seed: int | None = None):
     """A Ray Dataset of a view (or teacher-cache) split, projected to the columns asked for.
 
     ``materialize=False``: ``ray.data.read_parquet`` — streamed from Parquet by read tasks, again
@@ -75,6 +76,9 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
     their order is shuffled, 5–8 s for the demo's 116 MB cache against ~2 s read once here).
     ``shuffle_seed``: blocks come in a new seeded order each epoch (for the training split).
     ``blocks``: read into at least this many blocks (so an actor pool of that many workers all get input).
+    ``mix_seed``: the files hold rows of several splits (labelled and unlabelled training rows): a read split's rows
+    are put in one seeded random order before they are cut into blocks, so every block holds both kinds in their
+    proportion; a streamed split mixes them by its per-epoch block order and the local shuffle buffer only.
     """
     import pyarrow.parquet as pq
     import ray.data
@@ -87,6 +91,8 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
         import pyarrow as pa
 
         table = pq.read_table(list(files), columns=keep)
+        if mix_seed is not None:
+            table = table.take(np.random.default_rng(mix_seed).permutation(table.num_rows))
         blocks = [table.slice(start, BLOCK_ROWS) for start in range(0, max(table.num_rows, 1), BLOCK_ROWS)]
         ds = ray.data.from_arrow(blocks)  # copied into the object store
         del table, blocks

@@ -101,6 +101,7 @@ class PreparedData:
     tokenizations: dict[str, TokenizerSpec]  # tokenization → its tokenizer
     model_tokenization: dict[str, str]  # model id/folder → tokenization
     labelled: dict[str, bool] = field(default_factory=dict)  # split → has gold labels (GLUE test: no)
+    unlabeled_key: str | None = None  # data.unlabeled's content + options (None: no unlabelled split); dataset_key is the labelled data's
     submission_file: str | None = None  # GLUE: the benchmark's file name for test predictions (e.g. SST-2.tsv)
     submission_labels: list[str] | None = None  # GLUE: how each class is written in that file
     summary: dict[str, Any] = field(default_factory=dict)
@@ -146,6 +147,7 @@ def prepare_data(
     (reused ones re-hashed whole with ``verify``; a file whose stat signature changed is re-hashed anyway)."""
     raw = shuffled(raw if raw is not None else load_source(cfg), cfg.seed)
     key = dataset_key(raw, cfg)
+    unlabeled_key = raw.unlabeled_fingerprint
     cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     specs: dict[str, TokenizerSpec] = {}
     model_tokenization: dict[str, str] = {}
@@ -154,13 +156,14 @@ def prepare_data(
         specs.setdefault(spec.tokenization, spec)
         model_tokenization[name] = spec.tokenization
     shards = {
-        tokenization: ensure_shards(raw, key, spec, cfg.max_length, cache, trust_remote_code, verify)
+        tokenization: ensure_shards(raw, key, spec, cfg.max_length, cache, trust_remote_code, verify, unlabeled_key)
         for tokenization, spec in specs.items()
     }
     view = ensure_view(shards, cache, verify)
     rows = {s: int(len(raw.splits[s].frame)) for s in raw.splits}
     summary = {
         "dataset_key": key,
+        **({"unlabeled_key": unlabeled_key} if unlabeled_key else {}),
         "rows": rows,
         "labels": {s: _label_counts(raw, s) for s in raw.splits},
         "tokenizers": {t: {"name": specs[t].name, **shards[t].meta["stats"]} for t in shards},
@@ -176,6 +179,7 @@ def prepare_data(
         tokenizations=specs,
         model_tokenization=model_tokenization,
         labelled={s: split.labelled for s, split in raw.splits.items()},
+        unlabeled_key=unlabeled_key,
         submission_file=raw.submission_file,
         submission_labels=list(raw.submission_labels) if raw.submission_labels else None,
         summary=summary,
@@ -199,9 +203,10 @@ def _label_counts(raw: RawDataset, split: str) -> dict[str, int]:
 
 
 def ensure_shards(raw: RawDataset, key: str, spec: TokenizerSpec, max_length: int, cache: Path,
-                  trust_remote_code: bool = False, verify: bool = False):
-    """The shard stage of (dataset, tokenizer, max_length): reused when valid, else built."""
-    shard_key = stable_hash({"v": FORMAT_VERSION, "dataset": key, "tokenizer": spec.fingerprint, "max_length": max_length})
+                  trust_remote_code: bool = False, verify: bool = False, unlabeled_key: str | None = None):
+    """The shard stage of (dataset, [unlabelled text,] tokenizer, max_length): reused when valid, else built."""
+    shard_key = stable_hash({"v": FORMAT_VERSION, "dataset": key, "tokenizer": spec.fingerprint, "max_length": max_length,
+                             **({"unlabeled": unlabeled_key} if unlabeled_key else {})})
 
     def build(folder: Path) -> Built:
         tokenizer = load_tokenizer(spec.name, trust_remote_code=trust_remote_code)

@@ -27,7 +27,11 @@ from mtbert_ray.errors import DataError
 from mtbert_ray.hashing import file_sha256, stable_hash
 
 SPLITS = ("train", "validation", "test")
+UNLABELED = "unlabeled"  # the split of data.unlabeled: transfer text for distillation, label -1 throughout
+#: Example ids of unlabelled rows start here (row i → UNLABELED_ID_BASE + i), apart from every labelled split's ids.
+UNLABELED_ID_BASE = 1 << 40
 FILE_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl")
+TEXT_SUFFIX = ".txt"
 SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "dev", "val"), "test": ("test",)}
 MIND_COLUMNS = ("NewsID", "Category", "SubCategory", "Title", "Abstract", "URL", "TitleEntities", "AbstractEntities")
 _INT = re.compile(r"^[+-]?\d+$")
@@ -52,6 +56,7 @@ class RawDataset:
     fingerprint: str  # content hash of the source files (or hub dataset fingerprint) and loading options
     metrics: tuple[str, ...] = ("accuracy", "macro_f1")  # reported metrics, main (default selection) metric first
     notes: list[str] = field(default_factory=list)
+    unlabeled_fingerprint: str | None = None  # content hash of data.unlabeled's files and options (None: no such text)
     name: str = ""  # e.g. glue/sst2, files:data/rt_polarity
     submission_file: str | None = None  # GLUE benchmark file name for test predictions
     submission_labels: tuple[str, ...] | None = None  # how each class is written in that file
@@ -95,7 +100,60 @@ def load_source(cfg: DataConfig) -> RawDataset:
         dataset.name = f"mind:{cfg.path}"
     if dataset.num_labels != 2 and "f1" in dataset.metrics:
         dataset.metrics = tuple(m for m in dataset.metrics if m != "f1")
-    return _subsample(dataset, cfg)
+    dataset = _subsample(dataset, cfg)
+    if cfg.unlabeled:
+        text_columns = list(cfg.text_fields or (_glue_task(cfg.task).hub_fields if cfg.source == "glue" else ["text"]))
+        if len(text_columns) != (2 if dataset.pair else 1):
+            raise DataError(f"data.unlabeled: the labelled data has {'sentence pairs' if dataset.pair else 'one text'} "
+                            f"per row; set data.text_fields to its column(s) in {cfg.unlabeled}")
+        split, fingerprint = load_unlabeled(cfg, text_columns)
+        dataset.splits[UNLABELED] = split
+        dataset.unlabeled_fingerprint = fingerprint
+    return dataset
+
+
+def load_unlabeled(cfg: DataConfig, text_columns: list[str]) -> tuple[RawSplit, str]:
+    """``data.unlabeled`` → a validated unlabelled split (label −1, ids from ``UNLABELED_ID_BASE``) and its
+    fingerprint (the files' sha256, the columns, ``limit_unlabeled`` and ``data.seed``).
+
+    A file (Parquet / CSV / TSV / JSON Lines with the ``text_columns``; ``.txt``: one text a line, blank lines
+    skipped) or a folder whose files of those kinds are read in name order."""
+    root = Path(cfg.unlabeled).expanduser()
+    if root.is_dir():
+        files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in (*FILE_SUFFIXES, TEXT_SUFFIX))
+        if not files:
+            raise DataError(f"data.unlabeled: {root} holds no {', '.join((*FILE_SUFFIXES, TEXT_SUFFIX))} file")
+    elif root.is_file():
+        files = [root]
+    else:
+        raise DataError(f"data.unlabeled: {root} does not exist; expected a file or folder of texts")
+    columns: list[list[str]] = [[] for _ in text_columns]
+    for path in files:
+        if path.suffix.lower() == TEXT_SUFFIX:
+            if len(text_columns) != 1:
+                raise DataError(f"{path}: a .txt file holds one text a line; sentence pairs need a table with columns {text_columns}")
+            lines = [line.rstrip("\r") for line in _read_text(path).split("\n")]
+            columns[0] += [line for line in lines if line.strip()]
+            continue
+        if path.suffix.lower() not in FILE_SUFFIXES:
+            raise DataError(f"{path}: unsupported file type; expected one of {', '.join((*FILE_SUFFIXES, TEXT_SUFFIX))}")
+        table = _Table(UNLABELED, str(path), read_table(path), text_columns, None)
+        _require_columns(table, cfg)
+        for i, col in enumerate(text_columns):
+            columns[i] += _text_column(table, col)
+    if not columns[0]:
+        raise DataError(f"data.unlabeled: {root} holds no text; expected at least one unlabelled example")
+    n = len(columns[0])
+    frame = pd.DataFrame({"example_id": pd.Series(range(UNLABELED_ID_BASE, UNLABELED_ID_BASE + n), dtype="int64"),
+                          "text_a": columns[0]})
+    if len(columns) == 2:
+        frame["text_b"] = columns[1]
+    frame["label"] = pd.Series([-1] * n, dtype="int64")
+    if cfg.limit_unlabeled is not None and n > cfg.limit_unlabeled:
+        frame = frame.sample(n=cfg.limit_unlabeled, random_state=cfg.seed).sort_index().reset_index(drop=True)
+    fingerprint = stable_hash({"files": [file_sha256(p) for p in files], "columns": text_columns,
+                               "limit": cfg.limit_unlabeled, "seed": cfg.seed})
+    return RawSplit(UNLABELED, str(root), frame, labelled=False), fingerprint
 
 
 # ---- validation and label mapping ---------------------------------------------------------------

@@ -22,7 +22,7 @@ from mtbert_ray.context import StageContext
 from mtbert_ray.data.loader import PadCollate, inputs_for
 from mtbert_ray.export import load_student_weights, save_student
 from mtbert_ray.losses import hidden_teacher_scale, mt_hidden_loss
-from mtbert_ray.models.projection import build_projections, fit_projection, projection_plan
+from mtbert_ray.models.projection import FIT_ROWS, Moments, build_projections, projection_plan, set_linear, token_moments
 from mtbert_ray.models.student import StudentModel, build_student, init_head_from
 from mtbert_ray.models.teachers import TeacherEnsemble, load_head_states, read_ensemble_meta
 from mtbert_ray.targets import cached_targets, teacher_targets
@@ -37,69 +37,93 @@ class DistillModule(nn.Module):
 
     ``forward`` returns the student's logits and, given the teachers' states, the hidden loss
     L_MT-Hid = Σ_i Σ_j MSE(H^s_j, W_ij H^i_j) — computed here so W_ij are used inside the wrapped forward.
-    The W_ij of the teachers listed in ``fit_pending`` are fitted by least squares to the first batch's states
-    before that batch's loss (``models.projection``); under DDP rank 0's fit is broadcast so every rank starts equal.
+    The W_ij of the teachers listed in ``fit_pending`` are fitted by least squares before each of the first training
+    batches' loss, to the states of every row seen so far until ``fit_rows`` rows (``models.projection.FIT_ROWS``):
+    the student's states come from an extra no-grad forward in eval mode (no dropout noise in the fit). Under DDP the
+    sums are all-reduced, so every rank solves the same system over every rank's rows.
     """
 
     def __init__(self, student: StudentModel, projections: nn.ModuleList | None, project: str = "teacher",
-                 fit_pending: Sequence[int] = (), teacher_scale: Sequence[float] | None = None) -> None:
+                 fit_pending: Sequence[int] = (), teacher_scale: Sequence[float] | None = None,
+                 fit_rows: int = FIT_ROWS) -> None:
         super().__init__()
         self.student = student
         self.projections = projections
         self.project = project
         self.fit_pending = list(fit_pending)
+        self.fit_rows = fit_rows
+        self._moments: dict[tuple[int, int], Moments] = {}
+        self._fitted_rows = 0
         self.teacher_scale = list(teacher_scale) if teacher_scale is not None else None  # s_i of the hidden loss
 
     def forward(self, inputs: dict[str, torch.Tensor], teacher_states: list[list[torch.Tensor]] | None = None):
+        if teacher_states is not None and self.fit_pending:
+            self._fit(inputs, teacher_states)
         out = self.student.forward_batch(inputs, output_hidden_states=teacher_states is not None)
         if teacher_states is None:
             return out.logits, None
         student_states = out.hidden_states[1:]
-        if self.fit_pending:
-            self._fit(student_states, teacher_states, inputs["attention_mask"])
         hidden = mt_hidden_loss(student_states, teacher_states, self.projections, inputs["attention_mask"], self.project,
                                 self.teacher_scale)
         return out.logits, hidden
 
     @torch.no_grad()
-    def _fit(self, student_states, teacher_states, mask) -> None:
+    def _fit(self, inputs: dict[str, torch.Tensor], teacher_states) -> None:
         import torch.distributed as dist
 
+        training = self.student.training
+        self.student.eval()
+        try:
+            student_states = self.student.forward_batch(inputs, output_hidden_states=True).hidden_states[1:]
+        finally:
+            self.student.train(training)
+        mask = inputs["attention_mask"]
+        rows = torch.tensor(float(mask.shape[0]), device=mask.device)
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed:
+            dist.all_reduce(rows)
+        self._fitted_rows += int(rows.item())
         for i in self.fit_pending:
             for j, linear in enumerate(self.projections[i]):
                 source, target = (teacher_states[i][j], student_states[j]) if self.project == "teacher" else \
                     (student_states[j], teacher_states[i][j])
-                fit_projection(linear, source.detach(), target.detach(), mask)
-                if dist.is_available() and dist.is_initialized():
-                    for tensor in (linear.weight, linear.bias):
-                        dist.broadcast(tensor.data, src=0)
-        self.fit_pending = []
+                batch = token_moments(source.detach().float(), target.detach().float(), mask)
+                if distributed:
+                    for tensor in batch.tensors():
+                        dist.all_reduce(tensor)
+                moments = self._moments[(i, j)] = batch if (i, j) not in self._moments else self._moments[(i, j)].add(batch)
+                set_linear(linear, *moments.solve())
+        if self._fitted_rows >= self.fit_rows:
+            self.fit_pending, self._moments = [], {}
 
 
 def student_head_decision(cfg: ExperimentConfig, head_widths: list[int], student_width: int) -> str:
-    """How the student's pooling + dense layer start (ARCHITECTURE decision i), in words.
+    """How the student's pooling + dense layer start (ARCHITECTURE decision i; ``student.head_init``), in words.
 
-    ``head_widths``: the width of each co-finetuned head (one shared head at the first teacher's width,
-    or one per teacher with ``cofinetune.shared_head: false``). Starts with "copied" when it is copied.
+    ``head_widths``: the width of each head it could be copied from (one shared head, or one per teacher with
+    ``cofinetune.shared_head: false``) — this run's co-finetuned heads (``from_teachers``) or those of the named teacher
+    co-finetuned alone. Starts with "copied" when it is copied.
     """
-    if cfg.student.head_init != "shared_head":
+    choice = cfg.student.head_init
+    if choice == "random":
         return "random (student.head_init: random)"
+    source = "this run's co-finetuned head" if choice == "from_teachers" else f"the head of {choice} co-finetuned alone"
     if student_width in head_widths:
-        return f"copied from the co-finetuned head ({student_width} wide)"
-    return (f"random — the co-finetuned head is {'/'.join(map(str, sorted(set(head_widths))))} wide, "
+        return f"copied from {source} ({student_width} wide)"
+    return (f"random — {source} is {'/'.join(map(str, sorted(set(head_widths))))} wide, "
             f"the student {student_width}")
 
 
-def build_distill_module(cfg: ExperimentConfig, num_labels: int, teachers_folder: str | Path,
+def build_distill_module(cfg: ExperimentConfig, num_labels: int, head_folder: str | Path,
                          teacher_widths: list[int], hidden_teachers: Sequence[int] = ()) -> tuple[DistillModule, str]:
-    """Student from ``student.init_from`` (head copied from the co-finetuned head when the widths allow) and
-    the maps W_ij of the teachers ``hidden_teachers`` (indices; empty: no hidden loss); and the head decision
+    """Student from ``student.init_from`` (head copied from the co-finetuned head in ``head_folder`` when the widths
+    allow) and the maps W_ij of the teachers ``hidden_teachers`` (indices; empty: no hidden loss); and the head decision
     (``student_head_decision``)."""
     student = build_student(cfg.student.init_from, cfg.student.num_layers, num_labels, cfg.student.query_dim,
                             cfg.trust_remote_code)
-    decision = student_head_decision(cfg, head_widths(teachers_folder, teacher_widths), student.width)
-    if decision.startswith("copied") and not init_head_from(student, load_head_states(teachers_folder)):
-        raise RuntimeError(f"{teachers_folder}: no co-finetuned head of width {student.width} to copy")
+    decision = student_head_decision(cfg, head_widths(head_folder), student.width)
+    if decision.startswith("copied") and not init_head_from(student, load_head_states(head_folder)):
+        raise RuntimeError(f"{head_folder}: no co-finetuned head of width {student.width} to copy")
     projections, fit = None, []
     if hidden_teachers:
         widths = [teacher_widths[i] for i in hidden_teachers]
@@ -111,10 +135,10 @@ def build_distill_module(cfg: ExperimentConfig, num_labels: int, teachers_folder
     return DistillModule(student, projections, cfg.loss.project, fit, scale), decision
 
 
-def head_widths(teachers_folder: str | Path, teacher_widths: list[int]) -> list[int]:
-    """Widths of the co-finetuned head(s): the shared head's (``cofinetune.head_width``), else each teacher's."""
+def head_widths(teachers_folder: str | Path) -> list[int]:
+    """Widths of the co-finetuned head(s) of an ensemble folder: the shared head's, else each teacher's."""
     meta = read_ensemble_meta(teachers_folder)
-    return [int(meta.get("head_width") or teacher_widths[0])] if meta["shared_head"] else list(teacher_widths)
+    return [int(meta.get("head_width") or meta["widths"][0])] if meta["shared_head"] else list(meta["widths"])
 
 
 class DistillStep:
@@ -135,7 +159,7 @@ class DistillStep:
 
     def build(self, device: torch.device) -> DistillModule:
         cfg, ctx = self.ctx.config, self.ctx
-        module, self.head_decision = build_distill_module(cfg, ctx.data.num_labels, ctx.teachers_checkpoint,
+        module, self.head_decision = build_distill_module(cfg, ctx.data.num_labels, ctx.head_source,
                                                           ctx.teacher_widths, self.hidden_teachers)
         if not (cfg.loss.task or cfg.loss.distill):  # hidden loss only: the head learns nothing, keep it fixed
             for p in module.student.head.parameters():

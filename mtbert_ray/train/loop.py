@@ -275,7 +275,7 @@ def _head_metric(step: Step, name: str) -> str:
 def _evaluate(step: Step, session: StageSession, spec: LoopSpec, device: torch.device, split: str, prefix: str,
               predictions: Path | None = None) -> dict[str, Any]:
     writer = None
-    if predictions is not None and not spec.test_labelled and spec.submission:
+    if predictions is not None and spec.submission:  # every test evaluation: its per-example predictions too
         writer = _PredictionWriter(predictions / PREDICTIONS_DIR, session.rank, step.heads, spec.submission[1])
     batches = _batches(session, split, step, spec, device, epoch=None)
     with autocast(device, spec.precision):
@@ -295,7 +295,7 @@ def _evaluate(step: Step, session: StageSession, spec: LoopSpec, device: torch.d
 
 
 class _PredictionWriter:
-    """``example_id \\t label`` lines of one rank's share of an unlabelled split, one file per evaluated model
+    """``example_id \\t label`` lines of one rank's share of the test split, one file per evaluated model
     (``<head>part-<rank>.tsv``; merged by the driver with ``merge_predictions``)."""
 
     def __init__(self, folder: Path, rank: int, heads: list[str], label_text: list[str]) -> None:
@@ -305,9 +305,9 @@ class _PredictionWriter:
         self.label_text = label_text
 
     def __call__(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> None:
-        ids = batch["example_id"].tolist()
+        ids, gold = batch["example_id"].tolist(), batch["label"].tolist()
         for writer, head_logits in zip(self.writers, logits):
-            writer.writerows([i, self.label_text[label]] for i, label in zip(ids, head_logits.argmax(-1).tolist()))
+            writer.writerows([i, self.label_text[label], y] for i, label, y in zip(ids, head_logits.argmax(-1).tolist(), gold))
 
     def close(self) -> None:
         for handle in self.handles:
@@ -357,17 +357,19 @@ class _Prefetch:
         yield from self._it
 
 
-def merge_predictions(checkpoint: Path, out: Path, head: str = "") -> int:
-    """Merge the ranks' prediction parts of a checkpoint (of one evaluated model, ``head``) into one
-    ``index \\t prediction`` file, sorted by index (the GLUE benchmark's submission format)."""
-    rows: list[tuple[int, str]] = []
+def merge_predictions(checkpoint: Path, out: Path, head: str = "", label_text: list[str] | None = None) -> int:
+    """Merge the ranks' prediction parts of a checkpoint (of one evaluated model, ``head``) into one file sorted by
+    index: ``index \\t prediction`` (the GLUE benchmark's submission format) for an unlabelled split, with a third
+    column ``label`` (the gold label, written as ``label_text``) for a labelled one."""
+    rows: list[list[str | int]] = []
     for part in sorted((checkpoint / PREDICTIONS_DIR).glob(f"{head}part-*.tsv")):
         with open(part, newline="") as handle:
-            rows += [(int(i), label) for i, label in csv.reader(handle, delimiter="\t")]
-    rows.sort()
+            rows += [[int(r[0]), *r[1:]] for r in csv.reader(handle, delimiter="\t")]
+    rows.sort(key=lambda r: r[0])
+    labelled = label_text is not None and bool(rows) and all(len(r) == 3 and int(r[2]) >= 0 for r in rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(["index", "prediction"])
-        writer.writerows(rows)
+        writer.writerow(["index", "prediction", "label"] if labelled else ["index", "prediction"])
+        writer.writerows([r[0], r[1], label_text[int(r[2])]] if labelled else r[:2] for r in rows)
     return len(rows)

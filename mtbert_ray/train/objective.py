@@ -8,7 +8,15 @@ import torch
 from torch import nn
 
 from mtbert_ray.config import DistillConfig, LossConfig
-from mtbert_ray.losses import ensemble_distill_loss, hidden_teacher_scale, mt_distill_loss, mt_hidden_loss, task_loss
+from mtbert_ray.losses import (
+    NO_LABEL,
+    ensemble_distill_loss,
+    fill_unlabeled,
+    hidden_teacher_scale,
+    mt_distill_loss,
+    mt_hidden_loss,
+    task_loss,
+)
 
 
 def mt_bert_objective(
@@ -30,20 +38,27 @@ def mt_bert_objective(
              ``hidden_loss`` when the caller computed it (inside the DDP-wrapped forward)
     distill: mt_distill_loss (``loss.ensemble == "none"``; teachers mixed by ``loss.teacher_weighting`` and
              ``loss.teacher_prior``) or ensemble_distill_loss (Fig. 3 baselines)
-    task:    task_loss (cross-entropy with the gold labels)
+    task:    task_loss (cross-entropy with the gold labels, over the labelled rows)
+
+    Unlabelled rows (label −1, ``data.unlabeled``) take no task loss; in the soft-label term their gold label is the
+    teachers' class and the row weighs u_b (``losses.fill_unlabeled``, ``loss.unlabeled_rows``); the hidden loss
+    treats every row alike.
     """
     terms: dict[str, torch.Tensor] = {}
     if loss.task:
         terms["task"] = task_loss(student_logits, labels)
+    row_weight = None
+    if loss.distill and bool((labels == NO_LABEL).any()):
+        labels, row_weight = fill_unlabeled(teacher_logits, labels, loss.teacher_prior, loss.unlabeled_rows)
     if loss.distill:
         if loss.ensemble == "none":
             terms["distill"] = mt_distill_loss(
                 student_logits, teacher_logits, labels, distill.temperature, loss.weighted, distill.t2_scale,
-                loss.teacher_weighting, loss.teacher_prior, loss.confidence_temperature,
+                loss.teacher_weighting, loss.teacher_prior, loss.confidence_temperature, row_weight,
             )
         else:
             terms["distill"] = ensemble_distill_loss(
-                student_logits, teacher_logits, labels, distill.temperature, loss.ensemble, distill.t2_scale
+                student_logits, teacher_logits, labels, distill.temperature, loss.ensemble, distill.t2_scale, row_weight
             )
     if loss.hidden:
         terms["hidden"] = hidden_loss if hidden_loss is not None else mt_hidden_loss(

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from mtbert_ray.context import StageContext
+from mtbert_ray.data.sources import UNLABELED
 from mtbert_ray.models.hub import quiet_transformers
 from mtbert_ray.train.cofinetune import CofinetuneStep
 from mtbert_ray.train.distill import DistillStep
@@ -35,7 +36,7 @@ def loop_spec(ctx: StageContext, stage: str) -> LoopSpec:
         precision=cfg.resources.precision,
         use_gpu=cfg.resources.use_gpu,
         threads=None if cfg.resources.use_gpu else cfg.resources.cpus_per_worker,
-        train_rows=data.rows["train"],
+        train_rows=data.rows["train"] + (0 if stage == COFINETUNE else data.rows.get(UNLABELED, 0)),
         num_labels=data.num_labels,
         weight_decay=section.weight_decay,
         submission=submission,

