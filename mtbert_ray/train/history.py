@@ -2,9 +2,9 @@
 
 Ray Train keeps only the metrics of the checkpoints it retains (best and latest); the history
 keeps every epoch's report so learning curves, per-epoch timings and resumed attempts can be
-read back later (``read_history``). ``HistoryWriter`` appends one report; ``MetricsHistory`` is the
-same as a ``ray.train.UserCallback`` (it runs in the Train controller, which writes to the run's
-storage path); in-process stages call the writer directly.
+read back later (``read_history``). ``HistoryWriter`` appends one report; in-process stages call it
+directly, Ray Train stages through ``train.ray_callbacks.MetricsHistory`` (a ``ray.train.UserCallback``
+in the Train controller, which writes to the run's storage path). Needs no Ray.
 """
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import ray.train
 
 HISTORY_FILE = "history.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -83,17 +81,6 @@ def history_to_tensorboard(history: str | os.PathLike, folder: str | os.PathLike
         add_scalars(writer, row, tag)
     writer.close()
     return len(rows)
-
-
-class MetricsHistory(ray.train.UserCallback):
-    """``HistoryWriter`` as a Ray Train callback: rank 0's metrics of every ``ray.train.report``."""
-
-    def __init__(self, path: str | os.PathLike, tensorboard_dir: str | os.PathLike | None = None, tag: str = "") -> None:
-        self.writer = HistoryWriter(path, tensorboard_dir, tag)
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        if metrics:
-            self.writer.append(metrics[0], getattr(checkpoint, "path", None))
 
 
 def _ends_mid_line(path: Path) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from mtbert_ray.train.history import HISTORY_FILE, TENSORBOARD_DIR, HistoryWriter, MetricsHistory
+from mtbert_ray.train.history import HISTORY_FILE, TENSORBOARD_DIR, HistoryWriter
 
 SCORE = "selection_score"  # reported by the loop: the selection metric on improving epochs, else NO_SCORE
 NO_SCORE = -1e30
@@ -269,6 +269,7 @@ def _fit_trainer(worker, loop_config, resources, *, name, storage_path, datasets
 
     from mtbert_ray.data.loader import split_config
     from mtbert_ray.ray_runtime import runtime_env_vars, scaling_config
+    from mtbert_ray.train.ray_callbacks import MetricsHistory
 
     timeout = worker_start_timeout(resources)
     if timeout is not None:  # read by the Train controller (propagated from this process's environment)
