@@ -74,7 +74,7 @@ def test_correctness(student_dir: str | Path | None) -> pd.Series | None:
     return pd.Series((frame["prediction"] == frame["label"]).astype(float).to_numpy(), index=frame["index"].astype(int))
 
 
-def paired_bootstrap(diffs: "np.ndarray", draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[float, float]:
+def paired_bootstrap(diffs: Any, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[float, float]:
     """95 % percentile interval of the mean paired difference, resampling seeds and test sentences.
 
     ``diffs`` [S, M]: correct_a − correct_b of seed s on sentence m (both rows scored on the same M sentences).

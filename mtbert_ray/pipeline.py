@@ -77,7 +77,7 @@ class Experiment:
         ctx = self.ctx or self.prepare()
         nonce = None if self.config.cofinetune.reuse else str(self.run_dir)
         self.teachers = stages.cofinetune(ctx, self.stage_root, nonce, self.verify)
-        ctx = stages.head_teacher(ctx, self.stage_root, self.teachers, nonce, self.verify)
+        ctx = stages.with_head_teacher(ctx, self.stage_root, self.teachers, nonce, self.verify)
         self.ctx = stages.with_teachers(ctx, self.teachers)
         return self.teachers
 

@@ -112,7 +112,7 @@ def alone(ctx: StageContext, teacher: str) -> StageContext:
     return StageContext(type(ctx.config).model_validate(data), ctx.data)
 
 
-def head_teacher(ctx: StageContext, stages: Path, teachers: Published, nonce: str | None = None,
+def with_head_teacher(ctx: StageContext, stages: Path, teachers: Published, nonce: str | None = None,
                  verify: bool = False) -> StageContext:
     """``student.head_init: <teacher>``: the context whose student copies that teacher's head co-finetuned alone
     (this run's stage 1 when it is that teacher alone, else its own stage 1, reused or trained)."""

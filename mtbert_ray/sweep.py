@@ -181,15 +181,16 @@ def check_space_models(space: Space) -> None:
     """Pre-flight before Tune starts: every model a trial can name (each planned trial's teachers and student,
     every ``teacher_pool`` entry) loads its ``config.json``. A missing model is then one line here, not every
     trial failing ``search.max_failures + 1`` times after the data is tokenized."""
-    from mtbert_ray.dryrun import planned_trials
     from mtbert_ray.config import head_teacher
+    from mtbert_ray.dryrun import planned_trials
     from mtbert_ray.models.hub import check_models
 
     pool = tuple((space.spec.teacher_pool or {}).values())
     checked: set[tuple] = set()
     for trial in planned_trials(space):
         cfg = trial.config
-        key = (tuple(dict.fromkeys((*cfg.teachers, *pool, *filter(None, [head_teacher(cfg)])))), cfg.student.init_from, cfg.student.num_layers, cfg.trust_remote_code,
+        models = tuple(dict.fromkeys((*cfg.teachers, *pool, *filter(None, [head_teacher(cfg)]))))
+        key = (models, cfg.student.init_from, cfg.student.num_layers, cfg.trust_remote_code,
                cfg.data.max_length)
         if key not in checked:
             checked.add(key)
