@@ -132,6 +132,15 @@ def mixture_weights(
     raise ValueError(f"teacher weighting must be 'paper', 'normalized' or 'confidence', got {mode!r}")
 
 
+def _with_unlabeled(teacher_logits: torch.Tensor, labels: torch.Tensor | None, prior: Sequence[float] | None,
+                    row_weight: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Labels with no ``NO_LABEL`` left (``fill_unlabeled``, confidence row weights unless ``row_weight`` is given)."""
+    if labels is None or not bool((labels == NO_LABEL).any()):
+        return labels, row_weight
+    filled, confidence = fill_unlabeled(teacher_logits, labels, prior)
+    return filled, confidence if row_weight is None else row_weight
+
+
 def soft_cross_entropy(student_logits: torch.Tensor, soft_targets: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-sample CE(p, y_s/t) = −Σ_c p_c · log_softmax(y_s/t)_c → [B] (in float32 under autocast too)."""
     return -(_full(soft_targets) * torch.log_softmax(_full(student_logits) / temperature, dim=-1)).sum(dim=-1)
@@ -154,11 +163,12 @@ def mt_distill_loss(
     ``w = teacher_weights(teacher_logits, labels)`` when ``weighted`` and labels are given,
     otherwise 1 — the paper; other mixtures and priors α_i through ``mixture_weights`` (``weighting``, ``prior``).
     ``t2_scale`` multiplies by t² (Hinton et al.; not in the paper). ``row_weight`` u [B]: per-row weights
-    (``fill_unlabeled`` for unlabelled rows; default 1).
+    (default 1; rows labelled ``NO_LABEL`` are filled by ``fill_unlabeled``, with its confidence weights unless given).
     student_logits [B, C], teacher_logits [N, B, C], labels [B].
     """
     _check_temperature(temperature)
     teacher_logits = _full(teacher_logits.detach())
+    labels, row_weight = _with_unlabeled(teacher_logits, labels, prior, row_weight)
     targets = torch.softmax(teacher_logits / temperature, dim=-1)  # [N, B, C]
     per_sample = soft_cross_entropy(student_logits.unsqueeze(0), targets, temperature)  # [N, B]
     if weighting != "paper" or prior is not None:
@@ -189,6 +199,7 @@ def ensemble_distill_loss(
     """
     _check_temperature(temperature)
     teacher_logits = _full(teacher_logits.detach())
+    labels, row_weight = _with_unlabeled(teacher_logits, labels, None, row_weight)
     probs = torch.softmax(teacher_logits / temperature, dim=-1)  # [N, B, C]
     if mode == "average":
         targets = probs.mean(dim=0)

@@ -360,3 +360,5 @@ def test_unlabelled_rows_take_no_task_loss_and_teach_by_the_teachers_class(gen):
     expected = mt_distill_loss(student, teachers, filled, 1.0, row_weight=weight)
     assert terms["distill"].item() == pytest.approx(expected.item())
     assert terms["task"].item() == pytest.approx(task_loss(student[[0, 3]], labels[[0, 3]]).item())
+    # called directly (a user's own loop), the loss fills unlabelled rows the same way
+    assert mt_distill_loss(student, teachers, labels).item() == pytest.approx(expected.item())
