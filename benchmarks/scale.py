@@ -17,6 +17,11 @@ Figures (each from one run, both sizes side by side):
 
 Last line: ``scale_per_row_ratio_max=<worst stage ratio> peak_rss_ratio_max=<worst process> peak_uss_ratio_max=<worst
 process> prepare_vs_tokenizer=<ratio>``.
+
+``--unlabeled --sizes 100000 1000000`` scales the unlabelled transfer text instead (``data.unlabeled``, beside
+``--labelled`` 10,000 labelled rows): the teacher cache and distillation stream both kinds of rows, so their per-row
+time and every process's peak memory should stay flat as the unlabelled rows grow. Last line:
+``unlabeled_per_row_ratio_max=<cache / distill> peak_rss_ratio_max=… peak_uss_ratio_max=…``.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ LABELS = ["autos", "entertainment", "finance", "foodanddrink", "health", "kids",
           "music", "news", "northamerica", "sports", "travel", "tv", "video", "weather", "games"]
 
 
-def synthetic_mind(folder: Path, train_rows: int, eval_rows: int = 5000) -> Path:
+def synthetic_mind(folder: Path, train_rows: int, eval_rows: int = 5000, unlabeled_rows: int = 0) -> Path:
     """Title-length texts (6–14 words) cut from the vendored sentences; topic = a hash of the text (deterministic)."""
     import pandas as pd
 
@@ -56,6 +61,8 @@ def synthetic_mind(folder: Path, train_rows: int, eval_rows: int = 5000) -> Path
     rows(train_rows, 0).to_parquet(folder / "train.parquet")
     rows(eval_rows, 10_000_019).to_parquet(folder / "validation.parquet")
     rows(eval_rows, 20_000_033).to_parquet(folder / "test.parquet")
+    if unlabeled_rows:  # transfer text: titles without their topic, beside the labelled splits
+        rows(unlabeled_rows, 30_000_047)[["Title"]].to_parquet(folder.parent / "unlabeled.parquet")
     return folder
 
 
@@ -104,22 +111,24 @@ class MemorySampler:
         self.peaks[f"{kind} (USS)"] = max(self.peaks.get(f"{kind} (USS)", 0.0), info.uss / 2**20)
 
 
-def run_size(rows: int, models: dict[str, str], root: Path) -> dict:
+def run_size(rows: int, models: dict[str, str], root: Path, unlabeled: int = 0, labelled: int | None = None) -> dict:
     """Stage wall seconds and peak memory for one dataset size, in a fresh folder (run in a process of its own:
-    ``--one``, so no size inherits the other's memory)."""
+    ``--one``, so no size inherits the other's memory). ``unlabeled``: that many unlabelled rows (``data.unlabeled``)
+    beside ``labelled`` training rows (default ``rows``); ``rows`` is then the size compared."""
     from mtbert_ray.config import validate_config
     from mtbert_ray.pipeline import Experiment
     from mtbert_ray.ray_runtime import init_ray
 
-    folder = root / f"rows-{rows}"
+    folder = root / (f"unlabeled-{unlabeled}" if unlabeled else f"rows-{rows}")
     shutil.rmtree(folder, ignore_errors=True)
-    data = synthetic_mind(folder / "data", rows)
+    data = synthetic_mind(folder / "data", labelled or rows, unlabeled_rows=unlabeled)
     config = validate_config({
         "name": f"scale-{rows}", "seed": 0,
         "teachers": [models["bert"], models["roberta"]],
         "student": {"init_from": models["bert"], "num_layers": 1, "query_dim": 16},
         "data": {"source": "files", "path": str(data), "text_fields": ["Title"], "label_field": "Category",
-                 "max_length": 32, "cache_dir": str(folder / "data-cache")},
+                 "max_length": 32, "cache_dir": str(folder / "data-cache"),
+                 **({"unlabeled": str(folder / "unlabeled.parquet")} if unlabeled else {})},
         "cofinetune": {"epochs": 1, "lr": 1e-3, "head_lr": 1e-3, "batch_size": 64, "query_dim": 16},
         "distill": {"epochs": 1, "lr": 1e-3, "batch_size": 64},
         "cache": {"enabled": True, "hidden": True, "dtype": "float16"},
@@ -138,13 +147,14 @@ def run_size(rows: int, models: dict[str, str], root: Path) -> dict:
     return {"rows": rows, "seconds": seconds, "memory": memory, "exp": exp, "data": data}
 
 
-def run_in_own_process(rows: int, sizes: list[int]) -> dict:
+def run_in_own_process(rows: int, sizes: list[int], unlabeled: bool = False, labelled: int = 10_000) -> dict:
     """``run_size`` in a fresh Python process (its own driver and Ray); its figures as JSON."""
     import json
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, __file__, "--one", str(rows), "--sizes", *map(str, sizes)],
+    extra = ["--unlabeled", "--labelled", str(labelled)] if unlabeled else []
+    out = subprocess.run([sys.executable, __file__, "--one", str(rows), "--sizes", *map(str, sizes), *extra],
                          capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith(("  ", "{"))]
     print("\n".join(line for line in lines if line.startswith("  ")), flush=True)
@@ -188,33 +198,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs=2, default=[10_000, 100_000])
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # one size, in this process
+    parser.add_argument("--unlabeled", action="store_true",
+                        help="the sizes are unlabelled transfer-text rows (data.unlabeled) beside --labelled training rows")
+    parser.add_argument("--labelled", type=int, default=10_000, help="labelled training rows with --unlabeled")
     args = parser.parse_args()
     root = storage() / "scale"
     models = {"bert": root / "tiny-bert", "roberta": root / "tiny-roberta"}
     if args.one is not None:
-        run = run_size(args.one, {k: str(v) for k, v in models.items()}, root)
+        run = run_size(args.one, {k: str(v) for k, v in models.items()}, root,
+                       unlabeled=args.one if args.unlabeled else 0, labelled=args.labelled if args.unlabeled else None)
         figures = {"rows": run["rows"], "seconds": run["seconds"], "memory": run["memory"]}
-        if args.one == max(args.sizes):
+        if args.one == max(args.sizes) and not args.unlabeled:
             figures["tokenizer"] = tokenizer_ratio(run)
         print(json.dumps(figures), flush=True)
         return
-    header("scale: MIND-shaped data at 10k and 100k rows, 2 workers, tiny encoders")
+    what = f"unlabelled rows beside {args.labelled:,} labelled" if args.unlabeled else "rows"
+    header(f"scale: MIND-shaped data at {args.sizes[0]:,} and {args.sizes[1]:,} {what}, 2 workers, tiny encoders")
     make_tiny_bert(models["bert"]), make_tiny_roberta(models["roberta"])
-    small, large = (run_in_own_process(n, args.sizes) for n in args.sizes)
+    small, large = (run_in_own_process(n, args.sizes, args.unlabeled, args.labelled) for n in args.sizes)
     factor = large["rows"] / small["rows"]
-    per_row = {s: (large["seconds"][s] / large["rows"]) / (small["seconds"][s] / small["rows"]) for s in small["seconds"]}
+    extra = args.labelled if args.unlabeled else 0  # rows the cache and distillation see: labelled + unlabelled
+    per_row = {s: (large["seconds"][s] / (large["rows"] + extra)) / (small["seconds"][s] / (small["rows"] + extra))
+               for s in small["seconds"]}
     memory = {}
     for stage in small["memory"]:
         for kind, peak in large["memory"][stage].items():
             if kind in small["memory"][stage]:
                 memory[f"{stage}/{kind}"] = peak / small["memory"][stage][kind]
-    tokenizer = large["tokenizer"]
     print(f"rows ×{factor:.0f}: per-row time ratio " + ", ".join(f"{s} {r:.2f}" for s, r in per_row.items()))
     print("peak memory ratio " + ", ".join(f"{k} {r:.2f}" for k, r in memory.items()))
-    print(f"data prepare {tokenizer['prepare_rows_per_s']:,.0f} rows/s vs the tokenizers' own batch encode "
-          f"{tokenizer['tokenizer_rows_per_s']:,.0f} rows/s (per tokenization, {large['rows']:,} training rows + evaluation)")
     rss = {k: v for k, v in memory.items() if "(USS)" not in k}
     uss = {k: v for k, v in memory.items() if "(USS)" in k}
+    if args.unlabeled:  # stages 2 and 3 grow with the unlabelled rows (stage 1 trains on the labelled ones only)
+        grown = {s: r for s, r in per_row.items() if s in ("cache", "distill")}
+        print(f"unlabeled_per_row_ratio_max={max(grown.values()):.2f} peak_rss_ratio_max={max(rss.values()):.2f} "
+              f"peak_uss_ratio_max={max(uss.values()):.2f}")
+        return
+    tokenizer = large["tokenizer"]
+    print(f"data prepare {tokenizer['prepare_rows_per_s']:,.0f} rows/s vs the tokenizers' own batch encode "
+          f"{tokenizer['tokenizer_rows_per_s']:,.0f} rows/s (per tokenization, {large['rows']:,} training rows + evaluation)")
     print(f"scale_per_row_ratio_max={max(per_row.values()):.2f} peak_rss_ratio_max={max(rss.values()):.2f} "
           f"peak_uss_ratio_max={max(uss.values()):.2f} prepare_vs_tokenizer={tokenizer['ratio']:.2f}")
 

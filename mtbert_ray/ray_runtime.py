@@ -50,9 +50,9 @@ def _job_runtime_env_vars() -> dict[str, str]:
     """``env_vars`` of the submitted job's runtime env (empty outside ``ray job submit``)."""
     import json
 
-    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+    from mtbert_ray.ray_compat import job_config_json
 
-    raw = os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR)
+    raw = job_config_json()
     if not raw:
         return {}
     try:
@@ -115,14 +115,10 @@ def pin_ray_data_actors_here() -> None:
     fake multi-node provider). Creating them from the driver first pins them to the head node.
     Private Ray Data helpers, so a best effort: a Ray without them only loses the pinning.
     """
-    try:
-        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
-            get_or_create_autoscaling_coordinator,
-        )
-        from ray.data._internal.stats import get_or_create_stats_actor
+    from mtbert_ray.ray_compat import create_ray_data_actors
 
-        get_or_create_stats_actor()
-        get_or_create_autoscaling_coordinator()
+    try:
+        create_ray_data_actors()
     except Exception as exc:  # noqa: BLE001 - optional optimisation, never fatal
         log.warning("could not pin Ray Data's actors to the driver's node (%s)", exc)
 

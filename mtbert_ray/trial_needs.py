@@ -199,13 +199,13 @@ def _autoscaler_running(wait_s: float = 15.0) -> bool:
     import os
     import time
 
-    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+    from mtbert_ray.ray_compat import AUTOSCALING_STATUS_KEY, internal_kv_get, internal_kv_ready
 
-    if not os.environ.get("RAY_ADDRESS") or not _internal_kv_initialized():
+    if not os.environ.get("RAY_ADDRESS") or not internal_kv_ready():
         return False
     deadline = time.monotonic() + wait_s  # the monitor's first status comes a few seconds after the head starts
     while True:
-        raw = _internal_kv_get(AUTOSCALING_STATUS_KEY)
+        raw = internal_kv_get(AUTOSCALING_STATUS_KEY)
         if raw or time.monotonic() > deadline:
             break
         time.sleep(1.0)
@@ -218,7 +218,6 @@ def _autoscaler_running(wait_s: float = 15.0) -> bool:
     return any(kind != readonly[node] for node, kind in mapping.items()) or bool(report.get("pending_launches"))
 
 
-AUTOSCALING_STATUS_KEY = "__autoscaling_status"  # ray._private.ray_constants.DEBUG_AUTOSCALING_STATUS
 READONLY_NODE_TYPE = "node_{}"  # the type the read-only provider of a fixed cluster gives each node
 
 

@@ -30,15 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-try:  # Ray's collate base class (keeps device transfer "auto" in iter_torch_batches)
+try:  # Ray's collate base class (keeps device transfer "auto" in iter_torch_batches) and Train's DataConfig
     from ray.data.collate_fn import NumpyBatchCollateFn as _CollateBase
-except ImportError:  # pragma: no cover - older Ray
-    _CollateBase = object
-
-try:
     from ray.train import DataConfig as _DataConfig
-except ImportError:  # pragma: no cover
-    _DataConfig = object
+except ImportError:  # pragma: no cover - no Ray: the torch-only core (steps, PadCollate) imports this module too
+    _CollateBase = _DataConfig = object
 
 from mtbert_ray.data.floats import decode_floats
 from mtbert_ray.data.tokenize import pad_token_batch
@@ -106,7 +102,9 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
         ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
     # The block order of execution (epoch) e is seeded by (seed, e): Ray Data counts executions in the dataset's
     # context, which it copies from the process's current one — in a reused worker process that count is not 0.
-    ds.context._execution_idx = 0
+    from mtbert_ray.ray_compat import restart_execution_count
+
+    restart_execution_count(ds)
     return ds
 
 
@@ -129,13 +127,15 @@ class SplitConfig(_DataConfig):
         super().__init__(datasets_to_split="all", execution_options=execution_options)
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        from mtbert_ray.ray_compat import execution_options, shard_locality
+
         output = [{} for _ in range(world_size)]
-        locality_hints = worker_node_ids if self._enable_shard_locality else None
+        locality_hints = worker_node_ids if shard_locality(self) else None
         for name, ds in datasets.items():
             if ds.name is None:
                 ds.set_name(name)
             ds = ds.copy(ds)
-            ds.context.execution_options = self._resolve_execution_options(name)
+            ds.context.execution_options = execution_options(self, name)
             splits = ds.streaming_split(world_size, equal=name == TRAIN_SPLIT, locality_hints=locality_hints)
             for i, split in enumerate(splits):
                 output[i][name] = split

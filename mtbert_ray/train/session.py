@@ -189,9 +189,9 @@ def tune_epoch_reporter(final_epoch: int) -> Callable[[dict[str, Any]], None] | 
     The last epoch is left to the trial's own final report, made after the student is exported: a
     scheduler that stops a trial at its last epoch (ASHA at ``max_t``) must not stop it before that.
     """
-    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+    from mtbert_ray.ray_compat import in_tune_session
 
-    if not _in_tune_session():
+    if not in_tune_session():
         return None
 
     def report(metrics: dict[str, Any]) -> None:
@@ -257,9 +257,10 @@ def run_stage(
 def _ingest(name: str, dataset):
     """A dataset as an in-process stage reads it: with the execution options a Train worker's shard has."""
     from mtbert_ray.data.loader import split_config
+    from mtbert_ray.ray_compat import execution_options
 
     ds = dataset.copy(dataset)
-    ds.context.execution_options = split_config()._resolve_execution_options(name)
+    ds.context.execution_options = execution_options(split_config(), name)
     return ds
 
 
