@@ -1,7 +1,7 @@
 """Typed experiment configuration: YAML in, validated (unknown keys are errors), CLI overrides.
 
 One ``ExperimentConfig`` describes one MT-BERT experiment (data → co-finetuning → teacher
-cache → distillation). Defaults follow the paper (§3.1) and ARCHITECTURE.md's decisions.
+cache → distillation). Defaults follow the paper (§3.1) and the decisions in docs/design.md.
 Every field carries its help text (``Field(description=...)``); ``docs/config.md`` is generated
 from it (``python -m mtbert_ray.configdoc``).
 """
@@ -79,7 +79,7 @@ class DataConfig(_Strict):
 
 
 class StudentConfig(_Strict):
-    """The K-layer student (ARCHITECTURE decision i)."""
+    """The K-layer student (docs/design.md, decision i)."""
 
     init_from: str = Field(
         description="Hub id or folder of a pretrained encoder; the student keeps its embeddings and first num_layers layers.")

@@ -1,6 +1,6 @@
 """MT-BERT losses as pure functions (no state, no Ray): Eq. 1–3 of Wu, Wu & Huang (2021).
 
-Conventions (ARCHITECTURE.md decisions d–g): teacher tensors are detached inside every
+Conventions (docs/design.md, decisions d–g): teacher tensors are detached inside every
 function, so no gradient ever reaches a teacher; soft cross-entropy sums over classes and
 averages over the batch; the distillation weight is computed at temperature 1.
 """

@@ -4,7 +4,7 @@
 fitted in closed form to the (teacher, student) states of the first training rows (``FIT_ROWS``, the student in eval
 mode; ``train.distill.DistillModule``), so the hidden loss starts
 from the best linear map between the two spaces instead of from noise; auto = identity where the widths match,
-least squares where they differ (ARCHITECTURE decision b: a random start made the hidden loss hurt).
+least squares where they differ (docs/design.md, decision b: a random start made the hidden loss hurt).
 """
 from __future__ import annotations
 

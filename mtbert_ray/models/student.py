@@ -77,7 +77,7 @@ def build_student(
 
 def init_head_from(student: StudentModel, head_states: list[dict[str, torch.Tensor]]) -> bool:
     """Copy attentive pooling + dense weights from the first co-finetuned head whose width and classes
-    match the student's (ARCHITECTURE.md decision i). Returns False (head left as initialised) otherwise."""
+    match the student's (docs/design.md, decision i). Returns False (head left as initialised) otherwise."""
     target = student.head.state_dict()
     wanted = [k for k in target if k.startswith(("pooling.", "dense."))]
     for state in head_states:

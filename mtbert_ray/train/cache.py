@@ -1,6 +1,6 @@
 """Stage 2 — the teacher-output cache, built in the stage's own process or by Ray Data batch inference.
 
-The cached splits (``stages.CACHE_SPLITS``: the training rows) of the experiment's view stream through
+The cached splits (``stages.CACHE_SPLITS``: the labelled and unlabelled training rows) of the experiment's view stream through
 frozen teachers (run in ``resources.precision``), and this process writes the rows to Parquet in the
 view's order as they come (``write_in_order``): memory stays bounded by a few blocks whatever the
 number of rows, no row is dropped or repeated, and a cache built again holds its rows in the same
@@ -137,7 +137,7 @@ def _counter_class():
 
 
 def build_teacher_cache(ctx: StageContext, folder: Path, splits: Sequence[str]) -> Built:
-    """Write ``<build>/<split>/*.parquet`` for every split; check every row is there.
+    """Write ``<build>/<split>/*.parquet`` for each of ``splits`` (the training rows: ``stages.CACHE_SPLITS``); check every row is there.
 
     In the calling process when the stage runs there (``resources.in_process``: a sweep trial then builds its cache
     inside the resources it reserved, ``trial_needs``); else through an actor pool of ``num_workers`` actors."""

@@ -1,7 +1,7 @@
 """Stage 1 — multi-teacher co-finetuning: the step the epoch loop (``train.loop``) runs.
 
 N teachers and one shared attentive pooling + dense head; loss Σ_i CE(y, y_i) (summed, not
-averaged: ARCHITECTURE.md decision j); Adam with one learning rate for the teachers and one for
+averaged: docs/design.md, decision j); Adam with one learning rate for the teachers and one for
 the head(s); every teacher evaluated after each epoch (the selection metric is the teachers'
 mean). Checkpoints use the ``TeacherEnsemble.save_pretrained`` layout (safetensors).
 """

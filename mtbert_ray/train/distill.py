@@ -98,7 +98,7 @@ class DistillModule(nn.Module):
 
 
 def student_head_decision(cfg: ExperimentConfig, head_widths: list[int], student_width: int) -> str:
-    """How the student's pooling + dense layer start (ARCHITECTURE decision i; ``student.head_init``), in words.
+    """How the student's pooling + dense layer start (docs/design.md, decision i; ``student.head_init``), in words.
 
     ``head_widths``: the width of each head it could be copied from (one shared head, or one per teacher with
     ``cofinetune.shared_head: false``) — this run's co-finetuned heads (``from_teachers``) or those of the named teacher

@@ -10,7 +10,7 @@ the epoch improves the selection metric (so the selected checkpoint carries its 
 test never chooses anything), checkpoints (rank 0 writes the model; every rank its predictions)
 and ``report``.
 
-Steps implement: ``build(device)``, ``optimizer_groups()``, ``module`` (trainable, unwrapped),
+Steps implement: ``build(device)`` (returns the trainable module, unwrapped), ``optimizer_groups()``,
 ``loss(train_module, batch) -> dict`` (``"loss"`` plus its terms), ``predict(batch) -> [heads, B, C]``,
 ``save(folder)`` / ``load(folder)``, ``collate(split)`` and ``heads`` (metric prefixes).
 """
