@@ -5,7 +5,8 @@ Tune-over-Train as Ray 2.60 supports it: every trial is a Tune *function* (the t
 ``tune.with_resources``) that runs one experiment (``pipeline.run_experiment``). Its stages run in the
 trial's own process when they have one worker and no GPU (``resources.execution: auto``; each epoch is
 forwarded to Tune by the in-process session), else on a distillation ``TorchTrainer`` that reports each
-epoch to Tune through ``TuneReportCallback``; schedulers (ASHA, median stopping) act on those per-epoch reports. Co-finetuning and the teacher cache are
+epoch to Tune through ``TuneReportCallback``; schedulers (ASHA, median stopping) act on those per-epoch reports.
+Co-finetuning and the teacher cache are
 keyed stages shared by all trials with the same key, so teachers are trained once per distinct
 (teacher set, data, co-finetune config, seed), not once per trial.
 
