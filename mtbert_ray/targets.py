@@ -70,7 +70,8 @@ def cached_targets(
     logits = batch[LOGITS].view(-1, n_teachers, num_labels).permute(1, 0, 2)
     if not hidden_teachers:
         return logits, None
-    states = [[batch[hidden_column(i, j)] for j in range(1, num_student_layers + 1)] for i in hidden_teachers]
+    # 16-bit states are widened here, on the batch's device (they crossed to it in half the bytes)
+    states = [[batch[hidden_column(i, j)].float() for j in range(1, num_student_layers + 1)] for i in hidden_teachers]
     return logits, states
 
 

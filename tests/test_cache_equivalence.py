@@ -136,3 +136,25 @@ def test_local_batches_keep_every_row_in_order_across_files_of_odd_sizes(tmp_pat
     assert [len(b["example_id"]) for b in batches] == [4, 4, 4, 1]
     assert [int(x) for b in batches for x in b["example_id"]] == list(range(13))
     assert [list(row) for row in batches[2]["tok.input_ids"]] == [[101, k, 102] for k in range(8, 12)]
+
+
+def test_cached_states_cross_in_their_stored_precision_and_widen_on_the_device():
+    """A 16-bit cache column is collated as float16 / bfloat16 (half the bytes host → GPU) with the same values the
+    float32 decode gives, and ``cached_targets`` hands the loss float32."""
+    import numpy as np
+
+    from mtbert_ray.data.floats import decode_floats, encode_floats
+    from mtbert_ray.data.loader import float_column
+
+    states = torch.randn(7, 3)
+    for dtype, torch_dtype in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
+        stored = encode_floats(states, dtype).reshape(-1)
+        rows = [stored[:12], stored[12:]]  # two rows of 4 and 3 tokens × width 3
+        column = float_column(rows, 3, dtype)
+        assert column.dtype == torch_dtype and column.shape == (2, 4, 3)
+        assert torch.equal(column[1, 3], torch.zeros(3, dtype=torch_dtype)), "padding"
+        widened = column.float()
+        assert torch.equal(widened[0], torch.from_numpy(decode_floats(np.asarray(stored[:12]), dtype)).view(4, 3))
+    batch = {"teacher_logits": torch.randn(2, 4), "hidden.t0.l1": column}
+    _, got = cached_targets(batch, 2, 2, 1, [0])
+    assert got[0][0].dtype == torch.float32

@@ -22,6 +22,19 @@ def encode_floats(values: torch.Tensor, dtype: str) -> np.ndarray:
     raise ValueError(f"cache dtype must be float32, float16 or bfloat16, got {dtype!r}")
 
 
+def stored_tensor(values: np.ndarray, dtype: str) -> torch.Tensor:
+    """Stored values as a tensor of their stored precision — float16 / bfloat16 bits reinterpreted, no widening — so a
+    batch crosses to the GPU in half the bytes and is widened there (``.float()`` on the device)."""
+    if dtype == "float32" or values.dtype == np.float32:
+        return torch.from_numpy(values.astype(np.float32, copy=False))
+    bits = values.astype(np.uint16, copy=False)
+    if dtype == "float16":
+        return torch.from_numpy(bits.view(np.float16))
+    if dtype == "bfloat16":
+        return torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)
+    raise ValueError(f"cache dtype must be float32, float16 or bfloat16, got {dtype!r}")
+
+
 def decode_floats(values: np.ndarray, dtype: str) -> np.ndarray:
     """Stored values back to float32 (inverse of ``encode_floats``)."""
     if dtype == "float32" or values.dtype == np.float32:

@@ -36,7 +36,7 @@ try:  # Ray's collate base class (keeps device transfer "auto" in iter_torch_bat
 except ImportError:  # pragma: no cover - no Ray: the torch-only core (steps, PadCollate) imports this module too
     _CollateBase = _DataConfig = object
 
-from mtbert_ray.data.floats import decode_floats
+from mtbert_ray.data.floats import stored_tensor
 from mtbert_ray.data.tokenize import pad_token_batch
 
 META_COLUMNS = ("example_id", "label")
@@ -152,8 +152,9 @@ def split_config() -> SplitConfig:
 class PadCollate(_CollateBase):
     """numpy batch → flat dict of tensors, each tokenization's columns padded to the batch maximum.
 
-    Float list columns (teacher-cache logits and states) are stacked or padded as float32; states
-    stored in 16 bits (``stored_dtype``) are decoded first (``data.floats.decode_floats``).
+    Float list columns (teacher-cache logits and states) are stacked (logits, float32) or zero-padded (states) in the
+    precision they are stored in (``stored_dtype``: float16 / bfloat16 stay 16-bit, ``data.floats.stored_tensor``), so
+    a batch crosses to the GPU in half the bytes; ``targets.cached_targets`` widens them to float32 on the device.
     """
 
     def __init__(self, pad_ids: Mapping[str, int], float_columns: Mapping[str, int] | None = None,
@@ -176,16 +177,17 @@ class PadCollate(_CollateBase):
 
 
 def float_column(values: Sequence[np.ndarray], width: int, stored_dtype: str = "float32") -> torch.Tensor:
-    """Rows of flat float lists → [B, n] (``width`` 0) or zero-padded [B, L_max, width] float32."""
+    """Rows of flat float lists → [B, n] (``width`` 0) or zero-padded [B, L_max, width], in the stored precision
+    (float32, or float16 / bfloat16 for 16-bit states)."""
     rows = [np.asarray(v) for v in values]
-    flat = decode_floats(np.concatenate(rows) if rows else np.zeros(0, np.float32), stored_dtype)
+    flat = stored_tensor(np.concatenate(rows) if rows else np.zeros(0, np.float32), stored_dtype)
     if width == 0:
-        return torch.from_numpy(flat.reshape(len(rows), -1).copy())
-    lengths = np.fromiter((len(r) // width for r in rows), dtype=np.int64, count=len(rows))
-    out = np.zeros((len(rows), int(lengths.max(initial=0)), width), dtype=np.float32)
-    mask = np.arange(out.shape[1])[None, :] < lengths[:, None]
+        return flat.reshape(len(rows), -1).clone()
+    lengths = torch.tensor([len(r) // width for r in rows], dtype=torch.int64)
+    out = torch.zeros((len(rows), int(lengths.max()) if len(rows) else 0, width), dtype=flat.dtype)
+    mask = torch.arange(out.shape[1])[None, :] < lengths[:, None]
     out[mask] = flat.reshape(-1, width)
-    return torch.from_numpy(out)
+    return out
 
 
 def inputs_for(batch: Mapping[str, Any], tokenization: str) -> dict[str, torch.Tensor]:
