@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from mtbert_ray.errors import ResultsError
-from mtbert_ray.sweep_record import read_sweep_record
+from mtbert_ray.sweep_record import SweepRecord, read_sweep_record
 
 DEFAULT_METRICS = ["accuracy", "macro_f1"]
 SPLITS = ("test", "val")
@@ -97,12 +97,12 @@ def paired_bootstrap(diffs: Any, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) ->
 @dataclass
 class Study:
     path: Path
-    meta: dict[str, Any]
+    record: SweepRecord
     trials: pd.DataFrame  # one row per trial
 
     @property
     def row_key(self) -> str:
-        return self.meta.get("row_key", "trial")
+        return self.record.row_key
 
     @property
     def params(self) -> list[str]:
@@ -110,12 +110,12 @@ class Study:
 
     @property
     def metrics(self) -> list[str]:
-        spec = self.meta.get("spec", {}).get("analysis", {})
-        return list(spec.get("metrics") or self.meta.get("metrics") or DEFAULT_METRICS)
+        spec = self.record.spec.get("analysis") or {}
+        return list(spec.get("metrics") or self.record.metrics or DEFAULT_METRICS)
 
     @property
     def select(self) -> dict[str, str]:
-        return self.meta.get("select") or {"metric": "accuracy", "mode": "max"}
+        return self.record.select.model_dump()
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -143,7 +143,7 @@ def load_study(source, *parts) -> Study:
 
     ``parts``: further sweep folders of the same study, run later under other names (e.g. the space file with
     ``--set space.variant.grid=[...]`` for the rows still missing); their trials are added to the first's, whose
-    meta (rows, comparisons, selection) is the study's. Every part must group rows by the same key."""
+    record (rows, comparisons, selection) is the study's. Every part must group rows by the same key."""
     study = _load_one(source)
     for part in parts:
         more = _load_one(part)
@@ -156,21 +156,21 @@ def load_study(source, *parts) -> Study:
 
 def _load_one(source) -> Study:
     path = Path(getattr(source, "experiment_path", source)).expanduser()
-    meta = read_sweep_record(path)
+    record = read_sweep_record(path)
     from ray.tune import ExperimentAnalysis
 
     try:
         analysis = ExperimentAnalysis(str(path))
     except Exception as exc:  # no experiment state yet
         raise ResultsError(f"{path}: holds no Tune results yet ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    metrics = list(meta.get("metrics") or DEFAULT_METRICS)
+    metrics = list(record.metrics or DEFAULT_METRICS)
     for extra in ("accuracy", "macro_f1", "mcc", "f1"):
         if extra not in metrics:
             metrics.append(extra)
     rows = []
     for trial in analysis.trials:
         last = trial.last_result or {}
-        finished = bool(last.get("finished", last.get("done") and last.get("student_dir")))
+        finished = bool(last.get("finished"))
         row: dict[str, Any] = {"trial_id": trial.trial_id, "status": trial.status}
         for key, value in (trial.config or {}).items():
             row[f"param:{key}"] = value
@@ -182,14 +182,14 @@ def _load_one(source) -> Study:
         row["stopped_early"] = not finished and trial.status == "TERMINATED"
         row["errored"] = trial.status == "ERROR"
         row["teacher_mean_test_accuracy"] = last.get("teacher_mean_test_accuracy", math.nan)
-        row["teacher_mean_val_accuracy"] = last.get("teacher_mean_val_accuracy", last.get("teacher_mean_accuracy", math.nan))
+        row["teacher_mean_val_accuracy"] = last.get("teacher_mean_val_accuracy", math.nan)
         row["student_dir"] = last.get("student_dir") if finished else None
         rows.append(row)
     trials = pd.DataFrame(rows)
     if trials.empty:
         trials = pd.DataFrame(columns=["trial_id", "status", "finished", "stopped_early", "errored", "student_dir"])
     trials["finished"] = trials["finished"].astype(bool)
-    return Study(path, meta, trials)
+    return Study(path, record, trials)
 
 
 def _row_label(study: Study, row: pd.Series) -> str:
@@ -200,7 +200,7 @@ def _row_label(study: Study, row: pd.Series) -> str:
 
 
 def _row_order(study: Study, labels: list[str]) -> list[str]:
-    spec = study.meta.get("spec", {})
+    spec = study.record.spec
     if study.row_key == "variant":
         order = list(spec.get("variants") or {})
         return [v for v in order if v in labels] + [v for v in labels if v not in order]
@@ -252,7 +252,7 @@ def comparison_table(study: Study, comparisons: list[tuple[str, str]] | None = N
     """Paired differences a − b on test (in points), over the seeds both rows finished, with 95 % intervals.
     A seed a row finished more than once (a study run in parts that repeats a row) counts once, as the mean."""
     metrics = metrics or study.metrics
-    comparisons = comparisons if comparisons is not None else [tuple(c) for c in study.meta.get("comparisons") or []]
+    comparisons = comparisons if comparisons is not None else [tuple(c) for c in study.record.comparisons]
     done = study.finished
     key = study.seed_key
     if done.empty or not comparisons or key not in done:
@@ -381,7 +381,7 @@ def _bar_chart(table: pd.DataFrame, study: Study, metrics: list[str], path: Path
         ax.set_xticks(list(x), table["row"].tolist(), rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(f"{LABELS.get(m, m)} on test (%)")
         ax.set_title(f"test {m.replace('_', '-')} (error bars: 95% interval)", fontsize=9)
-    fig.suptitle(study.meta.get("name", ""))
+    fig.suptitle(study.record.name)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -397,7 +397,7 @@ def _scatter(study: Study, metric: str, path: Path) -> None:
     numeric = [p for p in study.params if pd.api.types.is_numeric_dtype(done[p]) and done[p].nunique() > 1]
     if not numeric:
         numeric = study.params[:1]
-    space = study.meta.get("spec", {}).get("space", {})
+    space = study.record.spec.get("space") or {}
     fig, axes = plt.subplots(1, max(len(numeric), 1), figsize=(4.2 * max(len(numeric), 1), 3.6), squeeze=False)
     for ax, p in zip(axes[0], numeric):
         ax.scatter(done[p], done[f"val_{metric}"] * 100, label="validation (selects)")
@@ -408,7 +408,7 @@ def _scatter(study: Study, metric: str, path: Path) -> None:
         ax.set_xlabel(key)
         ax.set_ylabel(f"{metric} (%)")
         ax.legend(fontsize=7)
-    fig.suptitle(f"{study.meta.get('name', '')}: {metric} per finished trial")
+    fig.suptitle(f"{study.record.name}: {metric} per finished trial")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -480,7 +480,7 @@ def write_report(source, out: str | Path | None = None, parts: tuple = (),
     markdown = table_markdown(table, study, metrics) if has_rows else "(no finished trials)"
     comparisons = comparison_table(study, comparisons, metrics=metrics)
     compared = comparisons_markdown(comparisons, metrics)
-    name = study.meta.get("name", study.path.name)
+    name = study.record.name or study.path.name
     select = study.select
     note = (f"Student checkpoints selected on validation {select['metric']} ({select['mode']}); test = the same "
             "checkpoints on the test split. Mean ± sample std over seeds (n); paired comparisons: mean difference over "

@@ -35,7 +35,7 @@ from mtbert_ray.context import select_metric_name, task_metrics
 from mtbert_ray.errors import ConfigError, ResultsError
 from mtbert_ray.results import ExperimentResult
 from mtbert_ray.space import Space, SpaceFile, load_space
-from mtbert_ray.sweep_record import SWEEP_FILE, read_sweep_record
+from mtbert_ray.sweep_record import SWEEP_FILE, SweepRecord, read_sweep_record, write_sweep_record
 from mtbert_ray.trial_needs import TrialNeeds, trial_needs
 from mtbert_ray.upload import check_upload_uri, upload_sweep
 
@@ -78,29 +78,27 @@ def final_report(result: ExperimentResult, epochs: int) -> dict[str, Any]:
             if values and all(v is not None for v in values):
                 report[f"teacher_mean_{prefix}{name}"] = sum(values) / len(values)
     report.update(
-        teacher_mean_accuracy=report.get("teacher_mean_val_accuracy"),
         student_params=result.student.params,
         student_dir=str(result.student_dir),
         run_dir=str(result.run_dir),
         cofinetune_reused=result.cofinetune.reused,
         finished=True,
-        done=True,
     )
     return report
 
 
-def trial_driver(params: dict[str, Any], sweep: dict[str, Any]) -> None:
+def trial_driver(params: dict[str, Any], sweep: SweepRecord) -> None:
     """One trial: the experiment for ``params``, its distillation epochs reported to Tune (all but the
     last: ``train.session``), then, once the student is exported, the final report."""
     from ray import tune
 
     from mtbert_ray.pipeline import run_experiment
 
-    space = Space(SpaceFile.model_validate(sweep["spec"]), sweep["base"], sweep["source"])
+    space = Space(SpaceFile.model_validate(sweep.spec), sweep.base, sweep.source)
     config = space.trial_config(params)
     trial_id = tune.get_context().get_trial_id()
-    run_dir = Path(sweep["experiment_dir"]) / RUNS_DIR / trial_id
-    result = run_experiment(config, storage=sweep["storage"], run_dir=run_dir)
+    run_dir = Path(sweep.experiment_dir) / RUNS_DIR / trial_id
+    result = run_experiment(config, storage=sweep.storage, run_dir=run_dir)
     tune.report(final_report(result, config.distill.epochs))
 
 
@@ -234,7 +232,7 @@ def run_sweep(
     from ray import tune
 
     from mtbert_ray.config import validate_config
-    from mtbert_ray.storage import atomic_write_text, resolve_storage
+    from mtbert_ray.storage import resolve_storage
 
     if name is not None:
         checked_name(name, "--name")
@@ -249,7 +247,7 @@ def run_sweep(
         sweep = read_sweep_record(experiment_dir)  # damaged: one line naming the file
         if not tune.Tuner.can_restore(str(experiment_dir)):
             raise ResultsError(f"--resume: {experiment_dir} holds no sweep to resume")
-        space = Space(SpaceFile.model_validate(sweep["spec"]), sweep["base"], sweep["source"])
+        space = Space(SpaceFile.model_validate(sweep.spec), sweep.base, sweep.source)
     else:
         space = load_space(space_path, overrides)
         if num_samples is not None:
@@ -264,21 +262,14 @@ def run_sweep(
         base_config = validate_config(space.base, source=f"{space.source}: experiment")
         check_space_models(space)
         needs, max_concurrent = _start_ray(space, base_config)  # a plan that cannot fit is refused before anything is written
-        sweep = {
-            "name": name,
-            "source": space.source,
-            "spec": space.spec.model_dump(mode="json"),
-            "base": space.base,
-            "row_key": space.row_key,
-            "select": {"metric": select_metric_name(base_config), "mode": base_config.select.mode},
-            "metrics": task_metrics(base_config),
-            "comparisons": [list(c) for c in space.comparisons()],
-            "storage": str(root),
-            "experiment_dir": str(experiment_dir),
-            "created": time.time(),
-        }
+        sweep = SweepRecord(
+            name=name, source=space.source, spec=space.spec.model_dump(mode="json"), base=space.base, row_key=space.row_key,
+            select={"metric": select_metric_name(base_config), "mode": base_config.select.mode},
+            metrics=task_metrics(base_config), comparisons=[tuple(c) for c in space.comparisons()], storage=str(root),
+            experiment_dir=str(experiment_dir), created=time.time(),
+        )
         experiment_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(experiment_dir / SWEEP_FILE, json.dumps(sweep, indent=2))
+        write_sweep_record(experiment_dir, sweep)
 
     base_config = validate_config(space.base, source=f"{space.source}: experiment")
     if resume:

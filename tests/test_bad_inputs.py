@@ -157,6 +157,13 @@ def _damaged_sweep_record(ws: Workspace) -> list[str]:
     return [str(folder)]
 
 
+def _older_sweep_record(ws: Workspace) -> list[str]:
+    folder = ws.storage / "sweeps" / "old"
+    folder.mkdir(parents=True)
+    (folder / "mtbert_sweep.json").write_text('{"name": "old", "spec": {}, "base": {}, "source": "old.yaml"}')
+    return [str(folder)]
+
+
 def _resume_of_a_damaged_sweep_record(ws: Workspace) -> list[str]:
     folder = ws.storage / "sweeps" / "cut"
     folder.mkdir(parents=True)
@@ -309,6 +316,8 @@ CATALOGUE: dict[str, Case] = {
     "a grid of a million trials": Case("sweep", _twenty_teacher_grid, r"would start 1,048,575 trials .* more than 10,000"),
     "resume of a damaged sweep record": Case("sweep", _resume_of_a_damaged_sweep_record, r"mtbert_sweep.json: damaged sweep record"),
     "analysis of a damaged sweep record": Case("analysis", _damaged_sweep_record, r"mtbert_sweep.json: damaged sweep record"),
+    "analysis of a sweep record of an older version": Case("analysis", _older_sweep_record,
+                                                           r"mtbert_sweep.json: damaged sweep record \(row_key: missing\)"),
     "predict on truncated weights": Case("predict", _predict_on_damaged_student(lambda f: _truncate(f / "model.safetensors")),
                                          r"student/model.safetensors: unreadable weights"),
     "predict on a truncated head (format 1)": Case("predict", _predict_on_damaged_student(

@@ -92,7 +92,7 @@ def test_asha_stops_only_losers_and_every_finished_trial_exports_and_reports(ash
 def test_a_sweep_ranked_on_macro_f1_exports_the_checkpoint_best_by_macro_f1(asha_sweep):
     grid, experiment_dir = asha_sweep
     finished = [r for r in grid if r.metrics.get("finished")]
-    val = pd.read_parquet(Path(load_study(experiment_dir).meta["base"]["data"]["path"]) / "validation.parquet")
+    val = pd.read_parquet(Path(load_study(experiment_dir).record.base["data"]["path"]) / "validation.parquet")
     for r in finished:
         run_dir = Path(r.metrics["run_dir"])
         history = read_history(run_dir / "distill" / HISTORY_FILE, last_per_epoch=True)
