@@ -1,8 +1,9 @@
-"""``docs/config.md`` generated from the config models' field descriptions.
+"""``docs/config.md`` and ``docs/spaces.md`` generated from the config and space-file models' field descriptions.
 
     python -m mtbert_ray.configdoc > docs/config.md
+    python -m mtbert_ray.configdoc --spaces > docs/spaces.md
 
-A test regenerates the page and fails when the committed copy is stale.
+A test regenerates both pages and fails when a committed copy is stale.
 """
 from __future__ import annotations
 
@@ -61,9 +62,30 @@ def sections(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> lis
     return found
 
 
+SPACES_HEADER = """# Space files
+
+Generated from the field descriptions in `mtbert_ray/space.py` by `python -m mtbert_ray.configdoc --spaces`
+(a test fails when this page is stale). A space file (`tune_spaces/*.yaml`) is a study for
+`python -m mtbert_ray.sweep --space FILE`: a base experiment (docs/config.md), what varies, how Tune searches and
+how the analysis tabulates; unknown keys are errors, and `--set` overrides any of them
+(`--set space.variant={grid: [a, b]}`, `--set search.num_samples=8`, or an experiment key).
+"""
+
+
 def config_markdown() -> str:
-    lines = [HEADER]
-    for prefix, model in sections():
+    return models_markdown(ExperimentConfig, HEADER)
+
+
+def spaces_markdown() -> str:
+    from mtbert_ray.space import SpaceFile
+
+    return models_markdown(SpaceFile, SPACES_HEADER)
+
+
+def models_markdown(root: type[BaseModel], header: str) -> str:
+    """A page of every field of ``root`` and its nested sections: key, type, default, description."""
+    lines = [header]
+    for prefix, model in sections(root):
         title = prefix.rstrip(".") or "top level"
         lines += [f"## `{title}`" if prefix else "## Top level", ""]
         doc = (model.__doc__ or "").strip().splitlines()
@@ -80,8 +102,11 @@ def config_markdown() -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    print(config_markdown(), end="")
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    print(spaces_markdown() if "--spaces" in args else config_markdown(), end="")
 
 
 if __name__ == "__main__":

@@ -46,23 +46,33 @@ class _Strict(BaseModel):
 
 
 class SearchSettings(_Strict):
-    searcher: Literal["optuna", "grid", "random"] = "grid"
-    scheduler: Literal["none", "asha", "median"] = "none"
-    num_samples: int = Field(default=1, ge=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    max_concurrent_trials: int = Field(default=1, ge=1)
-    trial_cpus: float = Field(default=0.5, gt=0)  # the trial driver (waits on its TorchTrainer)
-    max_failures: int = Field(default=2, ge=0)  # Tune retries of a failed trial (its run folder resumes where it stopped)
-    # A custom resource trial drivers ask for when their stages run on Ray Train workers: the cluster files give it
-    # to on-demand nodes only, so a preempted spot node never takes a trial driver with it (null: no constraint).
-    driver_resource: str | None = "mtbert_driver"
-    # The autoscaler's cluster config (node types, max_workers), for sizing the study before it starts: a plan whose one
-    # trial cannot fit even a fully scaled-up cluster is refused, concurrent trials are capped to what fits. Default:
-    # $MTBERT_AUTOSCALING_CONFIG, else ~/ray_bootstrap_config.yaml on a head that `ray up` started.
-    autoscaling_config: str | None = None
-    grace_period: int = Field(default=1, ge=1)  # ASHA: epochs before a trial can be stopped
-    reduction_factor: float = Field(default=2, gt=1)
-    optuna_seed: int = 0
+    """How Tune searches the space: the searcher, an early-stopping scheduler, trials, seeds and their resources."""
+
+    searcher: Literal["optuna", "grid", "random"] = Field(
+        "grid", description="grid: every grid point (and every seed); optuna: TPE samples the space's distributions; "
+        "random: Tune's random search.")
+    scheduler: Literal["none", "asha", "median"] = Field(
+        "none", description="Early stopping on the per-epoch validation reports: ASHA or median stopping.")
+    num_samples: int = Field(default=1, ge=1, description="Trials to sample (grid: repeats of the whole grid).")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                             description="Experiment seeds each grid point runs with (the space may vary `seed` instead).")
+    max_concurrent_trials: int = Field(default=1, ge=1, description="Trials at once (capped to what the cluster holds).")
+    trial_cpus: float = Field(default=0.5, gt=0, description="CPUs of a trial driver whose stages run on Ray Train "
+                              "workers (it waits on its TorchTrainer); an in-process trial reserves its stages' CPUs.")
+    max_failures: int = Field(default=2, ge=0, description="Tune retries of a failed trial (its run folder resumes "
+                              "where it stopped).")
+    driver_resource: str | None = Field(
+        "mtbert_driver", description="A custom resource trial drivers ask for when their stages run on Ray Train "
+        "workers: the cluster files give it to on-demand nodes only, so a preempted spot node never takes a trial "
+        "driver with it (null: no constraint).")
+    autoscaling_config: str | None = Field(
+        None, description="The autoscaler's cluster config (node types, max_workers), to size the study before it "
+        "starts: a plan whose one trial cannot fit a fully scaled-up cluster is refused, concurrent trials are capped to "
+        "what fits. Default: $MTBERT_AUTOSCALING_CONFIG, else ~/ray_bootstrap_config.yaml on a head that `ray up` started.")
+    grace_period: int = Field(default=1, ge=1, description="ASHA: epochs before a trial can be stopped.")
+    reduction_factor: float = Field(default=2, gt=1, description="ASHA: the fraction 1/reduction_factor of trials "
+                                    "kept at each rung.")
+    optuna_seed: int = Field(0, description="Seed of Optuna's sampler.")
 
     @field_validator("seeds")
     @classmethod
@@ -85,11 +95,15 @@ class SearchSettings(_Strict):
 
 
 class AnalysisSettings(_Strict):
-    rows: str = "auto"  # auto, trial, or a space key (teachers, variant, student.num_layers, …)
-    metrics: list[str] | None = None  # default: the task's metrics (GLUE's leaderboard ones; accuracy and macro-F1 else)
-    # (row a, row b) pairs compared seed by seed (a − b on test, 95% interval); default: MT-BERT against every other
-    # variant, or all the pool's teachers against each single teacher
-    comparisons: list[tuple[str, str]] | None = None
+    """How ``mtbert_ray.analysis`` tabulates the study."""
+
+    rows: str = Field("auto", description="What a table row is: auto, trial, or a space key (teachers, variant, "
+                      "student.num_layers, …); a row's seeds are averaged.")
+    metrics: list[str] | None = Field(None, description="Reported metrics; default: the task's (GLUE's leaderboard "
+                                      "ones; accuracy and macro-F1 otherwise).")
+    comparisons: list[tuple[str, str]] | None = Field(
+        None, description="(row a, row b) pairs compared on test, paired by seed (t-interval) and by seed and sentence "
+        "(bootstrap); default: MT-BERT against every other variant, or all the pool's teachers against each single one.")
 
 
 class Dimension(_Strict):
@@ -133,16 +147,23 @@ class Dimension(_Strict):
 
 
 class SpaceFile(_Strict):
-    name: str = "sweep"
-    description: str = ""
-    experiment: dict[str, Any] | None = None
-    base: str | None = None
-    overrides: dict[str, Any] = Field(default_factory=dict)  # dotted keys set on the base experiment
-    teacher_pool: dict[str, str] | None = None
-    variants: dict[str, dict[str, Any]] | None = None
-    space: dict[str, Dimension] = Field(default_factory=dict)
-    search: SearchSettings = SearchSettings()
-    analysis: AnalysisSettings = AnalysisSettings()
+    """A study: a base experiment, what varies, how Tune searches, how the analysis tabulates."""
+
+    name: str = Field("sweep", description="Default sweep name (a folder under <storage>/sweeps; --name overrides it).")
+    description: str = Field("", description="One line on what the study measures.")
+    experiment: dict[str, Any] | None = Field(None, description="The base experiment config, inline (docs/config.md).")
+    base: str | None = Field(None, description="Or the base experiment as a YAML file, relative to this file.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted config keys set on the base experiment.")
+    teacher_pool: dict[str, str] | None = Field(
+        None, description="Pool names of the teachers (hub ids or folders); the space key `teachers` picks subsets "
+        "(`grid: subsets`: every non-empty subset, as \"a+b\" names).")
+    variants: dict[str, dict[str, Any]] | None = Field(
+        None, description="Named override sets (dotted keys); the space key `variant` picks them (`grid: all`).")
+    space: dict[str, Dimension] = Field(
+        default_factory=dict, description="Dotted config keys (or teachers, variant, seed) → one of uniform [lo, hi], "
+        "loguniform [lo, hi], randint [lo, hi), choice [...], grid [...]; each value is checked against the config schema.")
+    search: SearchSettings = Field(SearchSettings(), description="How Tune searches.")
+    analysis: AnalysisSettings = Field(AnalysisSettings(), description="How the analysis tabulates.")
 
     @field_validator("name")
     @classmethod

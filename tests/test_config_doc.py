@@ -19,3 +19,18 @@ def test_every_config_field_has_a_description():
 
 def test_the_readme_links_the_config_reference():
     assert "docs/config.md" in (REPO / "README.md").read_text()
+
+
+def test_docs_spaces_md_is_the_generated_page():
+    from mtbert_ray.configdoc import spaces_markdown
+
+    committed = (REPO / "docs" / "spaces.md").read_text()
+    assert committed == spaces_markdown(), "docs/spaces.md is stale: run `python -m mtbert_ray.configdoc --spaces > docs/spaces.md`"
+
+
+def test_every_space_file_setting_has_a_description():
+    from mtbert_ray.space import SpaceFile
+
+    missing = [f"{prefix}{name}" for prefix, model in sections(SpaceFile)
+               for name, field in model.model_fields.items() if not (field.description or "").strip()]
+    assert not missing, f"space-file settings without help text: {missing}"
