@@ -248,6 +248,8 @@ def run_sweep(
         if not tune.Tuner.can_restore(str(experiment_dir)):
             raise ResultsError(f"--resume: {experiment_dir} holds no sweep to resume")
         space = Space(SpaceFile.model_validate(sweep.spec), sweep.base, sweep.source)
+        base_config = validate_config(space.base, source=f"{space.source}: experiment")
+        needs, max_concurrent = _start_ray(space, base_config)
     else:
         space = load_space(space_path, overrides)
         if num_samples is not None:
@@ -271,9 +273,6 @@ def run_sweep(
         experiment_dir.mkdir(parents=True, exist_ok=True)
         write_sweep_record(experiment_dir, sweep)
 
-    base_config = validate_config(space.base, source=f"{space.source}: experiment")
-    if resume:
-        needs, max_concurrent = _start_ray(space, base_config)
     metric = f"val_{select_metric_name(base_config)}"
     trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), needs.tune_resources())
     # Tune's newer console output ignores a passed ProgressReporter; ask for the classic one so the trial table
