@@ -70,9 +70,12 @@ def _study(rows, row_key="variant", comparisons=None):
     for column in ("stopped_early", "errored"):
         if column not in trials:
             trials[column] = False
-    meta = {"name": "s", "row_key": row_key, "metrics": ["accuracy"], "select": {"metric": "accuracy", "mode": "max"},
-            "comparisons": comparisons or [], "spec": {"variants": {"MT-BERT": {}, "w/o": {}}}}
-    return Study(Path("."), meta, trials)
+    from mtbert_ray.sweep_record import SweepRecord
+
+    record = SweepRecord(name="s", source="s.yaml", spec={"variants": {"MT-BERT": {}, "w/o": {}}}, base={}, row_key=row_key,
+                         select={"metric": "accuracy", "mode": "max"}, metrics=["accuracy"],
+                         comparisons=[tuple(c) for c in comparisons or []], storage=".", experiment_dir=".", created=0.0)
+    return Study(Path("."), record, trials)
 
 
 def _trial(variant, seed, test, val, finished=True, stopped=False):
