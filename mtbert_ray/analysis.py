@@ -484,7 +484,8 @@ def write_report(source, out: str | Path | None = None, parts: tuple = (),
     select = study.select
     note = (f"Student checkpoints selected on validation {select['metric']} ({select['mode']}); test = the same "
             "checkpoints on the test split. Mean ± sample std over seeds (n); paired comparisons: mean difference over "
-            "the seeds both rows finished, with its 95 % t-interval.")
+            "the seeds both rows finished, with its 95 % t-interval, and (when the runs wrote their per-sentence test "
+            "predictions) a 95 % paired bootstrap over seeds × test sentences.")
     text = f"# {name}\n\n{note}\n\n{markdown}\n"
     if compared:
         text += f"\n## Paired comparisons\n\n{compared}\n"
