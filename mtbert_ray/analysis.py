@@ -25,10 +25,10 @@ from typing import Any
 import pandas as pd
 
 from mtbert_ray.errors import ResultsError
+from mtbert_ray.metric_names import DEFAULT_METRICS, METRICS, Split, metric_key, stat_column, teacher_mean_key
 from mtbert_ray.sweep_record import SweepRecord, read_sweep_record
 
-DEFAULT_METRICS = ["accuracy", "macro_f1"]
-SPLITS = ("test", "val")
+SPLITS = (Split.TEST, Split.VALIDATION)
 LABELS = {"accuracy": "Acc.", "macro_f1": "Macro-F", "mcc": "MCC", "f1": "F1"}
 #: Two-sided 95 % Student-t critical values t_{0.975, df} for df = 1..30.
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -164,7 +164,7 @@ def _load_one(source) -> Study:
     except Exception as exc:  # no experiment state yet
         raise ResultsError(f"{path}: holds no Tune results yet ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     metrics = list(record.metrics or DEFAULT_METRICS)
-    for extra in ("accuracy", "macro_f1", "mcc", "f1"):
+    for extra in METRICS:
         if extra not in metrics:
             metrics.append(extra)
     rows = []
@@ -176,13 +176,14 @@ def _load_one(source) -> Study:
             row[f"param:{key}"] = value
         for name in metrics:
             for split in SPLITS:
-                row[f"{split}_{name}"] = last.get(f"{split}_{name}", math.nan) if (finished or split == "val") else math.nan
+                key = metric_key(split, name)
+                row[key] = last.get(key, math.nan) if (finished or split is Split.VALIDATION) else math.nan
         row["epoch"] = last.get("epoch", math.nan)
         row["finished"] = finished
         row["stopped_early"] = not finished and trial.status == "TERMINATED"
         row["errored"] = trial.status == "ERROR"
-        row["teacher_mean_test_accuracy"] = last.get("teacher_mean_test_accuracy", math.nan)
-        row["teacher_mean_val_accuracy"] = last.get("teacher_mean_val_accuracy", math.nan)
+        for split in SPLITS:
+            row[teacher_mean_key(split, "accuracy")] = last.get(teacher_mean_key(split, "accuracy"), math.nan)
         row["student_dir"] = last.get("student_dir") if finished else None
         rows.append(row)
     trials = pd.DataFrame(rows)
@@ -229,15 +230,16 @@ def study_table(study: Study, metrics: list[str] | None = None) -> pd.DataFrame:
         rec: dict[str, Any] = {"row": label, "n": len(done), "stopped_early": int(group["stopped_early"].sum())}
         for split in SPLITS:
             for m in metrics:
-                values = [float(v) * 100 for v in done[f"{split}_{m}"] if not pd.isna(v)]
+                values = [float(v) * 100 for v in done[metric_key(split, m)] if not pd.isna(v)]
                 mean, std, half = mean_interval(values)
-                rec[f"{split}_{m}_mean"], rec[f"{split}_{m}_std"], rec[f"{split}_{m}_ci"] = mean, std, half
+                for statistic, value in (("mean", mean), ("std", std), ("ci", half)):
+                    rec[stat_column(split, m, statistic)] = value
         if study.row_key == "trial":
             for p in study.params:
                 rec[p.removeprefix("param:")] = group[p].iloc[0]
         records.append(rec)
     table = pd.DataFrame(records)
-    select = f"val_{study.select['metric']}_mean"
+    select = stat_column(Split.VALIDATION, study.select["metric"], "mean")
     if study.row_key == "trial":
         ascending = study.select.get("mode") == "min"
         table = table.sort_values(select, ascending=ascending, kind="stable", na_position="last")
@@ -259,15 +261,16 @@ def comparison_table(study: Study, comparisons: list[tuple[str, str]] | None = N
         return pd.DataFrame(columns=["a", "b", "pairs"])
     done = done.assign(row=[_row_label(study, r) for _, r in done.iterrows()])
     records = []
-    columns = [f"test_{m}" for m in metrics]
+    columns = [metric_key(Split.TEST, m) for m in metrics]
     for a, b in comparisons:
         left = done[done["row"] == a].groupby(key)[columns].mean()
         right = done[done["row"] == b].groupby(key)[columns].mean()
         seeds = sorted(set(left.index) & set(right.index))
         rec: dict[str, Any] = {"a": a, "b": b, "pairs": len(seeds)}
         for m in metrics:
-            diffs = [100 * (float(left.loc[s, f"test_{m}"]) - float(right.loc[s, f"test_{m}"])) for s in seeds
-                     if not pd.isna(left.loc[s, f"test_{m}"]) and not pd.isna(right.loc[s, f"test_{m}"])]
+            col = metric_key(Split.TEST, m)
+            diffs = [100 * (float(left.loc[s, col]) - float(right.loc[s, col])) for s in seeds
+                     if not pd.isna(left.loc[s, col]) and not pd.isna(right.loc[s, col])]
             mean, _, half = mean_interval(diffs)
             rec[f"{m}_diff"], rec[f"{m}_ci"] = mean, half
             rec[f"{m}_low"] = mean - half if half is not None else math.nan
@@ -318,8 +321,7 @@ def table_markdown(table: pd.DataFrame, study: Study, metrics: list[str] | None 
         n = int(r["n"])
         label = str(r["row"]) + (" (stopped early)" if study.row_key == "trial" and n == 0 and r["stopped_early"] else "")
         cells = [label, *[_fmt_param(r[p]) for p in params]]
-        cells += [_cell(r[f"test_{m}_mean"], r[f"test_{m}_std"], n) for m in metrics]
-        cells += [_cell(r[f"val_{m}_mean"], r[f"val_{m}_std"], n) for m in metrics]
+        cells += [_cell(r[stat_column(split, m, "mean")], r[stat_column(split, m, "std")], n) for split in SPLITS for m in metrics]
         cells.append(str(n))
         if stopped:
             cells.append(str(int(r["stopped_early"])))
@@ -367,8 +369,8 @@ def _bar_chart(table: pd.DataFrame, study: Study, metrics: list[str], path: Path
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
     colors = plt.get_cmap("tab10").colors
     for ax, m in zip(axes[0], metrics):
-        means = table[f"test_{m}_mean"].astype(float).to_numpy()
-        errors = table[f"test_{m}_ci"].astype(float).fillna(0.0).to_numpy()
+        means = table[stat_column(Split.TEST, m, "mean")].astype(float).to_numpy()
+        errors = table[stat_column(Split.TEST, m, "ci")].astype(float).fillna(0.0).to_numpy()
         x = range(len(table))
         bars = ax.bar(x, means, yerr=errors, capsize=4, color=[colors[i % 10] for i in x])
         for bar, value, n in zip(bars, means, table["n"]):
@@ -400,8 +402,8 @@ def _scatter(study: Study, metric: str, path: Path) -> None:
     space = study.record.spec.get("space") or {}
     fig, axes = plt.subplots(1, max(len(numeric), 1), figsize=(4.2 * max(len(numeric), 1), 3.6), squeeze=False)
     for ax, p in zip(axes[0], numeric):
-        ax.scatter(done[p], done[f"val_{metric}"] * 100, label="validation (selects)")
-        ax.scatter(done[p], done[f"test_{metric}"] * 100, marker="x", label="test")
+        ax.scatter(done[p], done[metric_key(Split.VALIDATION, metric)] * 100, label="validation (selects)")
+        ax.scatter(done[p], done[metric_key(Split.TEST, metric)] * 100, marker="x", label="test")
         key = p.removeprefix("param:")
         if (space.get(key) or {}).get("loguniform"):
             ax.set_xscale("log")
@@ -417,7 +419,7 @@ def _scatter(study: Study, metric: str, path: Path) -> None:
 def best_trial(study: Study) -> dict[str, Any] | None:
     """The finished trial best by the validation selection metric (never a trial stopped early), with its test scores."""
     done = study.finished
-    metric = f"val_{study.select['metric']}"
+    metric = metric_key(Split.VALIDATION, study.select["metric"])
     if done.empty or metric not in done or done[metric].isna().all():
         return None
     row = done.sort_values(metric, ascending=study.select.get("mode") == "min", kind="stable").iloc[0]
@@ -425,8 +427,7 @@ def best_trial(study: Study) -> dict[str, Any] | None:
         "trial_id": row["trial_id"],
         "selected_by": metric,
         "params": {p.removeprefix("param:"): _jsonable(row[p]) for p in study.params},
-        "validation": {m: _jsonable(row[f"val_{m}"]) for m in study.metrics},
-        "test": {m: _jsonable(row[f"test_{m}"]) for m in study.metrics},
+        **{split.value: {m: _jsonable(row[metric_key(split, m)]) for m in study.metrics} for split in (Split.VALIDATION, Split.TEST)},
         "student_dir": row["student_dir"],
         "row": _row_label(study, row),
     }
@@ -448,9 +449,10 @@ def seed_summary(report: "Report") -> dict[str, str]:
     if rows.empty or int(rows.iloc[0]["n"]) < 2:
         return {}
     rec, out = rows.iloc[0], {}
-    for split, name in (("test", "test"), ("val", "validation")):
-        for metric in best.get("test", {}):
-            mean, half = rec.get(f"{split}_{metric}_mean"), rec.get(f"{split}_{metric}_ci")
+    for split in SPLITS:
+        name = split.value
+        for metric in best.get(Split.TEST.value, {}):
+            mean, half = rec.get(stat_column(split, metric, "mean")), rec.get(stat_column(split, metric, "ci"))
             if mean is not None and not pd.isna(mean):
                 spread = f" ± {half:.2f}" if half is not None and not pd.isna(half) else ""
                 out[f"{name} {metric}"] = f"{mean:.2f}{spread} % (95 % interval, {int(rec['n'])} seeds of row {best['row']!r})"

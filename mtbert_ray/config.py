@@ -16,9 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtbert_ray.errors import ConfigError
-
-#: Metrics every evaluation computes from its confusion matrix (``train.metrics``); ``f1`` only for two classes.
-METRIC_NAMES = ("accuracy", "macro_f1", "mcc", "f1")
+from mtbert_ray.metric_names import METRICS, Split
+from mtbert_ray.stage_keys import STAGE3_ONLY, not_in_key
 
 
 class _Strict(BaseModel):
@@ -33,7 +32,8 @@ class DataConfig(_Strict):
         "files", description="Dataset kind: a GLUE task, a MIND news folder, or local train/validation/test files.")
     path: str | None = Field(
         None, description="Local folder: files → train/validation[/test] files; glue → the GLUE TSVs "
-        "(or hub parquet layout); mind → MIND{small,large}_{train,dev,test}/ folders. glue without a path loads from the hub.")
+        "(or hub parquet layout); mind → MIND{small,large}_{train,dev,test}/ folders. glue without a path loads from the hub.",
+        json_schema_extra=not_in_key("its files' content is hashed instead (the fingerprint): a moved copy is the same data", stages=("dataset",)))
     task: str | None = Field(None, description="GLUE task name (sst2, rte, mnli, cola, mrpc, qqp, qnli, wnli).")
     text_fields: list[str] | None = Field(
         None, description="files: the text column, or two columns for sentence pairs.")
@@ -44,7 +44,8 @@ class DataConfig(_Strict):
         "title", description="mind: classify the title alone (the paper) or title + abstract.")
     unseen_labels: Literal["error", "drop"] = Field(
         "error", description="Evaluation labels that never occur in training: an error, or drop those rows.")
-    max_length: int = Field(default=128, ge=8, le=4096, description="Tokens per example (pairs truncated longest-first).")
+    max_length: int = Field(default=128, ge=8, le=4096, description="Tokens per example (pairs truncated longest-first).",
+        json_schema_extra=not_in_key('the shards key it, and so does every stage that reads them', stages=("dataset",)))
     limit_train: int | None = Field(
         default=None, ge=1, description="Use a seeded random subset of this many training rows.")
     limit_eval: int | None = Field(
@@ -52,13 +53,17 @@ class DataConfig(_Strict):
     unlabeled: str | None = Field(
         None, description="Unlabelled transfer text for distillation: a file (Parquet, CSV, TSV, JSON Lines with the "
         "text_fields columns; or .txt, one text a line) or a folder of such files. The teachers are co-finetuned on the "
-        "labelled rows only; the student learns their soft labels (and hidden states) on both (loss.unlabeled_rows).")
+        "labelled rows only; the student learns their soft labels (and hidden states) on both (loss.unlabeled_rows).",
+        json_schema_extra=not_in_key("stage 3's rows only, keyed by their content; the teachers never see them", stages=("dataset",)))
     limit_unlabeled: int | None = Field(
-        default=None, ge=1, description="Use a seeded random subset of this many unlabelled rows.")
+        default=None, ge=1, description="Use a seeded random subset of this many unlabelled rows.",
+        json_schema_extra=not_in_key("part of the unlabelled text's content key (data.unlabeled_key)", stages=("dataset",)))
     seed: int = Field(0, ge=0, description="Seed of the limit_train / limit_eval subsets and of the stored row order.")
-    revision: str | None = Field(None, description="glue from the hub: dataset revision (commit or tag).")
+    revision: str | None = Field(None, description="glue from the hub: dataset revision (commit or tag).",
+        json_schema_extra=not_in_key("part of the source's fingerprint (the hub's dataset fingerprints and the revision)", stages=("dataset",)))
     cache_dir: str | None = Field(
-        None, description="Tokenized shards and views (default $MTBERT_RAY_CACHE, else ~/.cache/mtbert_ray).")
+        None, description="Tokenized shards and views (default $MTBERT_RAY_CACHE, else ~/.cache/mtbert_ray).",
+        json_schema_extra=not_in_key('where shards and views are stored, not what they hold'))
 
     @field_validator("text_fields")
     @classmethod
@@ -81,6 +86,8 @@ class DataConfig(_Strict):
 class StudentConfig(_Strict):
     """The K-layer student (docs/design.md, decision i)."""
 
+    model_config = ConfigDict(**_Strict.model_config, json_schema_extra=not_in_key(STAGE3_ONLY))
+
     init_from: str = Field(
         description="Hub id or folder of a pretrained encoder; the student keeps its embeddings and first num_layers layers.")
     num_layers: int = Field(ge=1, description="K, the student's depth.")
@@ -102,10 +109,12 @@ class CofinetuneConfig(_Strict):
         default=64, ge=1, description="Global batch size (split across Train workers; see grad_accum_steps).")
     grad_accum_steps: int = Field(
         default=1, ge=1, description="Micro-batches per optimizer step: each worker runs batch_size / (workers × steps) "
-        "examples at a time, so the effective batch stays batch_size while activation memory shrinks.")
+        "examples at a time, so the effective batch stays batch_size while activation memory shrinks.",
+        json_schema_extra=not_in_key('the effective batch (batch_size) stays the same', stages=("cofinetune",)))
     gradient_checkpointing: bool = Field(
         False, description="Recompute the teachers' activations in the backward pass (Hugging Face gradient "
-        "checkpointing): ~30 % slower, far less activation memory.")
+        "checkpointing): ~30 % slower, far less activation memory.",
+        json_schema_extra=not_in_key('recomputes the same activations in the backward pass', stages=("cofinetune",)))
     shared_head: bool = Field(
         True, description="false: each teacher is finetuned with its own head (the paper's 'w/o co-finetuning').")
     head_width: Literal["first_teacher", "student"] = Field(
@@ -116,11 +125,14 @@ class CofinetuneConfig(_Strict):
     query_dim: int = Field(default=200, ge=1, description="Attentive-pooling query dimension of the shared head (paper: 200).")
     reuse: bool = Field(
         True, description="false: train the teachers afresh for this run even when a stage with the same key exists "
-        "(not part of the key).")
+        "(not part of the key).",
+        json_schema_extra=not_in_key('a switch for this run: false keys the teachers to its run folder (the nonce)', stages=("cofinetune",)))
 
 
 class DistillConfig(_Strict):
     """Stage 3: the student learns from the teachers (Eq. 1–3)."""
+
+    model_config = ConfigDict(**_Strict.model_config, json_schema_extra=not_in_key(STAGE3_ONLY))
 
     epochs: int = Field(default=1, ge=1, description="Distillation epochs.")
     lr: float = Field(default=5e-6, gt=0, description="Adam learning rate of the student (paper: 5e-6).")
@@ -138,6 +150,8 @@ class DistillConfig(_Strict):
 class LossConfig(_Strict):
     """Which terms of L = λ_hid·L_MT-Hid + λ_dis·L_MT-Dis + λ_task·L_Task the student trains with (Fig. 4–5 ablations;
     the paper sums them, λ = 1)."""
+
+    model_config = ConfigDict(**_Strict.model_config, json_schema_extra=not_in_key(STAGE3_ONLY))
 
     hidden: bool = Field(True, description="L_MT-Hid: MSE between student layers and mapped, projected teacher layers (Eq. 1).")
     distill: bool = Field(True, description="L_MT-Dis: soft cross-entropy with every teacher's soft labels (Eq. 2), or an ensemble baseline.")
@@ -187,36 +201,44 @@ class LossConfig(_Strict):
 class CacheConfig(_Strict):
     """Stage 2: the teachers' outputs computed once and stored as Parquet, read by every distillation."""
 
-    enabled: bool = Field(True, description="Precompute teacher outputs once; false = run the teachers on the fly.")
+    enabled: bool = Field(True, description="Precompute teacher outputs once; false = run the teachers on the fly.",
+        json_schema_extra=not_in_key('decides whether stage 2 runs at all, not what it holds'))
     hidden: bool = Field(
         False, description="Also cache the mapped-layer states aligned to the student's tokens "
         "(rows × tokens × Σ teacher widths × student layers × dtype bytes).")
     dtype: Literal["float16", "bfloat16", "float32"] = Field(
         "float16", description="Storage type of cached hidden states (read back as float32).")
     max_gb: float = Field(
-        default=50.0, gt=0, description="Refuse to build a cache whose estimated size exceeds this many GB.")
+        default=50.0, gt=0, description="Refuse to build a cache whose estimated size exceeds this many GB.",
+        json_schema_extra=not_in_key("a guard on the cache's estimated size, not an input"))
 
 
 class ResourcesConfig(_Strict):
     """How each stage runs: workers, devices, precision, start-up patience."""
 
     num_workers: int = Field(default=1, ge=1, description="Data-parallel Train workers per stage.")
-    use_gpu: bool = Field(False, description="One GPU share per worker (gpus_per_worker).")
+    use_gpu: bool = Field(False, description="One GPU share per worker (gpus_per_worker).",
+        json_schema_extra=not_in_key('where and how fast a stage runs, not what it computes'))
     cpus_per_worker: float = Field(
-        default=1.0, gt=0, description="CPUs per worker; also torch's thread count on a CPU worker.")
-    gpus_per_worker: float = Field(default=1.0, gt=0, description="GPUs per worker (with use_gpu).")
+        default=1.0, gt=0, description="CPUs per worker; also torch's thread count on a CPU worker.",
+        json_schema_extra=not_in_key('where and how fast a stage runs, not what it computes'))
+    gpus_per_worker: float = Field(default=1.0, gt=0, description="GPUs per worker (with use_gpu).",
+        json_schema_extra=not_in_key('where and how fast a stage runs, not what it computes'))
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast precision of forward passes (fp16 adds a gradient scaler); "
         "TF32 matmuls are enabled on GPUs that have them.")
     execution: Literal["auto", "in_process", "trainer"] = Field(
         "auto", description="auto: one worker without a GPU runs in the calling process (no TorchTrainer "
-        "start-up); more workers or a GPU use Ray Train's TorchTrainer. in_process / trainer force a path.")
+        "start-up); more workers or a GPU use Ray Train's TorchTrainer. in_process / trainer force a path.",
+        json_schema_extra=not_in_key('where and how fast a stage runs, not what it computes'))
     worker_start_timeout_s: float | None = Field(
         default=None, gt=0, description="Seconds a stage waits for its workers' resources (e.g. an autoscaled GPU "
         "node booting). Default: 900 when joined to a cluster, Ray's 60 on a local Ray. The teacher cache's actor pool "
-        "gives up after this long without a row (default 900), with a notice every minute.")
+        "gives up after this long without a row (default 900), with a notice every minute.",
+        json_schema_extra=not_in_key('where and how fast a stage runs, not what it computes'))
     controller_failure_limit: int = Field(
-        default=2, ge=0, description="Times a stage retries when its workers could not be started in time.")
+        default=2, ge=0, description="Times a stage retries when its workers could not be started in time.",
+        json_schema_extra=not_in_key('where and how fast a stage runs, not what it computes'))
 
     @model_validator(mode="after")
     def _whole_gpus_for_several_workers(self) -> "ResourcesConfig":
@@ -245,6 +267,8 @@ class SelectConfig(_Strict):
     """Which checkpoint is "best": read by checkpoint selection, the sweep's ranking and the analysis
     (like transformers' metric_for_best_model + greater_is_better). Always measured on validation."""
 
+    model_config = ConfigDict(**_Strict.model_config, json_schema_extra=not_in_key(STAGE3_ONLY))
+
     metric: str = Field(
         "auto", description="Validation metric that selects the best epoch and ranks trials: accuracy, macro_f1, "
         "mcc or f1 (two classes); auto = the task's main metric (MCC for CoLA, F1 for MRPC/QQP, else accuracy).")
@@ -253,16 +277,17 @@ class SelectConfig(_Strict):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str) -> str:
-        name = value.removeprefix("val_")
-        if name != "auto" and name not in METRIC_NAMES:
-            raise ValueError(f"expected auto or one of {', '.join(METRIC_NAMES)}, got {value!r}")
+        name = value.removeprefix(Split.VALIDATION.prefix)
+        if name != "auto" and name not in METRICS:
+            raise ValueError(f"expected auto or one of {', '.join(METRICS)}, got {value!r}")
         return name
 
 
 class ExperimentConfig(_Strict):
     """One MT-BERT experiment: co-finetune the teachers, cache their outputs, distil the student."""
 
-    name: str = Field("mtbert", description="Run name (a plain folder name under <storage>/runs).")
+    name: str = Field("mtbert", description="Run name (a plain folder name under <storage>/runs).",
+        json_schema_extra=not_in_key("the run folder's name, not an input"))
     seed: int = Field(0, ge=0, description="Seed of model initialisation, dropout and data order (per rank: seed + rank).")
     teachers: list[str] = Field(description="Teacher encoders: hub ids or folders (any tokenizer, width and depth).")
     student: StudentConfig = Field(description="The student.")
@@ -275,7 +300,8 @@ class ExperimentConfig(_Strict):
     select: SelectConfig = Field(SelectConfig(), description="The selection metric.")
     trust_remote_code: bool = Field(False, description="Let models run code from their repository (warned).")
     max_failures: int = Field(
-        default=0, ge=0, description="Ray Train restarts of a stage after a worker died (from its latest checkpoint).")
+        default=0, ge=0, description="Ray Train restarts of a stage after a worker died (from its latest checkpoint).",
+        json_schema_extra=not_in_key('a restarted stage resumes from its checkpoint'))
 
     @field_validator("teachers")
     @classmethod

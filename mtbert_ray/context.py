@@ -12,9 +12,7 @@ from typing import Any
 from mtbert_ray.config import ExperimentConfig, micro_batch
 from mtbert_ray.data.shards import PreparedData
 from mtbert_ray.errors import ConfigError
-
-#: Metrics the evaluation computes for a task of C classes (``train.metrics.metrics_from_confusion``).
-BINARY_ONLY = ("f1",)
+from mtbert_ray.metric_names import DEFAULT_METRICS, computed_metrics
 
 
 @dataclass
@@ -146,12 +144,6 @@ def select_hidden_teachers(choice: str | list[str], teachers: list[str], teacher
     return chosen
 
 
-def computed_metrics(data: PreparedData) -> list[str]:
-    """Metric names an evaluation of this dataset produces."""
-    names = ["accuracy", "macro_f1", "mcc", "f1"]
-    return [n for n in names if data.num_labels == 2 or n not in BINARY_ONLY]
-
-
 def task_metrics(config: ExperimentConfig) -> list[str]:
     """The metrics reported for the configured task without loading the data, main metric first: GLUE's
     leaderboard metrics for a GLUE task, accuracy and macro-F1 for MIND and files sources."""
@@ -161,7 +153,7 @@ def task_metrics(config: ExperimentConfig) -> list[str]:
         task = GLUE_TASKS.get(config.data.task.lower().replace("-", ""))
         if task is not None:
             return list(task.metrics)
-    return ["accuracy", "macro_f1"]
+    return list(DEFAULT_METRICS)
 
 
 def select_metric_name(config: ExperimentConfig) -> str:
@@ -177,7 +169,7 @@ def resolve_select_metric(config: ExperimentConfig, data: PreparedData) -> str:
     name = config.select.metric
     if name == "auto":
         return data.metrics[0]
-    available = computed_metrics(data)
+    available = computed_metrics(data.num_labels)
     if name not in available:
         raise ConfigError(
             f"select.metric: {name!r} is not reported for this task ({data.num_labels} classes); expected one of {', '.join(available)}"

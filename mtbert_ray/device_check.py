@@ -71,7 +71,7 @@ def _random_models(root: Path, shapes: Shapes) -> list[str]:
         config = BertConfig(vocab_size=shapes.vocab, hidden_size=shapes.width, num_hidden_layers=shapes.teacher_layers,
                             num_attention_heads=shapes.heads, intermediate_size=4 * shapes.width,
                             max_position_embeddings=max(512, shapes.length))
-        folder = root / f"teacher{i}"
+        folder = root / f"random-teacher-{i}"
         BertModel(config).save_pretrained(folder)
         names.append(str(folder))
     return names

@@ -9,12 +9,15 @@ tokenizer) and the models' ``config.json`` files; it trains nothing and writes n
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mtbert_ray.config import ExperimentConfig, head_teacher
 from mtbert_ray.data.floats import STORED_BYTES
+from mtbert_ray.hashing import stable_hash
 from mtbert_ray.space import Space
+from mtbert_ray.stage_keys import COFINETUNE, TEACHER_CACHE, KeyFacts, StageSpec, cofinetune_inputs, teacher_cache_inputs
 
 SAMPLE_ROWS = 2000
 SAMPLED = "(sampled)"
@@ -48,27 +51,105 @@ def planned_trials(space: Space) -> list[PlannedTrial]:
     return trials
 
 
-UNLABELED_FIELDS = {"unlabeled", "limit_unlabeled"}  # stage 3's data only: the teachers never see it
+@dataclass
+class StagePlan:
+    """The published stages a study's trials use, by the keys the stages will compute (``stage_keys``): for each kind,
+    key → the trials (numbered from 1) that read it. ``varying``: a sampled dimension changes stage 1, so its keys are
+    known only once Tune samples (each trial is counted as a run of its own)."""
+
+    cofinetune: dict[str, list[int]] = field(default_factory=dict)
+    heads: dict[str, list[int]] = field(default_factory=dict)  # stage-1 keys that are a student.head_init teacher alone
+    teacher_cache: dict[str, list[int]] = field(default_factory=dict)
+    teachers: dict[str, list[str]] = field(default_factory=dict)  # stage-1 key → its teachers
+    seeds: dict[str, int] = field(default_factory=dict)  # stage-1 key → its seed
+    cache_configs: dict[str, ExperimentConfig] = field(default_factory=dict)  # teacher-cache key → a trial's config
+    varying: bool = False
 
 
-def _cofinetune_identity(cfg: ExperimentConfig, sampled: list[str], teachers: tuple[str, ...] | None = None) -> tuple:
-    varies = any(k.startswith(("cofinetune.", "data.")) or k in ("teachers", "seed") for k in sampled)
-    return (teachers or tuple(cfg.teachers),
-            cfg.cofinetune.model_dump_json(exclude={"reuse", "grad_accum_steps", "gradient_checkpointing"}),
-            cfg.seed, cfg.resources.num_workers, cfg.resources.precision, cfg.data.model_dump_json(exclude=UNLABELED_FIELDS),
-            varies)
+def _touches(spec: StageSpec, sampled: list[str]) -> bool:
+    """Whether a sampled space key changes what ``spec``'s key reads."""
+    paths = spec.paths() | {"variant"}
+    return any(k == p or k.startswith(p + ".") or p.startswith(k + ".") for k in sampled for p in paths)
 
 
-def _cache_identity(cfg: ExperimentConfig, sampled: list[str]) -> tuple | None:
-    from mtbert_ray.stages import uses_cache
+class _Facts:
+    """``stage_keys.KeyFacts`` from the config alone: the source files' fingerprint (the same ``load_source`` the run
+    calls), each model's tokenizer files and ``config.json``; each read once per dry run."""
+
+    def __init__(self) -> None:
+        self._raw: dict[str, Any] = {}
+        self._tokenization: dict[tuple[str, bool], str] = {}
+        self._depth: dict[str, int] = {}
+
+    def raw(self, cfg: ExperimentConfig):
+        from mtbert_ray.data.sources import load_source
+
+        key = cfg.data.model_dump_json()
+        if key not in self._raw:
+            self._raw[key] = load_source(cfg.data)
+        return self._raw[key]
+
+    def tokenization(self, name: str, trust_remote_code: bool) -> str:
+        from mtbert_ray.data.shards import tokenizer_spec
+
+        if (name, trust_remote_code) not in self._tokenization:
+            self._tokenization[name, trust_remote_code] = tokenizer_spec(name, trust_remote_code).tokenization
+        return self._tokenization[name, trust_remote_code]
+
+    def of(self, cfg: ExperimentConfig) -> KeyFacts:
+        from mtbert_ray.data.shards import dataset_key
+        from mtbert_ray.models.hub import load_config
+
+        raw = self.raw(cfg)
+        models = [*cfg.teachers, cfg.student.init_from]
+        width = (int(load_config(cfg.student.init_from, trust_remote_code=cfg.trust_remote_code).hidden_size)
+                 if cfg.cofinetune.head_width == "student" else None)
+        for t in cfg.teachers:
+            if t not in self._depth:
+                self._depth[t] = _teacher_shape(cfg, t)[1]
+        return KeyFacts(dataset_key(raw, cfg.data), raw.unlabeled_fingerprint, tuple(raw.splits),
+                        {m: self.tokenization(m, cfg.trust_remote_code) for m in models}, width,
+                        {t: self._depth[t] for t in cfg.teachers})
+
+
+def planned_stages(trials: list[PlannedTrial], stages_root: Path | None = None) -> StagePlan:
+    """The stage keys of every planned trial, computed as the stages compute them (``stage_keys``). With
+    ``stages_root`` (``<storage>/stages``), a logits-only trial counts the cache with hidden states it would reuse."""
+    from mtbert_ray.stage import MARKER
+    from mtbert_ray.stages import CACHE_SPLITS, alone_config, uses_cache
     from mtbert_ray.trial_needs import ConfigView
 
-    if not uses_cache(ConfigView(cfg)):
-        return None
-    hidden = cfg.cache.hidden and cfg.loss.hidden
-    return (_cofinetune_identity(cfg, sampled), cfg.student.init_from,
-            cfg.student.num_layers if hidden else None, cfg.cache.dtype if hidden else None,
-            cfg.data.unlabeled, cfg.data.limit_unlabeled)
+    facts = _Facts()
+    out = StagePlan()
+    for i, trial in enumerate(trials, start=1):
+        cfg = trial.config
+        if _touches(COFINETUNE, trial.sampled):
+            out.varying = True
+            co = f"(sampled, trial {i})"
+        else:
+            co = stable_hash(cofinetune_inputs(cfg, facts.of(cfg)))
+        out.cofinetune.setdefault(co, []).append(i)
+        out.teachers[co], out.seeds[co] = list(cfg.teachers), cfg.seed
+        head = head_teacher(cfg)
+        if head is not None and [head] != list(cfg.teachers) and not out.varying:
+            alone = alone_config(cfg, head)
+            own = stable_hash(cofinetune_inputs(alone, facts.of(alone)))
+            out.heads.setdefault(own, []).append(i)
+            out.cofinetune.setdefault(own, [])
+            out.teachers[own], out.seeds[own] = [head], cfg.seed
+        if not uses_cache(ConfigView(cfg)) or out.varying or _touches(TEACHER_CACHE, trial.sampled):
+            continue
+        known = facts.of(cfg)
+        splits = [s for s in CACHE_SPLITS if s in known.splits]
+        hidden = cfg.cache.hidden and cfg.loss.hidden
+        key = stable_hash(teacher_cache_inputs(cfg, known, co, splits, hidden))
+        if not hidden and stages_root is not None:
+            richer = stable_hash(teacher_cache_inputs(cfg, known, co, splits, True))
+            if (stages_root / "teacher_cache" / richer / MARKER).is_file():
+                key = richer
+        out.teacher_cache.setdefault(key, []).append(i)
+        out.cache_configs.setdefault(key, cfg)
+    return out
 
 
 def _data_shape(cfg: ExperimentConfig) -> tuple[int, int, float]:
@@ -110,8 +191,9 @@ def cache_bytes(cfg: ExperimentConfig, rows: int, tokens: float, widths: list[in
     return rows * (tokens * per_token + len(cfg.teachers) * num_labels * 4)
 
 
-def plan(space: Space) -> str:
-    """The dry-run report of a loaded space."""
+def plan(space: Space, stages_root: Path | None = None) -> str:
+    """The dry-run report of a loaded space; with ``stages_root`` (``<storage>/stages``), which stages are already
+    published there (and reused) and which the study will build."""
     from mtbert_ray.trial_needs import trial_needs
 
     trials = planned_trials(space)
@@ -123,28 +205,24 @@ def plan(space: Space) -> str:
     for i, trial in enumerate(trials, start=1):
         lines.append("  " + " | ".join([str(i), *[_short(trial.params[k]) for k in keys]]))
 
-    co_runs: dict[tuple, list[int]] = {}
-    caches: dict[tuple, list[int]] = {}
-    heads: dict[tuple, list[int]] = {}
-    for i, trial in enumerate(trials, start=1):
-        co_runs.setdefault(_cofinetune_identity(trial.config, trial.sampled), []).append(i)
-        head = head_teacher(trial.config)
-        if head is not None and [head] != list(trial.config.teachers):
-            heads.setdefault(_cofinetune_identity(trial.config, trial.sampled, (head,)), []).append(i)
-        cache = _cache_identity(trial.config, trial.sampled)
-        if cache is not None:
-            caches.setdefault(cache, []).append(i)
-    for identity, members in heads.items():  # the student's head from a teacher co-finetuned alone: a run of its own
-        co_runs.setdefault(identity, [])
-    varying = any(identity[-1] for identity in co_runs)
-    count = f"up to {len(trials)}" if varying else str(len(co_runs))
+    stages = planned_stages(trials, stages_root)
+
+    def status(kind: str, key: str) -> str:
+        if stages_root is None or key.startswith("("):
+            return ""
+        from mtbert_ray.stage import MARKER
+
+        return " · published, reused" if (stages_root / kind / key / MARKER).is_file() else " · to build"
+
+    count = f"up to {len(trials)}" if stages.varying else str(len(stages.cofinetune))
     lines.append(f"co-finetuning runs: {count} distinct (trials that share teachers, data, co-finetuning settings and seed "
                  "share one; a finished run already in the results folder is reused)")
-    for identity, members in co_runs.items():
-        lines.append(f"  teachers {', '.join(identity[0])} · seed {identity[2]} → trials {_ranges(members)}"
-                     if members else f"  teachers {', '.join(identity[0])} · seed {identity[2]}")
-        if identity in heads:
-            lines[-1] += f" (the student's head, student.head_init, of trials {_ranges(heads[identity])})"
+    for key, members in stages.cofinetune.items():
+        line = f"  cofinetune/{key}{status('cofinetune', key)} · teachers {', '.join(stages.teachers[key])} · seed {stages.seeds[key]}"
+        line += f" → trials {_ranges(members)}" if members else ""
+        if key in stages.heads:
+            line += f" (the student's head, student.head_init, of trials {_ranges(stages.heads[key])})"
+        lines.append(line)
 
     shapes_of: dict[str, tuple[int, int, float]] = {}
 
@@ -157,17 +235,20 @@ def plan(space: Space) -> str:
     rows, unlabeled_rows, tokens = data_shape(base)
     shapes = {t: _teacher_shape(base, t) for t in {t for trial in trials for t in trial.config.teachers}}
     total = 0.0
+    caches = stages.teacher_cache
     lines.append(f"teacher caches: {len(caches)} distinct ({rows:,} labelled training rows"
                  + (f" + {unlabeled_rows:,} unlabelled" if unlabeled_rows else "") + f", ~{tokens:.1f} student tokens per row)")
-    for (co, student, layers, dtype, *_), members in caches.items():
-        cfg = trials[members[0] - 1].config
+    for key, members in caches.items():
+        cfg = stages.cache_configs[key]
         widths = [shapes[t][0] for t in cfg.teachers]
         labelled, unlabeled, cfg_tokens = data_shape(cfg)
         size = cache_bytes(cfg, labelled + unlabeled, cfg_tokens, widths)
         total += size
-        what = f"hidden states of {layers} layer map(s) in {dtype}" if layers else "logits only"
+        hidden = cfg.cache.hidden and cfg.loss.hidden
+        what = f"hidden states of {cfg.student.num_layers} layer map(s) in {cfg.cache.dtype}" if hidden else "logits only"
         what += f"; + {unlabeled:,} unlabelled rows" if unlabeled else ""
-        lines.append(f"  teachers {', '.join(co[0])} → {student} ({what}): ~{size / 1e9:,.2f} GB → trials {_ranges(members)}")
+        lines.append(f"  teacher_cache/{key}{status('teacher_cache', key)} · teachers {', '.join(cfg.teachers)} → "
+                     f"{cfg.student.init_from} ({what}): ~{size / 1e9:,.2f} GB → trials {_ranges(members)}")
     if caches:
         lines.append(f"  all caches: ~{total / 1e9:,.2f} GB on disk (cache.max_gb {base.cache.max_gb:g} refuses a larger one)")
 

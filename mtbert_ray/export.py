@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
+from mtbert_ray.metric_names import Split, metric_key
 from mtbert_ray.models.hf_student import MODEL_TYPE, MTBertStudentConfig, MTBertStudentForSequenceClassification
 from mtbert_ray.models.hub import load_encoder, load_tokenizer
 from mtbert_ray.models.student import StudentModel
@@ -36,6 +37,7 @@ from mtbert_ray.models.student import StudentModel
 HEAD_FILE = "head.safetensors"
 META_FILE = "mtbert_student.json"
 STUDENT_DIR = "student"  # a run folder's export (train.distill.STUDENT_DIR)
+TEST_ACCURACY = metric_key(Split.TEST, "accuracy")  # the ONNX report: test accuracy per runtime
 
 
 def save_student(student: StudentModel, folder: Path, label_names: Sequence[str], **extra) -> None:
@@ -405,11 +407,11 @@ def export_onnx_command(path: Path, int8: bool, speed: bool = True, reps: int = 
         raise MTBertError(f"{files[0]}: ONNX logits differ from PyTorch by {check['max_abs_logit_diff']:.2e} (> {PARITY_ATOL:g})")
     report: dict[str, Any] = {"files": [str(f) for f in files], "parity": check, "data": note}
     if labels:
-        report["test_accuracy"] = {"torch fp32": accuracy(classifier.predict_proba, texts, pairs, labels)}
+        report[TEST_ACCURACY] = {"torch fp32": accuracy(classifier.predict_proba, texts, pairs, labels)}
         for name, session in sessions.items():
-            report["test_accuracy"][name] = accuracy(session.predict_proba, texts, pairs, labels)
+            report[TEST_ACCURACY][name] = accuracy(session.predict_proba, texts, pairs, labels)
         if int8:
-            report["int8_accuracy_change"] = report["test_accuracy"]["onnxruntime int8"] - report["test_accuracy"]["torch fp32"]
+            report["int8_accuracy_change"] = report[TEST_ACCURACY]["onnxruntime int8"] - report[TEST_ACCURACY]["torch fp32"]
     if speed:
         teacher = _deepest(classifier.meta.get("teachers") or [])
         report["speed"] = measure_speed(classifier, sessions, sample, teacher, reps)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-VALIDATION_KEYS = ("accuracy", "macro_f1", "mcc", "f1", "examples")
+from mtbert_ray.metric_names import Split, scores_from, teacher_head
 
 
 @dataclass
@@ -39,8 +39,8 @@ class ModelScores:
     params: int
     epoch: int | None = None  # the selected epoch
 
-    def metric(self, name: str, split: str = "validation") -> float | None:
-        scores = self.validation if split == "validation" else (self.test or {})
+    def metric(self, name: str, split: Split | str = Split.VALIDATION) -> float | None:
+        scores = self.validation if Split(split) is Split.VALIDATION else (self.test or {})
         return scores.get(name)
 
 
@@ -161,13 +161,13 @@ class ExperimentResult:
             teacher_cache=StageSummary(cache.key, str(cache.path), cache.reused, cache.seconds) if cache else None,
             distill=StageSummary("", str(distilled.best_checkpoint), False, distill_seconds),
             teachers={
-                name: ModelScores(scores_from(teachers.meta["metrics"], f"val_teacher{i}_"),
-                                  scores_from(teacher_test, f"test_teacher{i}_") if labelled else None,
+                name: ModelScores(scores_from(teachers.meta["metrics"], Split.VALIDATION, teacher_head(i)),
+                                  scores_from(teacher_test, Split.TEST, teacher_head(i)) if labelled else None,
                                   params["teachers"][name], teachers.meta.get("epoch"))
                 for i, name in enumerate(cfg.teachers)
             },
-            student=ModelScores(scores_from(distilled.best_metrics, "val_"),
-                                scores_from(student_test or {}, "test_") if labelled else None,
+            student=ModelScores(scores_from(distilled.best_metrics, Split.VALIDATION),
+                                scores_from(student_test or {}, Split.TEST) if labelled else None,
                                 params["student"], int(distilled.best_metrics["epoch"])),
             shared_head_params=params["shared_head"],
             layer_maps=ctx.layer_maps,
@@ -183,8 +183,3 @@ class ExperimentResult:
 
 def _stage(data: dict[str, Any]) -> StageSummary:
     return StageSummary(data.get("key", ""), data.get("checkpoint", ""), bool(data.get("reused")), float(data.get("seconds", 0.0)))
-
-
-def scores_from(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
-    """``{prefix}accuracy`` … from a report → ``{"accuracy": …}`` (the keys of ``VALIDATION_KEYS`` present)."""
-    return {k: metrics[f"{prefix}{k}"] for k in VALIDATION_KEYS if f"{prefix}{k}" in metrics}

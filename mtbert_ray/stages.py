@@ -14,20 +14,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mtbert_ray.config import head_teacher
+from mtbert_ray import stage_keys
+from mtbert_ray.config import ExperimentConfig, head_teacher
 from mtbert_ray.context import CacheInfo, StageContext
 from mtbert_ray.data.loader import MATERIALIZE_MAX_BYTES, read_split, view_columns
 from mtbert_ray.data.sources import UNLABELED
 from mtbert_ray.hashing import stable_hash
+from mtbert_ray.metric_names import teacher_head
 from mtbert_ray.models.layer_map import layer_map
 from mtbert_ray.models.teachers import read_ensemble_meta
 from mtbert_ray.stage import Built, Published, read_stage, reuse_or_build
+from mtbert_ray.stage_keys import KeyFacts
 from mtbert_ray.train.common import OPTIMIZER_FILE, SCALER_FILE, read_training_state
 from mtbert_ray.train.loop import PREDICTIONS_DIR
 from mtbert_ray.train.session import StageRun, run_stage
 from mtbert_ray.train.worker import COFINETUNE, DISTILL, distill_seed, stage_worker
 
-STAGE_VERSION = 2
 #: Distillation reads teacher outputs for its training rows only — labelled and unlabelled (``data.unlabeled``);
 #: evaluation reads the view.
 CACHE_SPLITS = ("train", UNLABELED)
@@ -35,27 +37,9 @@ DISTILL_SPLITS = ("train", UNLABELED)  # the rows stage 3 trains on (co-finetuni
 
 
 def cofinetune_inputs(ctx: StageContext, nonce: str | None = None) -> dict:
-    """What the co-finetuning key is computed from: everything that changes the trained teachers.
-
-    Left out, because they do not change the result: ``reuse``, ``grad_accum_steps`` (the effective
-    batch stays the same), ``gradient_checkpointing`` and where the loop runs (``resources.execution``).
-    ``nonce`` (a run folder, with ``cofinetune.reuse: false``) makes the key private to one run.
-    """
-    cfg = ctx.config
-    return {
-        "stage": "cofinetune",
-        "v": STAGE_VERSION,
-        "teachers": list(cfg.teachers),
-        "tokenizations": ctx.teacher_tokenizations,
-        "data": ctx.data.dataset_key,
-        "max_length": cfg.data.max_length,
-        "cofinetune": cfg.cofinetune.model_dump(mode="json", exclude={"reuse", "grad_accum_steps", "gradient_checkpointing"}),
-        **({"head_width_value": ctx.head_width} if ctx.head_width else {}),
-        "seed": cfg.seed,
-        "num_workers": cfg.resources.num_workers,  # per-rank dropout seeds and data shards
-        "precision": cfg.resources.precision,
-        **({"nonce": nonce} if nonce else {}),
-    }
+    """What the co-finetuning key is computed from (``stage_keys.COFINETUNE``): everything that changes the trained
+    teachers. ``nonce`` (a run folder, with ``cofinetune.reuse: false``) makes the key private to one run."""
+    return stage_keys.cofinetune_inputs(ctx.config, KeyFacts.of(ctx), nonce)
 
 
 def cofinetune_key(ctx: StageContext, nonce: str | None = None) -> str:
@@ -103,13 +87,18 @@ def cofinetune(ctx: StageContext, stages: Path, nonce: str | None = None, verify
 
 
 def alone(ctx: StageContext, teacher: str) -> StageContext:
-    """The context of ``teacher`` co-finetuned alone with this experiment's stage-1 settings: the stage whose head
-    ``student.head_init: <teacher>`` copies (the same key as a run of that one teacher, so it is shared with it)."""
-    data = ctx.config.model_dump(mode="json")
+    """The context of ``teacher`` co-finetuned alone with this experiment's stage-1 settings (``alone_config``)."""
+    return StageContext(alone_config(ctx.config, teacher), ctx.data)
+
+
+def alone_config(cfg: ExperimentConfig, teacher: str) -> ExperimentConfig:
+    """``cfg`` with ``teacher`` as its one teacher: the stage whose head ``student.head_init: <teacher>`` copies (the
+    same key as a run of that one teacher, so it is shared with it)."""
+    data = cfg.model_dump(mode="json")
     data["teachers"] = [teacher]
     data["loss"].update(teacher_prior=None, hidden_teachers="all")
     data["student"]["head_init"] = "from_teachers"
-    return StageContext(type(ctx.config).model_validate(data), ctx.data)
+    return type(cfg).model_validate(data)
 
 
 def with_head_teacher(ctx: StageContext, stages: Path, teachers: Published, nonce: str | None = None,
@@ -149,13 +138,7 @@ def teacher_cache(ctx: StageContext, stages: Path, teachers: Published, verify: 
     splits = _splits(ctx, CACHE_SPLITS)
 
     def cache_key(with_states: bool) -> str:
-        return stable_hash({
-            "stage": "teacher_cache", "v": STAGE_VERSION, "teachers": teachers.key, "data": ctx.data.dataset_key,
-            "student_tokenization": ctx.student_tokenization, "max_length": cfg.data.max_length,
-            "layer_maps": ctx.layer_maps if with_states else None, "dtype": cfg.cache.dtype if with_states else None,
-            "splits": splits,
-            **({"unlabeled": ctx.data.unlabeled_key} if UNLABELED in splits else {}),
-        })
+        return stable_hash(stage_keys.teacher_cache_inputs(cfg, KeyFacts.of(ctx), teachers.key, splits, with_states))
 
     key = cache_key(hidden)
     if not hidden:  # a cache with hidden states also holds every logit: reuse it rather than build a logits-only one
@@ -251,8 +234,9 @@ def test_predictions(ctx: StageContext, teachers: Published, distilled: StageRun
     label_text = (data.submission_labels or data.label_names) if labelled else None
     rows = merge_predictions(distilled.best_checkpoint, folder / name, label_text=label_text)
     for i in range(len(ctx.config.teachers)):
-        if any((teachers.path / PREDICTIONS_DIR).glob(f"teacher{i}_part-*.tsv")):  # stages published before they were kept
-            merge_predictions(teachers.path, folder / f"teacher{i}" / name, head=f"teacher{i}_", label_text=label_text)
+        head = teacher_head(i)
+        if any((teachers.path / PREDICTIONS_DIR).glob(f"{head}part-*.tsv")):  # stages published before they were kept
+            merge_predictions(teachers.path, folder / head.rstrip("_") / name, head=head, label_text=label_text)
     if labelled:
         return str(folder / name), None
     return str(folder / name), f"the test split has no labels: {rows} predictions written to {folder / name} (submit them to the benchmark)"

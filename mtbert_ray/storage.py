@@ -24,8 +24,9 @@ MANIFEST = "manifest.json"
 DEFAULT_STORAGE = "~/mtbert_results"
 
 
-def resolve_storage(storage: str | os.PathLike | None) -> Path:
-    """``--storage``, else ``$MTBERT_RAY_STORAGE``, else ``~/mtbert_results`` — created and checked writable.
+def resolve_storage(storage: str | os.PathLike | None, create: bool = True) -> Path:
+    """``--storage``, else ``$MTBERT_RAY_STORAGE``, else ``~/mtbert_results`` — created and checked writable
+    (``create=False``: only its path, for a reader such as the dry run).
 
     A folder, never a URI: stages are published under file locks with atomic renames, which object
     stores do not offer (``--upload URI`` copies a finished study there; docs/design.md).
@@ -38,7 +39,8 @@ def resolve_storage(storage: str | os.PathLike | None) -> Path:
             f"{what}: {value!r} is a URI; expected a folder (local disk, or a file system shared by every node) — "
             "pass the URI to the sweep's --upload to copy the finished study there"
         )
-    return ensure_writable_dir(Path(value).expanduser().resolve(), what)
+    path = Path(value).expanduser().resolve()
+    return ensure_writable_dir(path, what) if create else path
 
 
 def default_cache_dir() -> Path:

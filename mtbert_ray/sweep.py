@@ -33,6 +33,7 @@ from typing import Any
 
 from mtbert_ray.context import select_metric_name, task_metrics
 from mtbert_ray.errors import ConfigError, ResultsError
+from mtbert_ray.metric_names import Split, metric_key, teacher_mean_key
 from mtbert_ray.results import ExperimentResult
 from mtbert_ray.space import Space, SpaceFile, load_space
 from mtbert_ray.sweep_record import SWEEP_FILE, SweepRecord, read_sweep_record, write_sweep_record
@@ -70,13 +71,13 @@ def final_report(result: ExperimentResult, epochs: int) -> dict[str, Any]:
     stopped early never makes this report.
     """
     report: dict[str, Any] = {"epoch": epochs, "best_epoch": result.student.epoch}
-    for split, prefix in (("validation", "val_"), ("test", "test_")):
-        for name, value in ((result.student.validation if split == "validation" else result.student.test) or {}).items():
-            report[f"{prefix}{name}"] = value
+    for split in Split:
+        for name, value in ((result.student.validation if split is Split.VALIDATION else result.student.test) or {}).items():
+            report[metric_key(split, name)] = value
         for name in result.data.get("metrics", []):
             values = [s.metric(name, split) for s in result.teachers.values()]
             if values and all(v is not None for v in values):
-                report[f"teacher_mean_{prefix}{name}"] = sum(values) / len(values)
+                report[teacher_mean_key(split, name)] = sum(values) / len(values)
     report.update(
         student_params=result.student.params,
         student_dir=str(result.student_dir),
@@ -273,7 +274,8 @@ def run_sweep(
         experiment_dir.mkdir(parents=True, exist_ok=True)
         write_sweep_record(experiment_dir, sweep)
 
-    metric = f"val_{select_metric_name(base_config)}"
+    metric = metric_key(Split.VALIDATION, select_metric_name(base_config))
+    test_metric = metric_key(Split.TEST, select_metric_name(base_config))
     trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), needs.tune_resources())
     # Tune's newer console output ignores a passed ProgressReporter; ask for the classic one so the trial table
     # shows the metrics chosen here (RAY_AIR_NEW_OUTPUT=1 in the environment keeps Tune's own table).
@@ -285,7 +287,7 @@ def run_sweep(
         s = space.search
         reporter = tune.CLIReporter(
             metric_columns={"epoch": "epoch", metric: metric, "best_epoch": "best epoch",
-                            f"test_{select_metric_name(base_config)}": f"test_{select_metric_name(base_config)}"},
+                            test_metric: test_metric},
             parameter_columns=list(space.param_space()),
             sort_by_metric=True,  # by TuneConfig's metric and mode
             max_report_frequency=30,
@@ -370,7 +372,9 @@ def main(argv: list[str] | None = None) -> None:
             if args.num_samples is not None:
                 space.spec.search.num_samples = args.num_samples
             checked_name(args.name or space.spec.name, "--name" if args.name else f"{space.source}: name")
-            print(plan(space))
+            from mtbert_ray.storage import resolve_storage
+
+            print(plan(space, resolve_storage(args.storage, create=False) / "stages"))
             return 0
         name = args.name
         if args.resume and not name and args.space:

@@ -114,7 +114,7 @@ def _context(cfg):
 
     from mtbert_ray.context import StageContext
 
-    data = SimpleNamespace(model_tokenization={"a": "tok_a", "b": "tok_b"}, dataset_key="d")
+    data = SimpleNamespace(model_tokenization={"a": "tok_a", "b": "tok_b"}, dataset_key="d", unlabeled_key=None, splits={})
     return StageContext(cfg, data)
 
 

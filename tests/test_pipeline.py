@@ -80,6 +80,27 @@ def test_exported_student_reloads_and_predicts_the_reported_labels(first_run, tm
     assert abs(sum(lines[0]["probabilities"].values()) - 1) < 1e-5
 
 
+def _planned(cfg, storage):
+    from mtbert_ray.dryrun import PlannedTrial, planned_stages
+
+    return planned_stages([PlannedTrial({}, cfg, [])], storage / "stages")
+
+
+def _dry_run_keys(cfg, storage) -> tuple[str, str | None]:
+    """(stage 1's key, the teacher cache's key) as the dry run computes them, without running anything."""
+    planned = _planned(cfg, storage)
+    co = [k for k in planned.cofinetune if k not in planned.heads]
+    return co[0], next(iter(planned.teacher_cache), None)
+
+
+def test_the_dry_run_computes_the_keys_the_stages_publish(first_run, tiny_models, storage):
+    """stage_keys declares each key once: the dry run (source files, tokenizers and config.json only) computes the same
+    stage-1 and teacher-cache keys the run published (two tokenizations, hidden states cached)."""
+    s = first_run.summary
+    cfg = validate_config(tiny_experiment(tiny_models, storage, cache={"enabled": True, "hidden": True}))  # first_run's
+    assert _dry_run_keys(cfg, storage) == (s["stages"]["cofinetune"]["key"], s["stages"]["teacher_cache"]["key"])
+
+
 def test_later_experiment_reuses_stages_and_on_the_fly_matches_cache(first_run, tiny_models, storage):
     """Same teachers/data/co-finetune config: stage 1 is reused; without the cache the teachers run on the
     fly, and the student trains to the same result as from the cache."""
@@ -341,6 +362,8 @@ def test_unlabelled_transfer_text_is_cached_and_taught_on(first_run, tiny_models
     history = read_history(Path(s["run_dir"]) / "distill" / HISTORY_FILE)
     assert history[0]["train_steps"] == (128 + 128) // 32, "the student trained on labelled and unlabelled rows"
     assert history[0]["train_task"] > 0 and history[0]["train_distill"] > 0
+    assert _dry_run_keys(cfg, storage) == (s["stages"]["cofinetune"]["key"], cache["key"]), \
+        "the dry run names the stages this run published"
 
 
 def test_student_head_from_one_teacher_alone_is_shared_by_rows(first_run, tiny_models, storage):
@@ -355,3 +378,5 @@ def test_student_head_from_one_teacher_alone_is_shared_by_rows(first_run, tiny_m
     alone = run_experiment(one, storage=storage).summary
     assert alone["stages"]["cofinetune"]["reused"], "the head's own stage 1 is the single-teacher run's stage 1"
     assert alone["decisions"]["student_head"] == s["decisions"]["student_head"]
+    planned = _planned(two, storage)
+    assert list(planned.heads) == [alone["stages"]["cofinetune"]["key"]], "the dry run names the head's own stage 1"

@@ -97,7 +97,8 @@ def test_the_cofinetuning_key_counts_the_global_batch_and_the_workers(tiny_model
 
     def key(**resources) -> str:
         cfg = validate_config(tiny_experiment(tiny_models, tmp_path, resources=resources))
-        return cofinetune_key(StageContext(cfg, SimpleNamespace(model_tokenization={t: t for t in cfg.teachers}, dataset_key="d")))
+        data = SimpleNamespace(model_tokenization={t: t for t in cfg.teachers}, dataset_key="d", unlabeled_key=None, splits={})
+        return cofinetune_key(StageContext(cfg, data))
 
     one, two = key(num_workers=1), key(num_workers=2)
     assert one != two, "2 workers at global batch 32 train other teachers (dropout per rank, data shards) than 1"

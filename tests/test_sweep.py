@@ -64,6 +64,23 @@ def test_grid_sweep_runs_every_trial_and_cofinetunes_once(grid_sweep):
     assert all(r.metrics["training_iteration"] == 1 and r.metrics["finished"] for r in grid)
 
 
+def test_the_dry_run_named_the_stage_the_sweep_published(grid_sweep):
+    """``--dry-run`` of the same space file computes the stage-1 key the sweep's trials then published (and, with the
+    results folder, says it is published and will be reused)."""
+    from mtbert_ray.dryrun import plan, planned_stages, planned_trials
+    from mtbert_ray.space import load_space
+    from mtbert_ray.sweep_record import read_sweep_record
+
+    grid, experiment_dir = grid_sweep
+    record = read_sweep_record(Path(experiment_dir))
+    space = load_space(record.source)
+    published = {json.loads((Path(r.metrics["run_dir"]) / "result.json").read_text())["stages"]["cofinetune"]["key"]
+                 for r in grid}
+    stages = Path(record.storage) / "stages"
+    assert set(planned_stages(planned_trials(space), stages).cofinetune) == published
+    assert f"cofinetune/{published.pop()} · published, reused" in plan(space, stages)
+
+
 def test_analysis_reproduces_the_table_of_a_stored_study(grid_sweep, tmp_path):
     grid, experiment_dir = grid_sweep
     report = write_report(experiment_dir, tmp_path / "a")

@@ -39,6 +39,7 @@ from mtbert_ray.hashing import stable_hash
 from mtbert_ray.models.hub import load_tokenizer
 from mtbert_ray.progress import format_progress
 from mtbert_ray.stage import Built, build_dir, reuse_or_build
+from mtbert_ray.stage_keys import DATASET
 from mtbert_ray.storage import default_cache_dir, file_entry, write_manifest
 
 log = logging.getLogger(__name__)
@@ -128,12 +129,9 @@ class PreparedData:
 
 
 def dataset_key(raw: RawDataset, cfg: DataConfig) -> str:
-    """Content of the source + every option that changes which rows/labels are used."""
-    options = cfg.model_dump(include={
-        "source", "task", "text_fields", "label_field", "num_labels", "mind_text", "unseen_labels",
-        "limit_train", "limit_eval", "seed",
-    })
-    return stable_hash({"fingerprint": raw.fingerprint, "options": options, "labels": raw.label_names})
+    """Content of the source + every option that changes which rows/labels are used (``stage_keys.DATASET``: the
+    data section but its fields marked ``not_in_key``)."""
+    return DATASET.key(cfg, root="data", fingerprint=raw.fingerprint, labels=raw.label_names)
 
 
 def prepare_data(

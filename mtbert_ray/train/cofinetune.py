@@ -15,6 +15,7 @@ import torch
 from mtbert_ray.context import StageContext
 from mtbert_ray.data.loader import PadCollate, inputs_for
 from mtbert_ray.losses import task_loss
+from mtbert_ray.metric_names import teacher_head
 from mtbert_ray.models.teachers import TeacherEnsemble
 
 
@@ -28,7 +29,7 @@ class CofinetuneStep:
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
-        self.heads = [f"teacher{i}_" for i in range(len(ctx.config.teachers))]
+        self.heads = [teacher_head(i) for i in range(len(ctx.config.teachers))]
         self.model: TeacherEnsemble | None = None
 
     def build(self, device: torch.device) -> TeacherEnsemble:

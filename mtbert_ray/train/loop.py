@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import torch
 
+from mtbert_ray.metric_names import MEAN_HEAD, METRICS, Split, best_key, metric_key
 from mtbert_ray.progress import Progress
 from mtbert_ray.train.common import (
     TimedBatches,
@@ -127,13 +128,13 @@ def run_epochs(step: Step, session: StageSession, spec: LoopSpec) -> None:
             "train_steps": steps,
             "train_examples_per_s": steps * spec.micro_batch * world / train_seconds if train_seconds > 0 else 0.0,
             **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()},
-            **_evaluate(step, session, spec, device, "validation", "val_"),
+            **_evaluate(step, session, spec, device, Split.VALIDATION),
         }
-        current = metrics[f"val_{_head_metric(step, spec.select)}"]
+        current = metrics[metric_key(Split.VALIDATION, spec.select, _head(step))]
         improved = best is None or (current > best if spec.mode == "max" else current < best)
         if improved:
             best, best_epoch = current, epoch + 1
-        metrics[f"best_val_{spec.select}"] = best
+        metrics[best_key(spec.select)] = best
         metrics["selected_epoch"] = best_epoch
         metrics[SCORE] = (current if spec.mode == "max" else -current) if improved else NO_SCORE
         metrics.update(getattr(step, "report_extras", dict)())
@@ -182,7 +183,7 @@ def _checkpoint_and_report(step: Step, session: StageSession, spec: LoopSpec, de
     with checkpoint_dir() as folder:
         if test and session.has_dataset("test"):
             started = time.time()
-            state["test"] = _evaluate(step, session, spec, device, "test", "test_", predictions=folder)
+            state["test"] = _evaluate(step, session, spec, device, Split.TEST, predictions=folder)
             metrics["test_eval_seconds"] = time.time() - started  # an epoch that is not selected evaluates no test
         if session.rank == 0:
             step.save(folder)
@@ -267,17 +268,18 @@ def average_gradients(optimizer: torch.optim.Optimizer, world_size: int) -> None
                 param.grad.div_(world_size)
 
 
-def _head_metric(step: Step, name: str) -> str:
-    """The selection metric of the evaluated model: its mean over teachers in co-finetuning."""
-    return name if step.heads == [""] else f"mean_{name}"
+def _head(step: Step) -> str:
+    """The head whose selection metric picks the epoch: the model's one head, or the teachers' mean in co-finetuning."""
+    return "" if step.heads == [""] else MEAN_HEAD
 
 
-def _evaluate(step: Step, session: StageSession, spec: LoopSpec, device: torch.device, split: str, prefix: str,
+def _evaluate(step: Step, session: StageSession, spec: LoopSpec, device: torch.device, split: Split,
               predictions: Path | None = None) -> dict[str, Any]:
+    """Every metric of every head on ``split`` (``metric_names``), and the teachers' mean in co-finetuning."""
     writer = None
     if predictions is not None and spec.submission:  # every test evaluation: its per-example predictions too
         writer = _PredictionWriter(predictions / PREDICTIONS_DIR, session.rank, step.heads, spec.submission[1])
-    batches = _batches(session, split, step, spec, device, epoch=None)
+    batches = _batches(session, split.value, step, spec, device, epoch=None)
     with autocast(device, spec.precision):
         cms = confusion_matrices(step.predict, batches, spec.num_labels, heads=len(step.heads), device=device,
                                  on_predictions=writer)
@@ -285,12 +287,11 @@ def _evaluate(step: Step, session: StageSession, spec: LoopSpec, device: torch.d
         writer.close()
     out: dict[str, Any] = {}
     for cm, head in zip(cms, step.heads):
-        out.update(metrics_from_confusion(cm, prefix=f"{prefix}{head}"))
+        out.update(metrics_from_confusion(cm, prefix=metric_key(split, "", head)))
     if step.heads != [""]:  # co-finetuning: the teachers' mean of every metric
-        names = [k.removeprefix(f"{prefix}{step.heads[0]}") for k in out if k.startswith(f"{prefix}{step.heads[0]}")]
+        names = [n for n in METRICS if metric_key(split, n, step.heads[0]) in out]
         for name in names:
-            if name != "examples":
-                out[f"{prefix}mean_{name}"] = sum(out[f"{prefix}{h}{name}"] for h in step.heads) / len(step.heads)
+            out[metric_key(split, name, MEAN_HEAD)] = sum(out[metric_key(split, name, h)] for h in step.heads) / len(step.heads)
     return out
 
 
