@@ -19,6 +19,7 @@ trial's checkpoint), so ``select.*`` is set in the experiment, not varied by the
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -182,11 +183,20 @@ class SpaceFile(_Strict):
 class Space:
     """A loaded, validated space file with its overrides applied."""
 
-    def __init__(self, spec: SpaceFile, base: dict[str, Any], source: str) -> None:
+    def __init__(self, spec: SpaceFile, base: dict[str, Any], source: str, check: bool = True) -> None:
+        """``check=False``: a space the sweep already checked (a trial rebuilding it from the sweep record)."""
         self.spec = spec
         self.base = base
         self.source = source
-        self._check()
+        self.base_config: ExperimentConfig | None = None  # the validated base experiment (set by the check)
+        if check:
+            self._check()
+
+    @classmethod
+    def from_record(cls, record: Any, check: bool = False) -> "Space":
+        """The space of a sweep record (``sweep_record.SweepRecord``): its file's settings and its base experiment,
+        checked when the sweep started (``check``: again, as a resumed sweep does once)."""
+        return cls(SpaceFile.model_validate(record.spec), record.base, record.source, check=check)
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -303,7 +313,7 @@ class Space:
         if trials > MAX_TRIALS:
             raise ConfigError(f"{src}: the study would start {trials:,} trials (grid points × seeds × num_samples), more than "
                               f"{MAX_TRIALS:,}; narrow the grid (a teacher_pool of n teachers has 2^n - 1 subsets) or sample it")
-        validate_config(self.base, source=f"{src}: experiment")
+        self.base_config = validate_config(self.base, source=f"{src}: experiment")
         if spec.search.searcher == "optuna":
             grids = [k for k, d in spec.space.items() if d.kind == "grid"]
             if grids:
@@ -376,8 +386,27 @@ def _set_keyed(raw: dict[str, Any], parts: list[str], value: Any, label: str) ->
         section[".".join(parts[1:])] = value
 
 
-def load_space(path: str | Path, overrides: Iterable[str] = ()) -> Space:
-    """Read a space file. ``--set`` on a key of the file (``search.seeds=[0,1]``, ``teacher_pool.unilm=/path``,
+def absolutize_paths(base: dict[str, Any]) -> dict[str, Any]:
+    """Local paths in the base experiment made absolute (trial drivers run in their own folders)."""
+    base = json.loads(json.dumps(base))
+    data = base.get("data") or {}
+    for key in ("path", "cache_dir"):
+        if data.get(key):
+            data[key] = str(Path(data[key]).expanduser().resolve())
+    for section, key in (("student", "init_from"),):
+        value = (base.get(section) or {}).get(key)
+        if value and Path(value).expanduser().exists():
+            base[section][key] = str(Path(value).expanduser().resolve())
+    base["teachers"] = [
+        str(Path(t).expanduser().resolve()) if isinstance(t, str) and Path(t).expanduser().exists() else t
+        for t in base.get("teachers") or []
+    ]
+    return base
+
+
+def load_space(path: str | Path, overrides: Iterable[str] = (), absolute_paths: bool = False) -> Space:
+    """Read a space file (checked once; ``absolute_paths``: the base experiment's local paths made absolute, as a
+    sweep's trial drivers, each in its own folder, need them). ``--set`` on a key of the file (``search.seeds=[0,1]``, ``teacher_pool.unilm=/path``,
     ``space.distill.temperature.grid=[1,2]``, ``variants.X={...}``) changes the study; any other key changes the
     base experiment (``data.task=rte``)."""
     path = Path(path)
@@ -403,4 +432,4 @@ def load_space(path: str | Path, overrides: Iterable[str] = ()) -> Space:
     for key, value in spec.overrides.items():
         set_dotted(base, key.split("."), value, label=f"{path}: overrides.{key}")
     base = apply_overrides(base, experiment_sets)
-    return Space(spec, base, str(path))
+    return Space(spec, absolutize_paths(base) if absolute_paths else base, str(path))

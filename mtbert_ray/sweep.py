@@ -35,7 +35,7 @@ from mtbert_ray.context import select_metric_name, task_metrics
 from mtbert_ray.errors import ConfigError, ResultsError
 from mtbert_ray.metric_names import Split, metric_key, teacher_mean_key
 from mtbert_ray.results import ExperimentResult
-from mtbert_ray.space import Space, SpaceFile, load_space
+from mtbert_ray.space import Space, load_space
 from mtbert_ray.sweep_record import SWEEP_FILE, SweepRecord, read_sweep_record, write_sweep_record
 from mtbert_ray.trial_needs import TrialNeeds, trial_needs
 from mtbert_ray.upload import check_upload_uri, upload_sweep
@@ -44,24 +44,6 @@ log = logging.getLogger(__name__)
 
 RUNS_DIR = "runs"
 ANALYSIS_DIR = "analysis"
-
-
-def absolutize_paths(base: dict[str, Any]) -> dict[str, Any]:
-    """Local paths in the base experiment made absolute (trial drivers run in their own folders)."""
-    base = json.loads(json.dumps(base))
-    data = base.get("data") or {}
-    for key in ("path", "cache_dir"):
-        if data.get(key):
-            data[key] = str(Path(data[key]).expanduser().resolve())
-    for section, key in (("student", "init_from"),):
-        value = (base.get(section) or {}).get(key)
-        if value and Path(value).expanduser().exists():
-            base[section][key] = str(Path(value).expanduser().resolve())
-    base["teachers"] = [
-        str(Path(t).expanduser().resolve()) if isinstance(t, str) and Path(t).expanduser().exists() else t
-        for t in base.get("teachers") or []
-    ]
-    return base
 
 
 def final_report(result: ExperimentResult, epochs: int) -> dict[str, Any]:
@@ -95,8 +77,7 @@ def trial_driver(params: dict[str, Any], sweep: SweepRecord) -> None:
 
     from mtbert_ray.pipeline import run_experiment
 
-    space = Space(SpaceFile.model_validate(sweep.spec), sweep.base, sweep.source)
-    config = space.trial_config(params)
+    config = Space.from_record(sweep).trial_config(params)  # the one validation of this trial's config
     trial_id = tune.get_context().get_trial_id()
     run_dir = Path(sweep.experiment_dir) / RUNS_DIR / trial_id
     result = run_experiment(config, storage=sweep.storage, run_dir=run_dir)
@@ -232,7 +213,6 @@ def run_sweep(
     """Start (or ``resume``) a sweep; returns (ResultGrid, experiment folder)."""
     from ray import tune
 
-    from mtbert_ray.config import validate_config
     from mtbert_ray.storage import resolve_storage
 
     if name is not None:
@@ -248,11 +228,11 @@ def run_sweep(
         sweep = read_sweep_record(experiment_dir)  # damaged: one line naming the file
         if not tune.Tuner.can_restore(str(experiment_dir)):
             raise ResultsError(f"--resume: {experiment_dir} holds no sweep to resume")
-        space = Space(SpaceFile.model_validate(sweep.spec), sweep.base, sweep.source)
-        base_config = validate_config(space.base, source=f"{space.source}: experiment")
+        space = Space.from_record(sweep, check=True)
+        base_config = space.base_config
         needs, max_concurrent = _start_ray(space, base_config)
     else:
-        space = load_space(space_path, overrides)
+        space = load_space(space_path, overrides, absolute_paths=True)
         if num_samples is not None:
             space.spec.search.num_samples = num_samples
         name = name or checked_name(space.spec.name, f"{space.source}: name")
@@ -261,8 +241,7 @@ def run_sweep(
             raise ResultsError(
                 f"--name {name}: {experiment_dir} already holds a sweep; use --resume to continue it, or another --name"
             )
-        space = Space(space.spec, absolutize_paths(space.base), space.source)
-        base_config = validate_config(space.base, source=f"{space.source}: experiment")
+        base_config = space.base_config
         check_space_models(space)
         needs, max_concurrent = _start_ray(space, base_config)  # a plan that cannot fit is refused before anything is written
         sweep = SweepRecord(

@@ -118,3 +118,21 @@ def test_dry_run_prints_trials_shared_stages_cache_sizes_and_resources(capsys):
     assert "a cluster of at least 3 CPU runs them all at their peak" in text
     optuna = planned_trials(load_space(REPO / "tune_spaces" / "demo.yaml"))
     assert len(optuna) == 6 and optuna[0].params["distill.temperature"] == "(sampled)"
+
+
+def test_a_sweep_validates_its_base_once_and_each_trial_config_once(monkeypatch):
+    """The sweep driver checks the space (and its base experiment) once; a trial rebuilds the space from the sweep
+    record without checking it again and validates only its own config."""
+    import mtbert_ray.space as space_module
+    from mtbert_ray.dryrun import planned_trials
+
+    calls = []
+    real = space_module.validate_config
+    monkeypatch.setattr(space_module, "validate_config", lambda *a, **k: calls.append(k.get("source")) or real(*a, **k))
+    space = load_space(REPO / "tune_spaces" / "teachers.yaml", absolute_paths=True)
+    assert len(calls) == 1 and space.base_config is not None
+    params = planned_trials(space)[0].params
+    calls.clear()
+    record = type("Record", (), {"spec": space.spec.model_dump(mode="json"), "base": space.base, "source": space.source})
+    config = space_module.Space.from_record(record).trial_config(params)
+    assert len(calls) == 1 and "trial" in calls[0] and config.teachers
