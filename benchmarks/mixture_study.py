@@ -12,6 +12,12 @@ Teachers: the offline MiniLM-L6, multilingual-e5-small (``<shared>/tools/seed_e5
 is run in parts (``--name mixture-b --variants ROW ...``) and analysed together (``--name mixture --parts mixture-b
 --analysis-only``); an interrupted part continues with ``--resume``.
 
+The Tune-chosen mixture: ``--tune N --name mixture-tune`` runs an Optuna study of N trials over the mixture of
+{L6, e5} (``loss.teacher_weighting``, its τ, the priors α as variants — each teacher's one-hot prior among them — and
+the hidden loss on or off), every trial from the same teachers and student, ranked on validation; ``--chosen
+--name mixture-chosen --tune-name mixture-tune`` then runs the trial validation chose as the row "Tune-chosen
+mixture", 5 seeds, which joins the tables as a part.
+
 Targets (issue 28), paired on test: (a) every multi-teacher student ≥ its best single-teacher student − 0.3 points
 and ≥ both ensembles; (b) with the transfer text, {L6, e5} (and {L6, e5, MPNet}) − {L6} ≥ +0.5 with the bootstrap
 interval above 0; (c) the transfer text's gain for the {L6} student, reported.
@@ -32,6 +38,9 @@ from _common import REPO, header, storage
 
 SPACE = REPO / "benchmarks" / "mixture_study.yaml"
 SINGLES = ["{L6}", "{e5}", "{MPNet}"]
+CHOSEN = "Tune-chosen mixture"
+PRIORS = {"uniform": {}, "only L6": {"loss.teacher_prior": [1.0, 0.0]}, "only e5": {"loss.teacher_prior": [0.0, 1.0]},
+          "L6 favoured": {"loss.teacher_prior": [0.75, 0.25]}, "e5 favoured": {"loss.teacher_prior": [0.25, 0.75]}}
 ENSEMBLES = ["Average Ensemble", "Weighted Ensemble"]
 
 
@@ -63,6 +72,37 @@ def resolved_space(folder: Path, results: Path) -> Path:
     return path
 
 
+def tune_space(study_space: Path, trials: int) -> Path:
+    """The Optuna study over {L6, e5}'s mixture, with the study's experiment (so it shares its stages)."""
+    spec = yaml.safe_load(study_space.read_text())
+    tune = {
+        "name": "mixture-tune", "description": "Optuna over the teacher mixture of {L6, e5}, ranked on validation",
+        "experiment": spec["experiment"], "variants": PRIORS,
+        "space": {"variant": {"choice": list(PRIORS)}, "loss.teacher_weighting": {"choice": ["paper", "normalized", "confidence"]},
+                  "loss.confidence_temperature": {"loguniform": [0.25, 2.0]}, "loss.hidden": {"choice": [True, False]}},
+        "search": {"searcher": "optuna", "num_samples": trials, "seeds": [0], "max_concurrent_trials": 1},
+        "analysis": {"rows": "trial"},
+    }
+    path = study_space.with_name("mixture_tune.resolved.yaml")
+    path.write_text(yaml.safe_dump(tune, sort_keys=False))
+    return path
+
+
+def chosen_variant(tune_dir: Path) -> dict:
+    """The settings of the Optuna trial best on validation, as a variant of the study."""
+    from mtbert_ray.analysis import best_trial, load_study
+
+    best = best_trial(load_study(tune_dir))
+    if best is None:
+        raise SystemExit(f"{tune_dir}: no finished trial to choose from")
+    params = best["params"]
+    variant = {**PRIORS[params["variant"]], **{k: params[k] for k in ("loss.teacher_weighting", "loss.hidden")}}
+    if params["loss.teacher_weighting"] == "confidence":
+        variant["loss.confidence_temperature"] = params["loss.confidence_temperature"]
+    print(f"[mixture] {CHOSEN}: trial {best['trial_id']} ({best['selected_by']} {best['validation']}) → {variant}", flush=True)
+    return variant
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", default=os.environ.get("MTBERT_SHARED", str(REPO.parent / "shared")))
@@ -71,6 +111,9 @@ def main() -> None:
     parser.add_argument("--analysis-only", action="store_true", help="tables of what has run, no training")
     parser.add_argument("--variants", nargs="+", default=None, metavar="ROW", help="run only these rows, as a part under --name")
     parser.add_argument("--parts", nargs="*", default=[], metavar="NAME", help="further parts whose trials join the tables")
+    parser.add_argument("--tune", type=int, default=None, metavar="N", help="run the Optuna mixture study of N trials as --name")
+    parser.add_argument("--chosen", action="store_true", help="run the trial --tune-name chose on validation, 5 seeds, as --name")
+    parser.add_argument("--tune-name", default="mixture-tune", help="the Optuna part --chosen reads")
     args = parser.parse_args()
     header("mixture: teacher sets, mixtures, ensembles, transfer text; rt_polarity re-split by film, test 3,007, 5 seeds")
     results = storage() / "mixture"
@@ -78,8 +121,14 @@ def main() -> None:
     space = resolved_space(resplit(), results)
     if not args.analysis_only:
         command = [sys.executable, "-m", "mtbert_ray.sweep", "--storage", str(results), "--name", args.name]
+        if args.tune is not None and not args.resume:
+            subprocess.run([*command, "--space", str(tune_space(space, args.tune))], cwd=REPO, env=env, check=True)
+            return
         command += ["--resume"] if args.resume else ["--space", str(space)]
-        if args.variants and not args.resume:
+        if args.chosen and not args.resume:
+            command += ["--set", f"variants.{CHOSEN}={json.dumps(chosen_variant(results / 'sweeps' / args.tune_name))}",
+                        "--set", f"space.variant={{grid: {json.dumps([CHOSEN])}}}", "--set", "analysis.comparisons=[]"]
+        elif args.variants and not args.resume:
             command += ["--set", f"space.variant={{grid: {json.dumps(args.variants)}}}", "--set", "analysis.comparisons=[]"]
         subprocess.run(command, cwd=REPO, env=env, check=True)
 

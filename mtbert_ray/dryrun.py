@@ -28,6 +28,7 @@ class PlannedTrial:
     params: dict[str, Any]
     config: ExperimentConfig
     sampled: list[str]  # space keys whose value Tune samples
+    varies: list[str] = field(default_factory=list)  # config keys a sampled value can change (a variant: the keys it sets)
 
 
 def planned_trials(space: Space) -> list[PlannedTrial]:
@@ -41,13 +42,16 @@ def planned_trials(space: Space) -> list[PlannedTrial]:
             sampled.append(key)
     if "seed" not in space.spec.space:
         grid["seed"] = list(space.search.seeds)
+    varies = [k for k in sampled if k != "variant"]
+    if "variant" in sampled:
+        varies += sorted({key for overrides in (space.spec.variants or {}).values() for key in overrides})
     trials = []
     for _ in range(space.search.num_samples):
         for combo in itertools.product(*grid.values()):
             params = dict(zip(grid, combo))
             probe = {**params, **{k: space.spec.space[k].examples()[0] for k in sampled}}
             config = space.trial_config(probe)
-            trials.append(PlannedTrial({**params, **{k: SAMPLED for k in sampled}}, config, sampled))
+            trials.append(PlannedTrial({**params, **{k: SAMPLED for k in sampled}}, config, sampled, varies))
     return trials
 
 
@@ -64,12 +68,12 @@ class StagePlan:
     seeds: dict[str, int] = field(default_factory=dict)  # stage-1 key → its seed
     cache_configs: dict[str, ExperimentConfig] = field(default_factory=dict)  # teacher-cache key → a trial's config
     varying: bool = False
+    caches_varying: bool = False  # a sampled value changes the teacher caches' keys (not stage 1's)
 
 
 def _touches(spec: StageSpec, sampled: list[str]) -> bool:
-    """Whether a sampled space key changes what ``spec``'s key reads."""
-    paths = spec.paths() | {"variant"}
-    return any(k == p or k.startswith(p + ".") or p.startswith(k + ".") for k in sampled for p in paths)
+    """Whether a sampled config key changes what ``spec``'s key reads."""
+    return any(k == p or k.startswith(p + ".") or p.startswith(k + ".") for k in sampled for p in spec.paths())
 
 
 class _Facts:
@@ -123,7 +127,7 @@ def planned_stages(trials: list[PlannedTrial], stages_root: Path | None = None) 
     out = StagePlan()
     for i, trial in enumerate(trials, start=1):
         cfg = trial.config
-        if _touches(COFINETUNE, trial.sampled):
+        if _touches(COFINETUNE, trial.varies):
             out.varying = True
             co = f"(sampled, trial {i})"
         else:
@@ -137,7 +141,9 @@ def planned_stages(trials: list[PlannedTrial], stages_root: Path | None = None) 
             out.heads.setdefault(own, []).append(i)
             out.cofinetune.setdefault(own, [])
             out.teachers[own], out.seeds[own] = [head], cfg.seed
-        if not uses_cache(ConfigView(cfg)) or out.varying or _touches(TEACHER_CACHE, trial.sampled):
+        if _touches(TEACHER_CACHE, trial.varies):
+            out.caches_varying = True
+        if not uses_cache(ConfigView(cfg)) or out.varying or out.caches_varying:
             continue
         known = facts.of(cfg)
         splits = [s for s in CACHE_SPLITS if s in known.splits]
@@ -236,7 +242,8 @@ def plan(space: Space, stages_root: Path | None = None) -> str:
     shapes = {t: _teacher_shape(base, t) for t in {t for trial in trials for t in trial.config.teachers}}
     total = 0.0
     caches = stages.teacher_cache
-    lines.append(f"teacher caches: {len(caches)} distinct ({rows:,} labelled training rows"
+    known = "known once Tune samples, a sampled value changes their keys" if stages.caches_varying or stages.varying else None
+    lines.append(f"teacher caches: {known or f'{len(caches)} distinct'} ({rows:,} labelled training rows"
                  + (f" + {unlabeled_rows:,} unlabelled" if unlabeled_rows else "") + f", ~{tokens:.1f} student tokens per row)")
     for key, members in caches.items():
         cfg = stages.cache_configs[key]

@@ -118,6 +118,12 @@ def test_dry_run_prints_trials_shared_stages_cache_sizes_and_resources(capsys):
     assert "a cluster of at least 3 CPU runs them all at their peak" in text
     optuna = planned_trials(load_space(REPO / "tune_spaces" / "demo.yaml"))
     assert len(optuna) == 6 and optuna[0].params["distill.temperature"] == "(sampled)"
+    from mtbert_ray.dryrun import planned_stages
+
+    stages = planned_stages(optuna)  # sampled stage-3 settings: every trial shares one stage 1 and one cache, known now
+    assert not stages.varying and not stages.caches_varying and len(stages.cofinetune) == 1 and len(stages.teacher_cache) == 1
+    mixture = planned_trials(load_space(REPO / "tune_spaces" / "teacher_mixture.yaml"))  # sampled priors: stage 3 only
+    assert mixture[0].varies and not planned_stages(mixture).varying
 
 
 def test_a_sweep_validates_its_base_once_and_each_trial_config_once(monkeypatch):
