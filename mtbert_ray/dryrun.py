@@ -273,7 +273,33 @@ def plan(space: Space, stages_root: Path | None = None) -> str:
         from mtbert_ray.memory_fit import memory_lines
 
         lines += memory_lines(base)
+        lines += _feed_lines(base, tokens, [shapes[t][0] for t in base.teachers])
     return "\n".join(lines)
+
+
+def _feed_lines(cfg: ExperimentConfig, tokens: float, widths: list[int]) -> list[str]:
+    """Stage 3's input rate on a GPU (``input_rate``): the rows/s one H100 trains, the bytes a row reads, the CPUs per
+    GPU worker that deliver them, and a warning when ``resources.cpus_per_worker`` is short of that."""
+    from mtbert_ray.input_rate import feed_rate, student_flops_per_row
+    from mtbert_ray.memory_fit import encoder_shape
+    from mtbert_ray.models.hub import load_config
+    from mtbert_ray.stages import uses_cache
+    from mtbert_ray.train.cache import INDEX_BYTES_PER_TOKEN
+    from mtbert_ray.trial_needs import ConfigView
+
+    layers = cfg.student.num_layers
+    shape = encoder_shape(load_config(cfg.student.init_from, trust_remote_code=cfg.trust_remote_code, num_hidden_layers=layers))
+    projected = tuple(widths) if cfg.loss.hidden else ()
+    flops = student_flops_per_row(layers * 12 * shape.hidden ** 2, layers, shape.hidden, tokens, projected)
+    row = cache_bytes(cfg, 1, tokens, widths) if uses_cache(ConfigView(cfg)) else tokens * INDEX_BYTES_PER_TOKEN * (1 + len(widths))
+    rate = feed_rate(flops, row)
+    lines = [f"stage-3 input (reasoned, mtbert_ray/input_rate.py): {rate.describe()}"]
+    if rate.cpus_per_gpu > cfg.resources.cpus_per_worker:
+        lines.append(f"  warning: resources.cpus_per_worker {cfg.resources.cpus_per_worker:g} is short of the ~{rate.cpus_per_gpu} "
+                     "CPUs that decode a GPU's rows: the GPU will wait for input"
+                     + ("; cache.hidden: false (logits only, the teachers' states computed on the GPU) reads far less"
+                        if cfg.cache.hidden and cfg.loss.hidden else ""))
+    return lines
 
 
 def _first_params(space: Space) -> dict[str, Any]:

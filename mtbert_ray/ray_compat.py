@@ -31,7 +31,7 @@ def shard_locality(data_config: Any) -> bool:
 
 
 def restart_execution_count(dataset: Any) -> None:
-    """Start a dataset's execution count at 0: Ray Data seeds ``randomize_block_order`` per execution (epoch) from it,
+    """Start a dataset's execution count at 0: Ray Data seeds ``randomize_block_order`` and a file shuffle per execution (epoch) from it,
     and copies the count from the process's current context, which a reused worker process has advanced."""
     dataset.context._execution_idx = 0
 

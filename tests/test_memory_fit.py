@@ -62,3 +62,18 @@ def test_a_gpu_plan_prints_its_memory(tiny_models, tmp_path):
     assert "GPU memory (reasoned" in text
     assert "co-finetuning: ~1.0 GB per GPU worker" in text and "fits a 24 GB card" in text
     assert "peak 2.5 CPU + 1 GPU" in text  # driver 0.5 + a 1-CPU GPU worker + a read task; one GPU, not two
+    assert "stage-3 input (reasoned, mtbert_ray/input_rate.py): one H100" in text
+
+
+def test_the_paper_students_hidden_state_cache_is_input_bound_on_one_h100():
+    """6 × 768 student, 128 tokens, three 768-wide teachers: ~31 GFLOP a row, so an H100 at 40 % of its bf16 peak
+    trains ~9,500 rows/s; hidden states of 6 layers × 2,304 widths × 128 tokens in float16 are 3.5 MB a row —
+    ~34 GB/s, hundreds of cores — while logits only need one core."""
+    from mtbert_ray.input_rate import ASSUMED_MFU, H100_BF16_FLOPS, feed_rate, student_flops_per_row
+
+    flops = student_flops_per_row(6 * 12 * 768 ** 2, 6, 768, 128, (768, 768, 768))
+    assert flops == pytest.approx(6 * 6 * 12 * 768 ** 2 * 128 + 12 * 6 * 128 ** 2 * 768 + 6 * 128 * 6 * 2304 * 768)
+    hidden = feed_rate(flops, 128 * 2304 * 6 * 2, bytes_per_core_s=100e6)
+    assert hidden.gpu_rows_per_s == pytest.approx(ASSUMED_MFU * H100_BF16_FLOPS / flops)
+    assert 9_000 < hidden.gpu_rows_per_s < 10_000 and hidden.cpus_per_gpu > 300
+    assert feed_rate(flops, 2_600, bytes_per_core_s=100e6).cpus_per_gpu == 1

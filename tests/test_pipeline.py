@@ -249,6 +249,26 @@ def test_in_process_and_ray_train_workers_give_the_same_student(first_run, tiny_
     assert again.student_metrics == first_run.student_metrics and again.student.test == first_run.student.test
 
 
+def test_streamed_splits_give_the_same_student_in_process_and_on_a_train_worker(first_run, tiny_models, storage,
+                                                                               tmp_path, monkeypatch):
+    """Every split streamed by read tasks (as a large one is) and the teacher cache in 16-row files, so the per-epoch
+    file order matters: the in-process run and a 1-worker TorchTrainer see the same order and train the same student."""
+    import mtbert_ray.data.loader as loader
+    import mtbert_ray.train.cache as cache_module
+
+    monkeypatch.setattr(loader, "fits_in_object_store", lambda *a, **k: False)
+    monkeypatch.setattr(cache_module, "ROWS_PER_FILE", 16)
+    runs = []
+    for execution in ("in_process", "trainer"):
+        raw = tiny_experiment(tiny_models, storage, cache={"enabled": True, "hidden": True, "dtype": "bfloat16"},
+                              distill={"epochs": 2}, resources={"num_workers": 1, "cpus_per_worker": 1, "execution": execution})
+        runs.append(run_experiment(validate_config(raw), storage=storage, run_dir=tmp_path / execution))
+    files = sorted(Path(runs[0].summary["stages"]["teacher_cache"]["checkpoint"]).rglob("train/*.parquet"))
+    assert len(files) == 8, "128 training rows in 16-row files"
+    assert runs[1].teacher_cache.reused
+    assert runs[1].student_metrics == runs[0].student_metrics and runs[1].student.test == runs[0].student.test
+
+
 def test_a_killed_in_process_run_resumes_from_its_latest_checkpoint(ray_session, tiny_models, tmp_path):
     """``python -m mtbert_ray.run`` runs one-worker stages in its own process: killed in distillation epoch 2
     (a preempted trial), the same command with the same run folder continues from the epoch-1 checkpoint."""

@@ -12,9 +12,13 @@ worker takes the same number of steps, as data-parallel training needs; at most 
 rows of an epoch are left out, different ones each epoch); validation, test and the teacher cache
 are split without dropping a row, so metrics and the cache cover every example.
 
-Shuffling: views store their rows in a seeded random order (``data.shards``); training then reads
-blocks in a new seeded order each epoch (``randomize_block_order`` re-seeded per execution) through a
-seeded local shuffle buffer.
+Shuffling: views store their rows in a seeded random order (``data.shards``); training then reads them in a new
+seeded order each epoch through a seeded local shuffle buffer: a split read on the driver as in-memory blocks of
+``BLOCK_ROWS`` (``randomize_block_order``, re-seeded per execution), a streamed split as its Parquet files in a new
+seeded order (``read_parquet(shuffle=FileShuffleConfig(...))``). Not ``randomize_block_order`` for a streamed split:
+it is an all-to-all step that holds every block of the epoch in the object store before the first batch, and under
+``preserve_order`` (which the stages set, for reproducible runs) Ray 2.60 gives the streamed blocks back in file order
+anyway — measured: the same order every epoch (``tests/test_loader_order.py``).
 
 Two cores: Ray Data read tasks need a CPU that Train workers do not hold. The project starts
 a local Ray with more logical CPUs than cores (``mtbert_ray.ray_runtime.init_ray``) so that
@@ -70,11 +74,12 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
     that fits — for a stage in the calling process, which is the split's only reader: a streamed read there is
     the same bytes read by a task, and a training split read by tasks waits for all its blocks every epoch before
     their order is shuffled, 5–8 s for the demo's 116 MB cache against ~2 s read once here).
-    ``shuffle_seed``: blocks come in a new seeded order each epoch (for the training split).
+    ``shuffle_seed``: a new seeded order each epoch (for the training split): of the in-memory blocks, or of the
+    files of a streamed split.
     ``blocks``: read into at least this many blocks (so an actor pool of that many workers all get input).
     ``mix_seed``: the files hold rows of several splits (labelled and unlabelled training rows): a read split's rows
     are put in one seeded random order before they are cut into blocks, so every block holds both kinds in their
-    proportion; a streamed split mixes them by its per-epoch block order and the local shuffle buffer only.
+    proportion; a streamed split mixes them by its per-epoch file order and the local shuffle buffer only.
     """
     import pyarrow.parquet as pq
     import ray.data
@@ -94,13 +99,16 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
         del table, blocks
         pa.default_memory_pool().release_unused()  # the driver's copy goes back to the system
     else:
-        ds = ray.data.read_parquet(list(files), columns=keep, override_num_blocks=blocks)
+        from ray.data import FileShuffleConfig
+
+        shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True) if shuffle_seed is not None else None
+        ds = ray.data.read_parquet(list(files), columns=keep, override_num_blocks=blocks, shuffle=shuffle)
         ds.context.target_max_block_size = STREAM_BLOCK_BYTES
-    if shuffle_seed is not None:
+    if shuffle_seed is not None and materialize:
         from ray.data import RandomSeedConfig
 
         ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
-    # The block order of execution (epoch) e is seeded by (seed, e): Ray Data counts executions in the dataset's
+    # The block (file) order of execution (epoch) e is seeded by (seed, e): Ray Data counts executions in the dataset's
     # context, which it copies from the process's current one — in a reused worker process that count is not 0.
     from mtbert_ray.ray_compat import restart_execution_count
 
