@@ -31,6 +31,23 @@ DATA = REPO / "data" / "rt_polarity"
 THREADS = 2  # CPUs per Train worker in every benchmark, and torch threads on the plain side
 
 
+def study_parser(description: str, name: str):
+    """The arguments of a study run in resumable parts (``quality.py``, ``mixture_study.py``): the shared folder with
+    the seeding tools, the sweep name, --resume, --analysis-only, --variants (a part of some rows) and --parts."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--shared", default=os.environ.get("MTBERT_SHARED", str(REPO.parent / "shared")))
+    parser.add_argument("--name", default=name)
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted part")
+    parser.add_argument("--analysis-only", action="store_true", help="tables of what has run, no training")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="ROW",
+                        help="run only these rows (in this order), as a further part of the study under --name")
+    parser.add_argument("--parts", nargs="*", default=[], metavar="NAME",
+                        help="further parts of this study (run with --variants) whose trials join the tables")
+    return parser
+
+
 def storage() -> Path:
     path = Path(os.environ.get("MTBERT_BENCH_STORAGE", REPO / "benchmarks" / ".results")).resolve()
     path.mkdir(parents=True, exist_ok=True)

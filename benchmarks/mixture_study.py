@@ -25,7 +25,6 @@ Last line: ``mixture_targets_met=<met>/<measured> measured (of <total>)``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -34,7 +33,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from _common import REPO, header, storage
+from _common import REPO, header, storage, study_parser
 
 SPACE = REPO / "benchmarks" / "mixture_study.yaml"
 SINGLES = ["{L6}", "{e5}", "{MPNet}"]
@@ -104,13 +103,7 @@ def chosen_variant(tune_dir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default=os.environ.get("MTBERT_SHARED", str(REPO.parent / "shared")))
-    parser.add_argument("--name", default="mixture")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted part")
-    parser.add_argument("--analysis-only", action="store_true", help="tables of what has run, no training")
-    parser.add_argument("--variants", nargs="+", default=None, metavar="ROW", help="run only these rows, as a part under --name")
-    parser.add_argument("--parts", nargs="*", default=[], metavar="NAME", help="further parts whose trials join the tables")
+    parser = study_parser(__doc__.splitlines()[0], "mixture")
     parser.add_argument("--tune", type=int, default=None, metavar="N", help="run the Optuna mixture study of N trials as --name")
     parser.add_argument("--chosen", action="store_true", help="run the trial --tune-name chose on validation, 5 seeds, as --name")
     parser.add_argument("--tune-name", default="mixture-tune", help="the Optuna part --chosen reads")

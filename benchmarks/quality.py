@@ -28,7 +28,6 @@ Last line: ``quality_targets_met=<met>/<measured> measured (of <total>); with_me
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -37,7 +36,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from _common import REPO, header, storage
+from _common import REPO, header, storage, study_parser
 
 ALL = "{L6, L3, MPNet}"
 SINGLES = ["{L6}", "{L3}", "{MPNet}"]
@@ -59,16 +58,7 @@ def mpnet_hub(shared: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default=os.environ.get("MTBERT_SHARED", str(REPO.parent / "shared")))
-    parser.add_argument("--name", default="quality")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted study")
-    parser.add_argument("--analysis-only", action="store_true", help="tables of a finished study, no training")
-    parser.add_argument("--variants", nargs="+", default=None, metavar="ROW",
-                        help="run only these rows (in this order), as a further part of the study under --name")
-    parser.add_argument("--parts", nargs="*", default=[], metavar="NAME",
-                        help="further sweeps of this study (run with --variants) whose trials join the tables")
-    args = parser.parse_args()
+    args = study_parser(__doc__.splitlines()[0], "quality").parse_args()
     header("quality: teacher sets, ensembles and ablations on rt_polarity (4,000 sentences), test split, 3 seeds")
     results = storage() / "quality"
     env = {**os.environ, "HF_HUB_CACHE": str(mpnet_hub(Path(args.shared))), "HF_HUB_OFFLINE": "1"}

@@ -33,6 +33,21 @@ class ResultsError(MTBertError):
 EXIT_USAGE = 2
 
 
+def add_stage_flags(parser) -> None:
+    """``--verify`` and ``--debug``, the flags of every command that runs stages (``run``, ``sweep``)."""
+    parser.add_argument("--verify", action="store_true", help="re-hash every reused artefact (sizes and row counts are always checked)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def start_cli(debug: bool) -> None:
+    """What a stage-running command sets before it starts: logging (INFO with ``--debug``), no Ray Data progress bars."""
+    import logging
+    import os
+
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(message)s")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
 def run_cli(main: Callable[[], int | None], debug: bool) -> NoReturn:
     """Run a CLI body: user errors → one line on stderr and exit 2; ``debug`` re-raises them."""
     try:

@@ -6,8 +6,8 @@ prints the path of its run folder last (``result.json``, ``config.yaml``, ``stud
 from __future__ import annotations
 
 import argparse
-import logging
-import os
+
+from mtbert_ray.errors import add_stage_flags, start_cli
 
 
 def format_result(result, student_layers: int) -> str:
@@ -39,11 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (dotted), repeatable")
     parser.add_argument("--storage", default=None, help="results root (default $MTBERT_RAY_STORAGE or ~/mtbert_results)")
     parser.add_argument("--run-dir", default=None, help="run folder (default <storage>/runs/<name>-<time>); an existing one resumes")
-    parser.add_argument("--verify", action="store_true", help="re-hash every reused artefact (sizes and row counts are always checked)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_stage_flags(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    start_cli(args.debug)
 
     from mtbert_ray.errors import run_cli
 

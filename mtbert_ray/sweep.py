@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mtbert_ray.context import select_metric_name, task_metrics
-from mtbert_ray.errors import ConfigError, ResultsError
+from mtbert_ray.errors import ConfigError, ResultsError, add_stage_flags, start_cli
 from mtbert_ray.metric_names import Split, metric_key, teacher_mean_key
 from mtbert_ray.results import ExperimentResult
 from mtbert_ray.space import Space, load_space
@@ -327,11 +327,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="also log every trial's parameters and metrics to MLflow at URI (e.g. sqlite:///mlflow.db, http://host:5000)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the trials, shared co-finetuning runs and caches (with sizes) and resources; run nothing")
-    parser.add_argument("--verify", action="store_true", help="re-hash every reused artefact (sizes and row counts are always checked)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_stage_flags(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    start_cli(args.debug)
 
     from mtbert_ray.errors import run_cli
 
