@@ -82,6 +82,17 @@ def spaces_markdown() -> str:
     return models_markdown(SpaceFile, SPACES_HEADER)
 
 
+def _key_note(model: type[BaseModel], name: str) -> str:
+    """A field's ``not_in_key`` marker (``stage_keys``), said in the docs: which stage keys leave it out, and why."""
+    from mtbert_ray.stage_keys import EVERY_STAGE, marker
+
+    mark = marker(model, name) if hasattr(model, "model_fields") else None
+    if mark is None:
+        return ""
+    which = "any stage key" if set(mark["stages"]) == set(EVERY_STAGE) else "the " + " and ".join(mark["stages"]) + " key"
+    return f" *Not part of {which}: {mark['reason']}.*"
+
+
 def models_markdown(root: type[BaseModel], header: str) -> str:
     """A page of every field of ``root`` and its nested sections: key, type, default, description."""
     lines = [header]
@@ -97,7 +108,7 @@ def models_markdown(root: type[BaseModel], header: str) -> str:
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 lines.append(f"| `{prefix}{name}` | section | | {field.description} See `{prefix}{name}` below. |")
                 continue
-            lines.append(f"| `{prefix}{name}` | {_type_name(annotation)} | {_default(field)} | {field.description or ''} |")
+            lines.append(f"| `{prefix}{name}` | {_type_name(annotation)} | {_default(field)} | {field.description or ''}{_key_note(model, name)} |")
         lines.append("")
     return "\n".join(lines)
 
