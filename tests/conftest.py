@@ -74,6 +74,7 @@ def tiny_experiment(tiny_models: dict[str, str], tmp_path: Path, **sections) -> 
         },
         "cofinetune": {"epochs": 1, "lr": 1e-3, "head_lr": 1e-3, "batch_size": 32, "query_dim": 16},
         "distill": {"epochs": 2, "lr": 1e-3, "batch_size": 32},
+        "loss": {"hidden": True},  # the paper's three terms: the tests cover the hidden loss's whole path
         "resources": {"num_workers": 1, "cpus_per_worker": 1},
     }
     for key, value in sections.items():

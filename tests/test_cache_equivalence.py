@@ -63,7 +63,7 @@ def test_cache_and_on_the_fly_give_the_same_loss(tiny_models, tmp_path, weighted
     cache = pq.read_table(path)
     assert cache["example_id"].to_pylist() == view["example_id"].to_pylist()
 
-    loss_cfg = LossConfig(weighted=weighted, ensemble=mode)
+    loss_cfg = LossConfig(hidden=True, weighted=weighted, ensemble=mode)
     distill_cfg = DistillConfig(temperature=2.0)
     order = np.random.default_rng(0).permutation(view.num_rows)
     cache_collate = PadCollate({s_tok: data.tokenizations[s_tok].pad_token_id}, cache_float_columns(ensemble.widths, 1, range(len(ensemble.widths))),

@@ -244,9 +244,9 @@ def test_objective_weights_each_term_and_reports_it_unweighted(gen):
 
     student, teachers = torch.randn(4, 2, generator=gen), torch.randn(3, 4, 2, generator=gen)
     labels, hidden = torch.tensor([0, 1, 1, 0]), torch.tensor(0.7)
-    plain = mt_bert_objective(student, labels, teachers, LossConfig(), DistillConfig(), hidden_loss=hidden)
+    plain = mt_bert_objective(student, labels, teachers, LossConfig(hidden=True), DistillConfig(), hidden_loss=hidden)
     assert plain["loss"] == pytest.approx(float(plain["hidden"] + plain["distill"] + plain["task"]))
-    weighted = mt_bert_objective(student, labels, teachers, LossConfig(hidden_weight=0.1, distill_weight=2.0, task_weight=0.5),
+    weighted = mt_bert_objective(student, labels, teachers, LossConfig(hidden=True, hidden_weight=0.1, distill_weight=2.0, task_weight=0.5),
                                  DistillConfig(), hidden_loss=hidden)
     assert {k: float(v) for k, v in weighted.items() if k != "loss"} == {k: float(v) for k, v in plain.items() if k != "loss"}
     assert weighted["loss"] == pytest.approx(0.1 * 0.7 + 2.0 * float(plain["distill"]) + 0.5 * float(plain["task"]))
