@@ -142,18 +142,17 @@ def main() -> None:
     print(f"one core (pyarrow + PadCollate, 1 thread): {rows / core_s:,.0f} rows/s = {size / core_s / 1e6:,.0f} MB/s")
     print(f"Ray Data streamed + PadCollate ({os.cpu_count()} cores): {rows / ray_s:,.0f} rows/s = {size / ray_s / 1e6:,.0f} MB/s")
     paper = paper_arithmetic()
+    core_rate = size / core_s
     print("the paper's student on one H100 (mtbert_ray/input_rate.py; FLOPs/row = 6·N·s + 12·K·s²·h + 6·s·K·Σw·h):")
-    for kind in ("hidden", "logits"):
+    cores = {}
+    for kind, what in (("hidden", "hidden-state cache"), ("logits", "logits-only cache")):
         rate = paper[kind]
-        cores = max(1, int(np.ceil(rate.gpu_rows_per_s * rate.bytes_per_row / (size / core_s))))
-        what = "hidden-state cache" if kind == "hidden" else "logits-only cache"
-        print(f"  {what}: {rate.gpu_rows_per_s:,.0f} rows/s × {rate.bytes_per_row / 1e3:,.1f} kB = "
-              f"{rate.gpu_rows_per_s * rate.bytes_per_row / 1e9:,.2f} GB/s → {cores} core(s) at this machine's one-core rate")
-    hidden_cores = max(1, int(np.ceil(paper["hidden"].gpu_rows_per_s * paper["hidden"].bytes_per_row / (size / core_s))))
-    logits_cores = max(1, int(np.ceil(paper["logits"].gpu_rows_per_s * paper["logits"].bytes_per_row / (size / core_s))))
-    print(f"input_mb_per_core_s={size / core_s / 1e6:.0f} ray_data_mb_s={size / ray_s / 1e6:.0f} "
-          f"cpus_per_h100_hidden={hidden_cores} cpus_per_h100_logits={logits_cores}")
-
+        need = rate.gpu_rows_per_s * rate.bytes_per_row
+        cores[kind] = max(1, int(np.ceil(need / core_rate)))
+        print(f"  {what}: {rate.gpu_rows_per_s:,.0f} rows/s × {rate.bytes_per_row / 1e3:,.1f} kB = {need / 1e9:,.2f} GB/s "
+              f"→ {cores[kind]} core(s) at this machine's one-core rate")
+    print(f"input_mb_per_core_s={core_rate / 1e6:.0f} ray_data_mb_s={size / ray_s / 1e6:.0f} "
+          f"cpus_per_h100_hidden={cores['hidden']} cpus_per_h100_logits={cores['logits']}")
 
 if __name__ == "__main__":
     main()

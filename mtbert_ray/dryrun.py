@@ -84,6 +84,7 @@ class _Facts:
         self._raw: dict[str, Any] = {}
         self._tokenization: dict[tuple[str, bool], str] = {}
         self._depth: dict[str, int] = {}
+        self._width: dict[str, int] = {}
 
     def raw(self, cfg: ExperimentConfig):
         from mtbert_ray.data.sources import load_source
@@ -106,8 +107,12 @@ class _Facts:
 
         raw = self.raw(cfg)
         models = [*cfg.teachers, cfg.student.init_from]
-        width = (int(load_config(cfg.student.init_from, trust_remote_code=cfg.trust_remote_code).hidden_size)
-                 if cfg.cofinetune.head_width == "student" else None)
+        width = None
+        if cfg.cofinetune.head_width == "student":
+            if cfg.student.init_from not in self._width:
+                self._width[cfg.student.init_from] = int(load_config(cfg.student.init_from,
+                                                                     trust_remote_code=cfg.trust_remote_code).hidden_size)
+            width = self._width[cfg.student.init_from]
         for t in cfg.teachers:
             if t not in self._depth:
                 self._depth[t] = _teacher_shape(cfg, t)[1]
