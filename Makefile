@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(BIN)/python -m mtbert_ray.sweep --space tune_spaces/demo.yaml --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -134,6 +134,7 @@ TEACHER_CACHE = StageSpec(
         "dtype": ("cache.dtype",),  # None: logits only
         "splits": ("data.unlabeled",),
         "unlabeled": ("data.unlabeled", "data.limit_unlabeled"),  # the unlabelled text's content hash
+        "layout": ("data.unlabeled",),  # "interleaved": both kinds of rows in one folder (None: one split)
     },
 )
 
@@ -196,14 +197,16 @@ def cofinetune_inputs(cfg, facts: KeyFacts, nonce: str | None = None) -> dict[st
 
 def teacher_cache_inputs(cfg, facts: KeyFacts, teachers_key: str, splits: list[str], with_states: bool) -> dict[str, Any]:
     """Stage 2's key inputs: the co-finetuned teachers (stage 1's key), the data, the student's tokenization, the
-    splits cached and, with hidden states, the layer maps and the storage dtype."""
+    splits cached (with unlabelled text, their interleaved layout) and, with hidden states, the layer maps and the
+    storage dtype."""
     from mtbert_ray.data.sources import UNLABELED
     from mtbert_ray.models.layer_map import layer_map
 
     maps = [layer_map(cfg.student.num_layers, facts.teacher_depths[t], cfg.loss.layer_map) for t in cfg.teachers]
     inputs = TEACHER_CACHE.inputs(
         cfg, teachers=teachers_key, data=facts.dataset_key, student_tokenization=facts.model_tokenization[cfg.student.init_from],
-        splits=list(splits), unlabeled=facts.unlabeled_key if UNLABELED in splits else None)
+        splits=list(splits), unlabeled=facts.unlabeled_key if UNLABELED in splits else None,
+        layout="interleaved" if UNLABELED in splits else None)
     inputs["layer_maps"] = maps if with_states else None  # present as null without states, as keys have always been
     inputs["dtype"] = cfg.cache.dtype if with_states else None
     return inputs

@@ -25,6 +25,7 @@ from mtbert_ray.models.layer_map import layer_map
 from mtbert_ray.models.teachers import read_ensemble_meta
 from mtbert_ray.stage import Built, Published, read_stage, reuse_or_build
 from mtbert_ray.stage_keys import KeyFacts
+from mtbert_ray.train.cache import TRAINING_ROWS
 from mtbert_ray.train.common import OPTIMIZER_FILE, SCALER_FILE, read_training_state
 from mtbert_ray.train.loop import PREDICTIONS_DIR
 from mtbert_ray.train.session import StageRun, run_stage
@@ -146,7 +147,7 @@ def teacher_cache(ctx: StageContext, stages: Path, teachers: Published, verify: 
         if richer is not None:
             print(f"[mtbert] stage 2, teacher cache: reusing teacher_cache/{richer.key} (logits of a cache with hidden states)",
                   flush=True)
-            files = {s: [str(p) for p in richer.files(f"{s}/", ".parquet")] for s in splits}
+            files = {TRAINING_ROWS: [str(p) for p in richer.files(f"{TRAINING_ROWS}/", ".parquet")]}
             return richer, ctx.with_updates(cache=CacheInfo(files, False, richer.meta.get("dtype", cfg.cache.dtype)))
     building = ctx.with_updates(cache=CacheInfo({}, hidden, cfg.cache.dtype))
 
@@ -158,7 +159,7 @@ def teacher_cache(ctx: StageContext, stages: Path, teachers: Published, verify: 
 
     published = reuse_or_build(stages, "teacher_cache", key, build,
                                what="stage 2, teacher cache" + (" with hidden states" if hidden else ""), verify=verify)
-    files = {s: [str(p) for p in published.files(f"{s}/", ".parquet")] for s in splits}
+    files = {TRAINING_ROWS: [str(p) for p in published.files(f"{TRAINING_ROWS}/", ".parquet")]}
     info = CacheInfo(files, bool(published.meta.get("hidden", hidden)), published.meta.get("dtype", cfg.cache.dtype))
     return published, ctx.with_updates(cache=info)
 
@@ -200,7 +201,7 @@ def distill(ctx: StageContext, run_dir: Path) -> StageRun:
     student = [ctx.student_tokenization]
     splits = _splits(ctx, DISTILL_SPLITS)
     if ctx.cache is not None:
-        files = [f for split in splits for f in ctx.cache.files[split]]
+        files = ctx.cache.files[TRAINING_ROWS]  # every training row, labelled and unlabelled interleaved
         columns = cache_read_columns(ctx)
     else:
         files = [f for split in splits for f in ctx.data.splits[split]]

@@ -158,3 +158,43 @@ def test_cached_states_cross_in_their_stored_precision_and_widen_on_the_device()
     batch = {"teacher_logits": torch.randn(2, 4), "hidden.t0.l1": column}
     _, got = cached_targets(batch, 2, 2, 1, [0])
     assert got[0][0].dtype == torch.float32
+
+
+def test_interleave_keeps_each_stream_in_order_and_every_prefix_in_proportion():
+    """``interleave``: 3 labelled and 9 unlabelled items of one row → one labelled item then three unlabelled ones,
+    every item once, each stream in its order; after every item the streams' done fractions differ by at most one
+    item's share; an exhausted or empty stream leaves the rest as they are."""
+    from mtbert_ray.train.cache import interleave
+
+    merged = list(interleave({"train": [f"l{i}" for i in range(3)], "unlabeled": [f"u{i}" for i in range(9)]},
+                             {"train": 3, "unlabeled": 9}, size=lambda item: 1))
+    assert merged == ["l0", "u0", "u1", "u2", "l1", "u3", "u4", "u5", "l2", "u6", "u7", "u8"]
+    done = {"l": 0, "u": 0}
+    for item in merged:
+        done[item[0]] += 1
+        assert abs(done["l"] / 3 - done["u"] / 9) <= 1 / 3 + 1e-9
+    assert list(interleave({"a": [1, 2], "b": []}, {"a": 2, "b": 0}, size=lambda item: 1)) == [1, 2]
+
+
+def test_pool_parts_are_interleaved_into_one_training_folder_by_batches(tmp_path):
+    """The actor pool writes each split on its own; ``_file_batches`` + ``interleave`` rewrite them into ``train/``:
+    every file holds both kinds of rows in their proportion, each kind in its order, and the count by label gives
+    each split's rows back (``_rows_written``)."""
+    import pyarrow as pa
+
+    from mtbert_ray.train.cache import _file_batches, _rows_written, interleave, write_in_order
+
+    for split, rows, label in (("train", 40, 1), ("unlabeled", 120, -1)):
+        (tmp_path / f"part.{split}").mkdir()
+        ids = list(range(rows)) if label >= 0 else list(range(1000, 1000 + rows))
+        pq.write_table(pa.table({"example_id": ids, "label": [label] * rows}), tmp_path / f"part.{split}" / "part-00000.parquet")
+    streams = {s: _file_batches(tmp_path / f"part.{s}", 8) for s in ("train", "unlabeled")}
+    write_in_order(interleave(streams, {"train": 40, "unlabeled": 120}), tmp_path / "train", rows_per_file=32)
+    files = sorted((tmp_path / "train").glob("*.parquet"))
+    assert len(files) == 5
+    for f in files:
+        labels = pq.read_table(f)["label"].to_pylist()
+        assert labels.count(1) == 8 and labels.count(-1) == 24, "a quarter of every file is labelled"
+    ids = [i for f in files for i in pq.read_table(f)["example_id"].to_pylist()]
+    assert [i for i in ids if i < 1000] == list(range(40)) and [i for i in ids if i >= 1000] == list(range(1000, 1120))
+    assert _rows_written(tmp_path, ("train", "unlabeled")) == {"train": 40, "unlabeled": 120}

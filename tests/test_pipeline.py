@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from mtbert_ray.config import validate_config
@@ -379,11 +380,58 @@ def test_unlabelled_transfer_text_is_cached_and_taught_on(first_run, tiny_models
     cache = s["stages"]["teacher_cache"]
     assert not cache["reused"] and cache["checkpoint"] != first_run.summary["stages"]["teacher_cache"]["checkpoint"]
     assert s["data"]["rows"]["unlabeled"] == 128 and s["data"]["rows"]["train"] == 128
+    files = sorted((Path(cache["checkpoint"]) / "train").glob("*.parquet"))
+    assert files and not (Path(cache["checkpoint"]) / "unlabeled").exists()
+    labels = pq.read_table(files[0], columns=["label"])["label"].to_pylist()
+    assert labels.count(-1) == 128 and len(labels) == 256 and labels[0] != -1 and -1 in labels[:128], \
+        "both kinds of rows interleaved in one file, batch by batch (not the 128 labelled ones first)"
     history = read_history(Path(s["run_dir"]) / "distill" / HISTORY_FILE)
     assert history[0]["train_steps"] == (128 + 128) // 32, "the student trained on labelled and unlabelled rows"
     assert history[0]["train_task"] > 0 and history[0]["train_distill"] > 0
     assert _dry_run_keys(cfg, storage) == (s["stages"]["cofinetune"]["key"], cache["key"]), \
         "the dry run names the stages this run published"
+
+
+def test_two_train_workers_stream_the_pool_built_interleaved_cache(first_run, tiny_models, storage, tmp_path, monkeypatch):
+    """2 Ray Train workers × 0.5 CPU with unlabelled text, every split streamed and the cache in 16-row files: the
+    cache actor pool builds both splits, interleaved into ``train/`` batch by batch as the in-process build does; the
+    workers split the streamed rows evenly (the same steps on each), the W fit runs over both ranks, and the student
+    is a finite one. (Stage 1 is the 1-worker run's, to keep the test short: a 2-worker stage 1 has a key of its own.)"""
+    import math
+
+    import mtbert_ray.data.loader as loader
+    import mtbert_ray.stages as stages_module
+    import mtbert_ray.train.cache as cache_module
+    from mtbert_ray.config import micro_batch
+    from mtbert_ray.pipeline import Experiment
+
+    texts = pd.read_parquet(RT_POLARITY / "train.parquet")["sentence"].iloc[-300:]
+    (tmp_path / "transfer.txt").write_text("\n".join(texts) + "\n")
+    raw = tiny_experiment(tiny_models, storage, cache={"enabled": True, "hidden": True}, distill={"epochs": 1},
+                          data={"unlabeled": str(tmp_path / "transfer.txt"), "limit_unlabeled": 96})
+    teachers = Experiment(validate_config(raw), storage=storage).cofinetune()
+    assert teachers.reused, "the first run's stage 1"
+    monkeypatch.setattr(stages_module, "cofinetune", lambda *args, **kwargs: teachers)
+    monkeypatch.setattr(loader, "fits_in_object_store", lambda *a, **k: False)
+    monkeypatch.setattr(cache_module, "ROWS_PER_FILE", 16)
+    cfg = validate_config({**raw, "resources": {"num_workers": 2, "cpus_per_worker": 0.5, "execution": "trainer"}})
+    run = run_experiment(cfg, storage=storage, run_dir=tmp_path / "run")
+    s = run.summary
+    assert not s["stages"]["teacher_cache"]["reused"]
+    folder = Path(s["stages"]["teacher_cache"]["checkpoint"])
+    files = sorted((folder / "train").glob("*.parquet"))
+    assert len(files) > 4 and not list(folder.glob("part.*")), "the pool's parts were interleaved into train/ and removed"
+    labels = [x for f in files for x in pq.read_table(f, columns=["label"])["label"].to_pylist()]
+    assert len(labels) == 128 + 96 and labels.count(-1) == 96
+    batch = micro_batch(cfg, "distill")  # a worker's batch: the pool's batches too
+    expected = [labelled for chunk in cache_module.interleave(
+        {"train": [[True] * batch] * (128 // batch), "unlabeled": [[False] * batch] * (96 // batch)},
+        {"train": 128, "unlabeled": 96}, size=len) for labelled in chunk]
+    assert [label >= 0 for label in labels] == expected, "labelled and unlabelled batches in proportion, as in process"
+    history = read_history(Path(s["run_dir"]) / "distill" / HISTORY_FILE)
+    assert history[0]["train_steps"] == (128 + 96) // 2 // batch, "each worker a half of the rows, in full batches"
+    assert all(math.isfinite(v) for v in run.student_metrics.values() if isinstance(v, float))
+    assert s["decisions"]["projection_1"].endswith("(student in eval mode)")
 
 
 def test_student_head_from_one_teacher_alone_is_shared_by_rows(first_run, tiny_models, storage):

@@ -79,7 +79,8 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
     ``blocks``: read into at least this many blocks (so an actor pool of that many workers all get input).
     ``mix_seed``: the files hold rows of several splits (labelled and unlabelled training rows): a read split's rows
     are put in one seeded random order before they are cut into blocks, so every block holds both kinds in their
-    proportion; a streamed split mixes them by its per-epoch file order and the local shuffle buffer only.
+    proportion; a streamed split mixes them by its per-epoch file order and the local shuffle buffer only (the
+    teacher cache writes them interleaved into its files, ``train.cache.interleave``, so there every file holds both).
     """
     import pyarrow.parquet as pq
     import ray.data

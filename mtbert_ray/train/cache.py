@@ -4,12 +4,18 @@ The cached splits (``stages.CACHE_SPLITS``: the labelled and unlabelled training
 frozen teachers (run in ``resources.precision``), and this process writes the rows to Parquet in the
 view's order as they come (``write_in_order``): memory stays bounded by a few blocks whatever the
 number of rows, no row is dropped or repeated, and a cache built again holds its rows in the same
-order. Where the teachers run follows the stage's execution: in this process for an in-process stage
-(the trial's own reservation: no Ray task or actor, so nothing can wait on a CPU the trial holds), else
-an actor pool (``map_batches``: one actor per configured worker, each with the worker's CPUs and GPU
-share; a failed block is retried by Ray Data; a pool that cannot start is reported, then given up on). Each row holds
-what ``mtbert_ray.targets.cache_columns`` makes of it: logits, the student's token columns and,
-with ``cache.hidden``, the aligned states of the mapped layers in ``cache.dtype``.
+order. With unlabelled text the two kinds of rows are written interleaved in proportion to their counts
+(``interleave``) into the one folder ``train/`` (``TRAINING_ROWS``; a row is unlabelled by its label −1): every
+file, and so every streamed block, holds both, where one folder per split met only at file granularity
+(8,192 rows) in a streamed split — batches of unlabelled rows alone, with no task loss (an actor pool runs the
+splits one after the other, and its parts are interleaved on the driver afterwards: one more pass over the cache).
+
+Where the teachers run follows the stage's execution: in this process for an in-process stage (the trial's own
+reservation: no Ray task or actor, so nothing can wait on a CPU the trial holds), else an actor pool (``map_batches``:
+one actor per configured worker, each with the worker's CPUs and GPU share; a failed block is retried by Ray Data; a
+pool that cannot start is reported, then given up on). Each row holds what ``mtbert_ray.targets.cache_columns`` makes
+of it: logits, the student's token columns and, with ``cache.hidden``, the aligned states of the mapped layers in
+``cache.dtype``.
 
 Before building, the cache's size is estimated from the data's token statistics
 (``estimate_cache_bytes``) and printed; a cache larger than ``cache.max_gb`` is refused with the
@@ -17,12 +23,13 @@ switches that shrink it.
 """
 from __future__ import annotations
 
+import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +42,9 @@ from mtbert_ray.progress import emit, format_progress
 from mtbert_ray.stage import Built, build_dir
 
 ROWS_PER_FILE = 8192
+TRAINING_ROWS = "train"  # the cache's one folder of training rows, labelled and unlabelled interleaved
+NO_LABEL = -1  # the label of an unlabelled row (``losses.NO_LABEL``; not imported: this module needs no torch)
+T = TypeVar("T")
 BLOCK_BYTES = 16 * 2**20  # Ray Data's output blocks of the actors: their memory is a few of these, whatever the rows
 INDEX_BYTES_PER_TOKEN = 4 * 5  # the student's int32 token columns (ids, mask, specials, two offsets)
 
@@ -153,8 +163,28 @@ def build_teacher_cache(ctx: StageContext, folder: Path, splits: Sequence[str]) 
             if written[split] != ctx.data.rows[split]:
                 raise RuntimeError(f"teacher cache: {written[split]} {split} rows written, expected {ctx.data.rows[split]}")
         seconds = time.time() - started
+        layout = {"layout": "interleaved"} if len(splits) > 1 else {}
         return Built(tmp, {"rows": written, "hidden": ctx.cache.hidden, "dtype": ctx.cache.dtype, "seconds": seconds,
-                           "examples_per_s": sum(written.values()) / seconds if seconds > 0 else 0.0})
+                           "examples_per_s": sum(written.values()) / seconds if seconds > 0 else 0.0, **layout})
+
+
+def interleave(streams: Mapping[str, Iterable[T]], rows: Mapping[str, int],
+               size: Callable[[T], int] = lambda table: table.num_rows) -> Iterator[T]:
+    """The items of several streams merged in proportion to their row counts ``rows``: the next item comes from the
+    stream furthest behind its share — the smallest done_s / rows_s (ties: the first named) — so after every item
+    each stream has given about the same fraction of its rows; every item of every stream, each stream in its order.
+
+    With 4,000 labelled and 12,000 unlabelled rows in batches of 64, one labelled batch follows every three unlabelled ones."""
+    iterators = {name: iter(stream) for name, stream in streams.items()}
+    done = dict.fromkeys(iterators, 0)
+    while iterators:
+        name = min(iterators, key=lambda s: done[s] / max(rows.get(s, 0), 1))
+        item = next(iterators[name], None)
+        if item is None:
+            del iterators[name]
+            continue
+        done[name] += size(item)
+        yield item
 
 
 def _write_in_process(ctx: StageContext, tmp: Path, splits: Sequence[str]) -> None:
@@ -175,8 +205,7 @@ def _write_in_process(ctx: StageContext, tmp: Path, splits: Sequence[str]) -> No
             progress.update(done)
             yield table
 
-    for split in splits:
-        write_in_order(tables(split), tmp / split, ROWS_PER_FILE)
+    write_in_order(interleave({s: tables(s) for s in splits}, ctx.data.rows), tmp / TRAINING_ROWS, ROWS_PER_FILE)
 
 
 def local_batches(files: Sequence[str], columns: Sequence[str], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -245,11 +274,31 @@ def _write_with_actor_pool(ctx: StageContext, tmp: Path, splits: Sequence[str]) 
             )
             blocks = rows.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1)
             write_in_order(patiently(blocks, f"stage 2, teacher cache ({split})", asks, timeout,
-                                     "resources.worker_start_timeout_s"), tmp / split, ROWS_PER_FILE)
+                                     "resources.worker_start_timeout_s"), _part_folder(tmp, split, splits), ROWS_PER_FILE)
     finally:
         done.set()
         watcher.join(timeout=5)
         ray.kill(counter)
+    if len(splits) > 1:  # the pool ran the splits one after the other: interleave their rows on the way to train/
+        parts = {s: _part_folder(tmp, s, splits) for s in splits}
+        batch = ctx.micro_batch("distill")
+        write_in_order(interleave({s: _file_batches(folder, batch) for s, folder in parts.items()}, ctx.data.rows),
+                       tmp / TRAINING_ROWS, ROWS_PER_FILE)
+        for folder in parts.values():
+            shutil.rmtree(folder)
+
+
+def _part_folder(tmp: Path, split: str, splits: Sequence[str]) -> Path:
+    """Where the pool writes ``split``: ``train/`` itself for a cache of one split, else a folder interleaved later."""
+    return tmp / TRAINING_ROWS if len(splits) == 1 else tmp / f"part.{split}"
+
+
+def _file_batches(folder: Path, batch_size: int) -> Iterator[pa.Table]:
+    import pyarrow.parquet as pq
+
+    for path in sorted(folder.glob("*.parquet")):
+        for record in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+            yield pa.Table.from_batches([record])
 
 
 def write_in_order(tables: Iterable[pa.Table], folder: Path, rows_per_file: int) -> None:
@@ -281,9 +330,16 @@ def write_in_order(tables: Iterable[pa.Table], folder: Path, rows_per_file: int)
 
 
 def _rows_written(root: Path, splits: Sequence[str]) -> dict[str, int]:
+    """Rows of each split in ``root/train/``: all of them for one split; else counted by label (−1: unlabelled)."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    return {s: sum(pq.read_metadata(p).num_rows for p in (root / s).glob("*.parquet")) for s in splits}
+    files = sorted((root / TRAINING_ROWS).glob("*.parquet"))
+    if len(splits) == 1:
+        return {splits[0]: sum(pq.read_metadata(p).num_rows for p in files)}
+    unlabelled = sum(pc.sum(pc.equal(pq.read_table(p, columns=["label"])["label"], NO_LABEL)).as_py() or 0 for p in files)
+    total = sum(pq.read_metadata(p).num_rows for p in files)
+    return {s: (unlabelled if s != "train" else total - unlabelled) for s in splits}
 
 
 def _watch(counter, total: int, done: threading.Event, every_s: float = 10.0) -> None:
