@@ -312,6 +312,17 @@ def card_with_seeds(report) -> None:
     write_model_card(student, read_student_meta(student), result, speed, seeds)
 
 
+INTERRUPTED_EXIT = 130  # the shell's code for a run stopped by Ctrl-C
+
+
+def trial_counts(grid) -> tuple[int, int, int]:
+    """(finished, unfinished, errored) trials of a Tune ``ResultGrid``: unfinished ones were still pending or running
+    when the sweep was stopped (Tune catches Ctrl-C, saves its state and returns the grid as it stands)."""
+    errored = sum(1 for result in grid if result.error is not None)
+    finished = grid.num_terminated
+    return finished, len(grid) - finished - errored, errored
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mtbert_ray.sweep", description="Run an MT-BERT study with Ray Tune.")
     parser.add_argument("--space", help="space file (tune_spaces/*.yaml)")
@@ -364,8 +375,14 @@ def main(argv: list[str] | None = None) -> None:
         report = write_report(experiment_dir, experiment_dir / ANALYSIS_DIR)
         card_with_seeds(report)
         print(report.table_markdown)
-        errored = sum(1 for r in grid if r.error is not None)
+        finished, unfinished, errored = trial_counts(grid)
         best = report.best
+        if unfinished:  # stopped (Ctrl-C, a signal): Tune saved its state; the finished trials are kept
+            resume = f"python -m mtbert_ray.sweep --resume --name {experiment_dir.name}" + (
+                f" --storage {args.storage}" if args.storage else "")
+            print(f"[mtbert] sweep stopped before its end: {finished} trials finished, {unfinished} unfinished "
+                  f"({errored} errored); results so far {experiment_dir}; continue it with: {resume}", flush=True)
+            return INTERRUPTED_EXIT
         print(
             f"[mtbert] sweep finished: {len(grid)} trials ({errored} errored); results {experiment_dir}; "
             f"tables and plots {report.out_dir}; best student {best.get('student_dir') if best else 'none'}",

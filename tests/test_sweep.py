@@ -230,3 +230,19 @@ def test_resume_of_a_path_without_a_sweep_is_exit_2(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip() == f"error: --resume: {tmp_path / 'sweeps' / 'nothing'} holds no sweep to resume"
+
+
+def test_a_stopped_sweep_counts_its_unfinished_trials():
+    """``trial_counts``: after Ctrl-C Tune returns the grid as it stands; a trial still running or pending is
+    unfinished, so the sweep says "stopped before its end" with the resume command (exit 130), not "finished"."""
+    from types import SimpleNamespace
+
+    from mtbert_ray.sweep import INTERRUPTED_EXIT, trial_counts
+
+    class Grid(list):
+        num_terminated = 5
+
+    grid = Grid([SimpleNamespace(error=None)] * 6 + [SimpleNamespace(error=RuntimeError("x"))])
+    assert trial_counts(grid) == (5, 1, 1)
+    grid.num_terminated = 6
+    assert trial_counts(grid) == (6, 0, 1) and INTERRUPTED_EXIT == 130
