@@ -162,14 +162,15 @@ def main() -> None:
             best = best_of(singles)
             if best and measured(multi):
                 targets[f"(a) {multi} − best single {best} ≥ −0.3"] = (*diff(multi, best), -0.3, False)
-            for ensemble in ENSEMBLES:
-                if multi.startswith("{L6, e5}") and measured(multi) and measured(ensemble):
+            for ensemble in ENSEMBLES:  # each set's own ensembles: "Average Ensemble" is {L6, e5}'s
+                ensemble += " {L6, e5, MPNet}" if multi.startswith("{L6, e5, MPNet}") else ""
+                if measured(multi) and measured(ensemble):
                     targets[f"(a) {multi} − {ensemble} ≥ 0"] = (*diff(multi, ensemble), 0.0, False)
         for multi in (f"{{L6, e5}}{family} + transfer", f"{{L6, e5, MPNet}}{family} + transfer"):
             single = f"{{L6}}{family}"
             if measured(multi) and measured(single):
                 targets[f"(b) {multi} − {single} ≥ +0.5, bootstrap interval above 0"] = (*diff(multi, single), 0.5, True)
-    total = 12  # per family: (a) × 3 for {L6, e5}, (a) × 1 for {L6, e5, MPNet}, (b) × 2
+    total = 16  # per family: (a) × 3 for {L6, e5} and for {L6, e5, MPNet}, (b) × 2
     print("targets:")
     met = 0
     for name, (value, low, threshold, low_above_zero) in targets.items():
