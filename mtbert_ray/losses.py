@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtbert_ray.metric_names import NO_LABEL
+
 EnsembleMode = Literal["average", "average_logits", "weighted"]
 TeacherWeighting = Literal["paper", "normalized", "confidence"]
 ProjectSide = Literal["teacher", "student"]
@@ -24,7 +26,6 @@ def _full(x: torch.Tensor) -> torch.Tensor:
 
 
 UnlabeledRows = Literal["confidence", "uniform"]
-NO_LABEL = -1  # the label of an unlabelled row (data.unlabeled)
 
 
 def task_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

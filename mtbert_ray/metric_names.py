@@ -37,6 +37,9 @@ BINARY_ONLY = ("f1",)
 DEFAULT_METRICS = ("accuracy", "macro_f1")
 EXAMPLES = "examples"  # the number of rows an evaluation counted, reported beside its metrics
 MEAN_HEAD = "mean_"  # co-finetuning: the mean of a metric over the teachers' heads
+#: The label of an unlabelled row (``data.unlabeled``'s transfer text) in shards, caches and batches: no task loss,
+#: no correctness weight, and not counted by any evaluation.
+NO_LABEL = -1
 
 
 def teacher_head(index: int) -> str:

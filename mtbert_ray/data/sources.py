@@ -4,7 +4,7 @@ Sources (``data.source``):
 - ``glue``: a GLUE task, from a local folder of the original TSVs (``train.tsv``, ``dev.tsv``, ``test.tsv``),
   from a local copy of the hub repository (``<task>/train-*.parquet``), or with ``datasets.load_dataset``
   (hub, or the local HF cache when offline). GLUE test labels are hidden: the test split is kept
-  unlabelled (label -1), and runs write the benchmark's submission file for it.
+  unlabelled (label ``NO_LABEL``, −1), and runs write the benchmark's submission file for it.
 - ``mind``: a MIND folder with ``MIND{small,large}_{train,dev,test}/news.tsv``; topic = Category.
 - ``files``: ``train`` / ``validation`` (or ``dev``) / ``test`` files in Parquet, CSV, TSV or JSON Lines
   (a test file without the label column is kept unlabelled, for predictions).
@@ -25,9 +25,10 @@ from mtbert_ray.config import DataConfig
 from mtbert_ray.data.glue_tasks import GLUE_FOLDERS, GLUE_TASKS, GlueTask
 from mtbert_ray.errors import DataError
 from mtbert_ray.hashing import file_sha256, stable_hash
+from mtbert_ray.metric_names import NO_LABEL
 
 SPLITS = ("train", "validation", "test")
-UNLABELED = "unlabeled"  # the split of data.unlabeled: transfer text for distillation, label -1 throughout
+UNLABELED = "unlabeled"  # the split of data.unlabeled: transfer text for distillation, label NO_LABEL (−1) throughout
 #: Example ids of unlabelled rows start here (row i → UNLABELED_ID_BASE + i), apart from every labelled split's ids.
 UNLABELED_ID_BASE = 1 << 40
 FILE_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl")
@@ -148,7 +149,7 @@ def load_unlabeled(cfg: DataConfig, text_columns: list[str]) -> tuple[RawSplit, 
                           "text_a": columns[0]})
     if len(columns) == 2:
         frame["text_b"] = columns[1]
-    frame["label"] = pd.Series([-1] * n, dtype="int64")
+    frame["label"] = pd.Series([NO_LABEL] * n, dtype="int64")
     if cfg.limit_unlabeled is not None and n > cfg.limit_unlabeled:
         frame = frame.sample(n=cfg.limit_unlabeled, random_state=cfg.seed).sort_index().reset_index(drop=True)
     fingerprint = stable_hash({"files": [file_sha256(p) for p in files], "columns": text_columns,
@@ -180,7 +181,7 @@ def _build(tables: list[_Table], cfg: DataConfig, known_labels: list[str] | None
             frame = pd.DataFrame({"example_id": pd.Series(range(len(texts[0])), dtype="int64"), "text_a": texts[0]})
             if pair:
                 frame["text_b"] = texts[1]
-            frame["label"] = pd.Series([-1] * len(frame), dtype="int64")
+            frame["label"] = pd.Series([NO_LABEL] * len(frame), dtype="int64")
             splits[table.split] = RawSplit(table.split, table.origin, frame, labelled=False)
             continue
         labels = _label_values(table)

@@ -38,12 +38,12 @@ from mtbert_ray.context import StageContext
 from mtbert_ray.data.floats import STORED_BYTES
 from mtbert_ray.data.loader import PadCollate, read_split, view_columns
 from mtbert_ray.errors import ConfigError
+from mtbert_ray.metric_names import NO_LABEL
 from mtbert_ray.progress import emit, format_progress
 from mtbert_ray.stage import Built, build_dir
 
 ROWS_PER_FILE = 8192
 TRAINING_ROWS = "train"  # the cache's one folder of training rows, labelled and unlabelled interleaved
-NO_LABEL = -1  # the label of an unlabelled row (``losses.NO_LABEL``; not imported: this module needs no torch)
 T = TypeVar("T")
 BLOCK_BYTES = 16 * 2**20  # Ray Data's output blocks of the actors: their memory is a few of these, whatever the rows
 INDEX_BYTES_PER_TOKEN = 4 * 5  # the student's int32 token columns (ids, mask, specials, two offsets)

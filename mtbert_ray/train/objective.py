@@ -9,7 +9,6 @@ from torch import nn
 
 from mtbert_ray.config import DistillConfig, LossConfig
 from mtbert_ray.losses import (
-    NO_LABEL,
     ensemble_distill_loss,
     fill_unlabeled,
     hidden_teacher_scale,
@@ -17,6 +16,7 @@ from mtbert_ray.losses import (
     mt_hidden_loss,
     task_loss,
 )
+from mtbert_ray.metric_names import NO_LABEL
 
 
 def mt_bert_objective(
