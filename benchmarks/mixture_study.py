@@ -10,7 +10,10 @@ per-sentence test predictions), next to the t-interval over seed means.
 Teachers: the offline MiniLM-L6, multilingual-e5-small (``<shared>/tools/seed_e5_small.sh``) and MPNet-base
 (``seed_mpnet.sh``), seeded into ``$MTBERT_BENCH_STORAGE/models`` on first use. Rows run in the order given; a study
 is run in parts (``--name mixture-b --variants ROW ...``) and analysed together (``--name mixture --parts mixture-b
---analysis-only``); an interrupted part continues with ``--resume``.
+--analysis-only``); an interrupted part continues with ``--resume``. Each part's results (Tune's state, the trials'
+records and per-sentence predictions, no models: ``mtbert_ray.study_archive``) are archived in
+``benchmarks/results/mixture/<part>.tar.gz`` when it ends or stops, to be committed; a machine without a part's
+folder restores it from there, so the analysis and the paired comparisons outlive the machine that ran them.
 
 The Tune-chosen mixture: ``--tune N --name mixture-tune`` runs an Optuna study of N trials over the mixture of
 {L6, e5} (``loss.teacher_weighting``, its τ, the priors α as variants — each teacher's one-hot prior among them — and
@@ -35,7 +38,11 @@ from pathlib import Path
 import yaml
 from _common import REPO, header, storage, study_parser
 
+from mtbert_ray.study_archive import ARCHIVE_SUFFIX, archive_sweep, restore_archive
+from mtbert_ray.sweep_record import SWEEP_FILE
+
 SPACE = REPO / "benchmarks" / "mixture_study.yaml"
+ARCHIVES = REPO / "benchmarks" / "results" / "mixture"  # each part's results without models (study_archive), committed
 SINGLES = ["{L6}", "{e5}", "{MPNet}"]
 CHOSEN = "Tune-chosen mixture"
 PRIORS = {"uniform": {}, "only L6": {"loss.teacher_prior": [1.0, 0.0]}, "only e5": {"loss.teacher_prior": [0.0, 1.0]},
@@ -110,20 +117,30 @@ def main() -> None:
     args = parser.parse_args()
     header("mixture: teacher sets, mixtures, ensembles, transfer text; rt_polarity re-split by film, test 3,007, 5 seeds")
     results = storage() / "mixture"
-    env = {**os.environ, "HF_HUB_CACHE": str(hub(Path(args.shared))), "HF_HUB_OFFLINE": "1"}
+    for archive in sorted(ARCHIVES.glob(f"*{ARCHIVE_SUFFIX}")):  # the committed parts, on a machine without them
+        if restore_archive(archive, results):
+            print(f"[mixture] restored {archive.relative_to(REPO)} (results and predictions, no models)", flush=True)
     space = resolved_space(resplit(), results)
     if not args.analysis_only:
+        env = {**os.environ, "HF_HUB_CACHE": str(hub(Path(args.shared))), "HF_HUB_OFFLINE": "1"}
         command = [sys.executable, "-m", "mtbert_ray.sweep", "--storage", str(results), "--name", args.name]
-        if args.tune is not None and not args.resume:
-            subprocess.run([*command, "--space", str(tune_space(space, args.tune))], cwd=REPO, env=env, check=True)
-            return
-        command += ["--resume"] if args.resume else ["--space", str(space)]
+        tuning = args.tune is not None and not args.resume
+        if tuning:
+            command += ["--space", str(tune_space(space, args.tune))]
+        else:
+            command += ["--resume"] if args.resume else ["--space", str(space)]
         if args.chosen and not args.resume:
             command += ["--set", f"variants.{CHOSEN}={json.dumps(chosen_variant(results / 'sweeps' / args.tune_name))}",
                         "--set", f"space.variant={{grid: {json.dumps([CHOSEN])}}}", "--set", "analysis.comparisons=[]"]
-        elif args.variants and not args.resume:
+        elif args.variants and not args.resume and not tuning:
             command += ["--set", f"space.variant={{grid: {json.dumps(args.variants)}}}", "--set", "analysis.comparisons=[]"]
-        subprocess.run(command, cwd=REPO, env=env, check=True)
+        try:
+            subprocess.run(command, cwd=REPO, env=env, check=True)
+        finally:  # what ran, finished or not, goes into the part's archive (commit it: benchmarks/results/mixture/)
+            if (results / "sweeps" / args.name / SWEEP_FILE).is_file():
+                print(f"[mixture] archived {archive_sweep(results / 'sweeps' / args.name, ARCHIVES).relative_to(REPO)}", flush=True)
+        if tuning:
+            return
 
     from mtbert_ray.analysis import load_study, write_report
 

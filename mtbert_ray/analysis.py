@@ -26,7 +26,7 @@ import pandas as pd
 
 from mtbert_ray.errors import ResultsError
 from mtbert_ray.metric_names import DEFAULT_METRICS, METRICS, Split, metric_key, stat_column, teacher_mean_key
-from mtbert_ray.sweep_record import SweepRecord, read_sweep_record
+from mtbert_ray.sweep_record import RUNS_DIR, SweepRecord, read_sweep_record
 
 SPLITS = (Split.TEST, Split.VALIDATION)
 LABELS = {"accuracy": "Acc.", "macro_f1": "Macro-F", "mcc": "MCC", "f1": "F1"}
@@ -184,13 +184,27 @@ def _load_one(source) -> Study:
         row["errored"] = trial.status == "ERROR"
         for split in SPLITS:
             row[teacher_mean_key(split, "accuracy")] = last.get(teacher_mean_key(split, "accuracy"), math.nan)
-        row["student_dir"] = last.get("student_dir") if finished else None
+        row["student_dir"] = _in_moved_sweep(last.get("student_dir"), path) if finished else None
         rows.append(row)
     trials = pd.DataFrame(rows)
     if trials.empty:
         trials = pd.DataFrame(columns=["trial_id", "status", "finished", "stopped_early", "errored", "student_dir"])
     trials["finished"] = trials["finished"].astype(bool)
     return Study(path, record, trials)
+
+
+def _in_moved_sweep(student_dir: str | None, sweep: Path) -> str | None:
+    """A trial's student folder under the sweep folder read, ``<sweep>/runs/<trial>/student``, when the recorded
+    ``…/runs/<trial>/student`` names another place whose run folder this sweep holds too (the folder was moved or
+    copied since: from a cluster's storage to a laptop, or restored from an archive); else as recorded."""
+    if not student_dir:
+        return student_dir
+    parts = Path(student_dir).parts
+    if RUNS_DIR not in parts:
+        return student_dir
+    start = len(parts) - 1 - parts[::-1].index(RUNS_DIR)
+    here = sweep.joinpath(*parts[start:])
+    return str(here) if here.parent.is_dir() else student_dir
 
 
 def _row_label(study: Study, row: pd.Series) -> str:

@@ -36,13 +36,12 @@ from mtbert_ray.errors import ConfigError, ResultsError, add_stage_flags, start_
 from mtbert_ray.metric_names import Split, metric_key, teacher_mean_key
 from mtbert_ray.results import ExperimentResult
 from mtbert_ray.space import Space, load_space
-from mtbert_ray.sweep_record import SWEEP_FILE, SweepRecord, read_sweep_record, write_sweep_record
+from mtbert_ray.sweep_record import RUNS_DIR, SWEEP_FILE, SweepRecord, read_sweep_record, write_sweep_record
 from mtbert_ray.trial_needs import TrialNeeds, trial_needs
 from mtbert_ray.upload import check_upload_uri, upload_sweep
 
 log = logging.getLogger(__name__)
 
-RUNS_DIR = "runs"
 ANALYSIS_DIR = "analysis"
 
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from mtbert_ray.errors import ResultsError
 
 SWEEP_FILE = "mtbert_sweep.json"
+RUNS_DIR = "runs"  # <sweep>/runs/<trial id>/: each trial's run folder (student, predictions, config)
 
 
 class Selection(BaseModel):

@@ -140,13 +140,19 @@ def test_three_workers_on_an_odd_row_count_cover_every_row_and_export_what_they_
     assert exported == pytest.approx(result.student.validation["accuracy"], abs=1e-9)
 
 
+@pytest.fixture(scope="module")
+def two_worker_storage(tmp_path_factory) -> Path:
+    """One data cache and results folder for both cases below: the second reuses the first's co-finetuning."""
+    return tmp_path_factory.mktemp("two-workers")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("hidden_teachers", ["all", "roberta"])
-def test_hidden_loss_alone_trains_on_two_workers(ray_session, tiny_models, tmp_path, hidden_teachers):
+def test_hidden_loss_alone_trains_on_two_workers(ray_session, tiny_models, two_worker_storage, hidden_teachers):
     """Only L_MT-Hid on two DDP workers: W_ij and the student are inside the wrapped forward, so both learn
     (the loss falls) and the workers stay in step (the head, which gets no gradient, is frozen). With
     ``loss.hidden_teachers`` naming the second teacher only, its W (48 → 32) is the one map built, trained and
-    checkpointed (a subset that does not start at teacher 0)."""
+    checkpointed (a subset that does not start at teacher 0). Both cases share stage 1 (its key has no loss)."""
     import torch
     from safetensors.torch import load_file
 
@@ -156,11 +162,10 @@ def test_hidden_loss_alone_trains_on_two_workers(ray_session, tiny_models, tmp_p
     from mtbert_ray.train.history import HISTORY_FILE, read_history
 
     selection = "all" if hidden_teachers == "all" else [tiny_models[hidden_teachers]]
-    raw = tiny_experiment(tiny_models, tmp_path, loss={"hidden": True, "distill": False, "task": False,
-                                                       "hidden_teachers": selection},
-                          cache={"enabled": False}, distill={"epochs": 2, "lr": 3e-3},
-                          resources={"num_workers": 2, "cpus_per_worker": 1})
-    result = run_experiment(validate_config(raw), storage=tmp_path / "results")
+    loss = {"hidden": True, "distill": False, "task": False, "hidden_teachers": selection}
+    raw = tiny_experiment(tiny_models, two_worker_storage, loss=loss, cache={"enabled": False},
+                          distill={"epochs": 2, "lr": 3e-3}, resources={"num_workers": 2, "cpus_per_worker": 1})
+    result = run_experiment(validate_config(raw), storage=two_worker_storage / "results")
     history = read_history(result.run_dir / "distill" / HISTORY_FILE, last_per_epoch=True)
     assert history[1]["train_hidden"] < history[0]["train_hidden"], "the hidden loss did not fall"
     latest = Path(history[-1]["checkpoint"])

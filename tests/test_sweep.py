@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -101,6 +102,29 @@ def test_analysis_reproduces_the_table_of_a_stored_study(grid_sweep, tmp_path):
     assert "MT-BERT − w/o weighting" in report.table_markdown  # the paired comparison of an ablation study
     csv = pd.read_csv(tmp_path / "a" / "table.csv")
     assert csv["test_accuracy_mean"].tolist() == pytest.approx(report.table["test_accuracy_mean"].tolist())
+
+
+def test_an_archive_of_the_study_restored_elsewhere_gives_the_same_tables_and_bootstrap(grid_sweep, tmp_path):
+    """``archive_sweep`` without the models, ``restore_archive`` under another storage: the same table and the same
+    paired bootstrap, read from the restored runs' predictions; a second restore leaves the folder alone."""
+    from mtbert_ray.study_archive import archive_sweep, restore_archive
+
+    grid, experiment_dir = grid_sweep
+    archive = archive_sweep(experiment_dir, tmp_path / "archives")
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert not [n for n in names if n.endswith((".safetensors", ".pkl", ".bin"))], "models and pickles stay out"
+    assert any(n.endswith("predictions/test.tsv") for n in names)
+    restored = restore_archive(archive, tmp_path / "elsewhere")
+    assert restored == tmp_path / "elsewhere" / "sweeps" / Path(experiment_dir).name
+    original = write_report(experiment_dir, tmp_path / "a")
+    moved = write_report(restored, tmp_path / "b")
+    pd.testing.assert_frame_equal(original.table, moved.table)
+    assert moved.comparisons["accuracy_boot_low"].notna().all(), "the bootstrap found the restored predictions"
+    pd.testing.assert_frame_equal(original.comparisons, moved.comparisons)
+    assert all(str(d).startswith(str(restored)) for d in load_study(restored).trials["student_dir"])
+    (restored / "marker").write_text("kept")
+    assert restore_archive(archive, tmp_path / "elsewhere") is None and (restored / "marker").is_file()
 
 
 def test_a_study_run_in_parts_is_analysed_as_one(grid_sweep, tmp_path):
