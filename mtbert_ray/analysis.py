@@ -529,6 +529,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("results", help="sweep folder (<storage>/sweeps/<name>)")
     parser.add_argument("parts", nargs="*", help="further sweep folders of the same study (its rows run later under other names)")
     parser.add_argument("--out", default=None, help="output folder (default <results>/analysis)")
+    parser.add_argument("--archive", default=None, metavar="DIR",
+                        help="also write DIR/<name>.tar.gz of each sweep folder: its results and predictions without the "
+                             "models, to commit or move (mtbert_ray.study_archive)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     from mtbert_ray.errors import run_cli
@@ -540,6 +543,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"best trial {report.best['trial_id']} (by {report.best['selected_by']}): validation {report.best['validation']}  "
                   f"test {report.best['test']}  student {report.best['student_dir']}")
         print(f"written: {', '.join(str(f) for f in report.files)}")
+        if args.archive:
+            from mtbert_ray.study_archive import archive_sweep
+
+            for folder in (args.results, *args.parts):
+                print(f"archived: {archive_sweep(folder, args.archive)}")
         return 0
 
     run_cli(body, args.debug)

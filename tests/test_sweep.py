@@ -105,12 +105,17 @@ def test_analysis_reproduces_the_table_of_a_stored_study(grid_sweep, tmp_path):
 
 
 def test_an_archive_of_the_study_restored_elsewhere_gives_the_same_tables_and_bootstrap(grid_sweep, tmp_path):
-    """``archive_sweep`` without the models, ``restore_archive`` under another storage: the same table and the same
-    paired bootstrap, read from the restored runs' predictions; a second restore leaves the folder alone."""
-    from mtbert_ray.study_archive import archive_sweep, restore_archive
+    """``python -m mtbert_ray.analysis … --archive`` (``archive_sweep``) without the models, ``restore_archive`` under
+    another storage: the same table and the same paired bootstrap, read from the restored runs' predictions; a
+    second restore leaves the folder alone."""
+    from mtbert_ray.analysis import main
+    from mtbert_ray.study_archive import restore_archive
 
     grid, experiment_dir = grid_sweep
-    archive = archive_sweep(experiment_dir, tmp_path / "archives")
+    with pytest.raises(SystemExit) as exit_code:
+        main([str(experiment_dir), "--out", str(tmp_path / "a"), "--archive", str(tmp_path / "archives")])
+    assert exit_code.value.code == 0
+    archive = tmp_path / "archives" / f"{Path(experiment_dir).name}.tar.gz"
     with tarfile.open(archive) as tar:
         names = tar.getnames()
     assert not [n for n in names if n.endswith((".safetensors", ".pkl", ".bin"))], "models and pickles stay out"
