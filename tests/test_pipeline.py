@@ -393,10 +393,12 @@ def test_unlabelled_transfer_text_is_cached_and_taught_on(first_run, tiny_models
 
 
 def test_two_train_workers_stream_the_pool_built_interleaved_cache(first_run, tiny_models, storage, tmp_path, monkeypatch):
-    """2 Ray Train workers × 0.5 CPU with unlabelled text, every split streamed and the cache in 16-row files: the
-    cache actor pool builds both splits, interleaved into ``train/`` batch by batch as the in-process build does; the
-    workers split the streamed rows evenly (the same steps on each), the W fit runs over both ranks, and the student
-    is a finite one. (Stage 1 is the 1-worker run's, to keep the test short: a 2-worker stage 1 has a key of its own.)"""
+    """2 Ray Train workers × 0.5 CPU with an odd count of unlabelled rows (99, beside 128 labelled), every split
+    streamed and the cache in 16-row files: the cache actor pool builds both splits, interleaved into ``train/`` batch
+    by batch as the in-process build does (the unlabelled split's last batch a short one); the workers split the
+    streamed rows evenly (113 each, one row left for the next epoch's order: the same steps on each), the W fit runs
+    over both ranks, and the student is a finite one. (Stage 1 is the 1-worker run's, to keep the test short: a
+    2-worker stage 1 has a key of its own.)"""
     import math
 
     import mtbert_ray.data.loader as loader
@@ -408,7 +410,7 @@ def test_two_train_workers_stream_the_pool_built_interleaved_cache(first_run, ti
     texts = pd.read_parquet(RT_POLARITY / "train.parquet")["sentence"].iloc[-300:]
     (tmp_path / "transfer.txt").write_text("\n".join(texts) + "\n")
     raw = tiny_experiment(tiny_models, storage, cache={"enabled": True, "hidden": True}, distill={"epochs": 1},
-                          data={"unlabeled": str(tmp_path / "transfer.txt"), "limit_unlabeled": 96})
+                          data={"unlabeled": str(tmp_path / "transfer.txt"), "limit_unlabeled": 99})
     teachers = Experiment(validate_config(raw), storage=storage).cofinetune()
     assert teachers.reused, "the first run's stage 1"
     monkeypatch.setattr(stages_module, "cofinetune", lambda *args, **kwargs: teachers)
@@ -422,14 +424,18 @@ def test_two_train_workers_stream_the_pool_built_interleaved_cache(first_run, ti
     files = sorted((folder / "train").glob("*.parquet"))
     assert len(files) > 4 and not list(folder.glob("part.*")), "the pool's parts were interleaved into train/ and removed"
     labels = [x for f in files for x in pq.read_table(f, columns=["label"])["label"].to_pylist()]
-    assert len(labels) == 128 + 96 and labels.count(-1) == 96
+    assert len(labels) == 128 + 99 and labels.count(-1) == 99
     batch = micro_batch(cfg, "distill")  # a worker's batch: the pool's batches too
+
+    def batches(rows: int, labelled: bool) -> list[list[bool]]:
+        return [[labelled] * min(batch, rows - start) for start in range(0, rows, batch)]
+
     expected = [labelled for chunk in cache_module.interleave(
-        {"train": [[True] * batch] * (128 // batch), "unlabeled": [[False] * batch] * (96 // batch)},
-        {"train": 128, "unlabeled": 96}, size=len) for labelled in chunk]
+        {"train": batches(128, True), "unlabeled": batches(99, False)}, {"train": 128, "unlabeled": 99}, size=len)
+        for labelled in chunk]
     assert [label >= 0 for label in labels] == expected, "labelled and unlabelled batches in proportion, as in process"
     history = read_history(Path(s["run_dir"]) / "distill" / HISTORY_FILE)
-    assert history[0]["train_steps"] == (128 + 96) // 2 // batch, "each worker a half of the rows, in full batches"
+    assert history[0]["train_steps"] == math.ceil((128 + 99) // 2 / batch), "each worker 113 rows, the same steps"
     assert all(math.isfinite(v) for v in run.student_metrics.values() if isinstance(v, float))
     assert s["decisions"]["projection_1"].endswith("(student in eval mode)")
 
