@@ -118,6 +118,7 @@ def run_size(rows: int, models: dict[str, str], root: Path, unlabeled: int = 0, 
     from mtbert_ray.config import validate_config
     from mtbert_ray.pipeline import Experiment
     from mtbert_ray.ray_runtime import init_ray
+    from mtbert_ray.trial_needs import trial_needs
 
     folder = root / (f"unlabeled-{unlabeled}" if unlabeled else f"rows-{rows}")
     shutil.rmtree(folder, ignore_errors=True)
@@ -135,7 +136,7 @@ def run_size(rows: int, models: dict[str, str], root: Path, unlabeled: int = 0, 
         "resources": {"num_workers": 2, "cpus_per_worker": 1},
     })
     exp = Experiment(config, storage=folder / "results")
-    init_ray(required_cpus=config.resources.num_workers * config.resources.cpus_per_worker)  # not part of any stage's time
+    init_ray(required_cpus=trial_needs(config).peak["CPU"])  # not part of any stage's time; the cache pool's read CPU counted
     seconds, memory = {}, {}
     for stage, fn in (("prepare", exp.prepare), ("cofinetune", exp.cofinetune), ("cache", exp.teacher_cache),
                       ("distill", lambda: exp.distill(folder / "run"))):

@@ -66,11 +66,12 @@ class Experiment:
         check_models([*cfg.teachers, *filter(None, [head_teacher(cfg)])], cfg.student.init_from, cfg.student.num_layers,
                      cfg.trust_remote_code, cfg.data.max_length)
         needs = trial_needs(cfg)
-        init_ray(required_cpus=needs.peak["CPU"])  # an embedded Ray holds it; a joined cluster is checked
-        if os.environ.get("RAY_ADDRESS"):
-            capacity = cluster_capacity()
-            if capacity is not None:
-                fit_plan(needs, capacity, 1)
+        # An embedded Ray started here holds the peak; one joined (RAY_ADDRESS) or already running in this process
+        # (the caller's ray.init) is checked, so a stage that cannot start is refused now, not after a long wait.
+        init_ray(required_cpus=needs.peak["CPU"])
+        capacity = cluster_capacity()
+        if capacity is not None:
+            fit_plan(needs, capacity, 1)
         return self.ctx
 
     def cofinetune(self) -> Published:

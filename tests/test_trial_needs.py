@@ -135,3 +135,18 @@ def test_a_train_stage_whose_workers_wait_says_so(capfd):
     assert notice.notices[0].startswith("[mtbert] stage distill: its workers have waited ")
     assert "for 2 bundle(s) of [1 CPU + 1 CPU] (0/4 CPU free); Ray Train gives up after 900 s" in notice.notices[0]
     assert "9 CPU" not in " ".join(notice.notices)
+
+
+def test_an_experiment_on_a_ray_already_running_too_small_is_refused_before_any_stage(ray_session, tiny_models, tmp_path):
+    """The caller started Ray (the test session's 4 CPUs) and asks for 4 workers × 1 CPU + Ray Data's read CPU: one
+    line naming the numbers at ``prepare``, where the cache's actor pool used to wait out its 900 s (seen in
+    ``benchmarks/scale.py``, which starts its own Ray) — and no run folder or stage written."""
+    from mtbert_ray.pipeline import Experiment
+
+    raw = tiny_experiment(tiny_models, tmp_path, cache={"enabled": True},
+                          resources={"num_workers": 4, "cpus_per_worker": 1, "execution": "trainer"})
+    experiment = Experiment(validate_config(raw), storage=tmp_path / "results")
+    with pytest.raises(ConfigError, match=r"^resources: one trial needs 5 CPU at its peak \(.*\), but this cluster's "
+                                          r"1 node\(s\) has 4 CPU / 0 GPU; lower resources.num_workers"):
+        experiment.prepare()
+    assert not (tmp_path / "results" / "stages").exists() and not experiment.run_dir.exists()
