@@ -23,7 +23,7 @@ from mtbert_ray.errors import ResultsError
 from mtbert_ray.export import export_student, parameter_counts, read_student_meta
 from mtbert_ray.model_card import write_model_card
 from mtbert_ray.models.hub import check_models
-from mtbert_ray.ray_runtime import init_ray
+from mtbert_ray.ray_runtime import callers_ray_driver, init_ray
 from mtbert_ray.results import ExperimentResult
 from mtbert_ray.stage import Published
 from mtbert_ray.storage import atomic_write_text, ensure_writable_dir, resolve_storage
@@ -66,12 +66,14 @@ class Experiment:
         check_models([*cfg.teachers, *filter(None, [head_teacher(cfg)])], cfg.student.init_from, cfg.student.num_layers,
                      cfg.trust_remote_code, cfg.data.max_length)
         needs = trial_needs(cfg)
-        # An embedded Ray started here holds the peak; one joined (RAY_ADDRESS) or already running in this process
-        # (the caller's ray.init) is checked, so a stage that cannot start is refused now, not after a long wait.
-        init_ray(required_cpus=needs.peak["CPU"])
-        capacity = cluster_capacity()
-        if capacity is not None:
-            fit_plan(needs, capacity, 1)
+        callers_ray = callers_ray_driver()
+        init_ray(required_cpus=needs.peak["CPU"])  # an embedded Ray started here holds the peak
+        # A joined cluster, or a Ray the caller started in this driver (ray.init in a notebook), is checked, so a stage
+        # that cannot start is refused now, not after a long wait. (A sweep's trial: the sweep checked its plan.)
+        if os.environ.get("RAY_ADDRESS") or callers_ray:
+            capacity = cluster_capacity()
+            if capacity is not None:
+                fit_plan(needs, capacity, 1)
         return self.ctx
 
     def cofinetune(self) -> Published:

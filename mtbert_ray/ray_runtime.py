@@ -78,6 +78,14 @@ def local_cpu_count(required: float) -> int:
     return max(os.cpu_count() or 1, math.ceil(required))
 
 
+def callers_ray_driver() -> bool:
+    """Whether this process is a Ray driver the caller already connected (``ray.init`` before mtbert-ray's own):
+    not a Ray worker or actor (a sweep's trial), and not a Ray that ``init_ray`` would start."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is None
+
+
 def init_ray(required_cpus: float = 1.0, **kwargs: Any) -> None:
     """Join the cluster named by ``RAY_ADDRESS``, or start an embedded one sized for ``required_cpus``."""
     import ray
