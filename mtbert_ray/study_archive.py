@@ -25,7 +25,7 @@ from mtbert_ray.sweep_record import SWEEP_FILE
 #: The files an archive keeps, by suffix: results, records, predictions and configs. Weights (.safetensors, .bin,
 #: .onnx), pickles (tuner.pkl, params.pkl: only --resume reads them) and TensorBoard event files are left out.
 KEPT_SUFFIXES = (".json", ".csv", ".tsv", ".md", ".yaml", ".txt")
-SKIPPED_FOLDERS = ("student", "checkpoints")  # a run's exported model and its training checkpoints
+SKIPPED_FOLDERS = ("student",)  # a run's exported model; its training checkpoints are checkpoint_* folders
 ARCHIVE_SUFFIX = ".tar.gz"
 
 
@@ -47,9 +47,13 @@ def archive_sweep(sweep: str | Path, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{sweep.name}{ARCHIVE_SUFFIX}"
     partial = target.with_name(target.name + ".partial")
-    with tarfile.open(partial, "w:gz") as tar:
-        for path in sorted(p for p in sweep.rglob("*") if _kept(p, sweep)):
-            tar.add(path, arcname=str(Path(sweep.name) / path.relative_to(sweep)), recursive=False)
+    try:
+        with tarfile.open(partial, "w:gz") as tar:
+            for path in sorted(p for p in sweep.rglob("*") if _kept(p, sweep)):
+                tar.add(path, arcname=str(Path(sweep.name) / path.relative_to(sweep)), recursive=False)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(target)
     return target
 
