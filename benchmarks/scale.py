@@ -35,6 +35,7 @@ from pathlib import Path
 from _common import DATA, REPO, header, storage, timed
 
 TOPICS = 18
+STAGES = ("prepare", "cofinetune", "cache", "distill")
 LABELS = ["autos", "entertainment", "finance", "foodanddrink", "health", "kids", "lifestyle", "middleeast", "movies",
           "music", "news", "northamerica", "sports", "travel", "tv", "video", "weather", "games"]
 
@@ -111,10 +112,12 @@ class MemorySampler:
         self.peaks[f"{kind} (USS)"] = max(self.peaks.get(f"{kind} (USS)", 0.0), info.uss / 2**20)
 
 
-def run_size(rows: int, models: dict[str, str], root: Path, unlabeled: int = 0, labelled: int | None = None) -> dict:
+def run_size(rows: int, models: dict[str, str], root: Path, unlabeled: int = 0, labelled: int | None = None,
+             stages: tuple[str, ...] = STAGES) -> dict:
     """Stage wall seconds and peak memory for one dataset size, in a fresh folder (run in a process of its own:
     ``--one``, so no size inherits the other's memory). ``unlabeled``: that many unlabelled rows (``data.unlabeled``)
-    beside ``labelled`` training rows (default ``rows``); ``rows`` is then the size compared."""
+    beside ``labelled`` training rows (default ``rows``); ``rows`` is then the size compared. ``stages``: the first
+    stages only (``prepare cofinetune`` measures data preparation and what the driver keeps of it, in minutes)."""
     from mtbert_ray.config import validate_config
     from mtbert_ray.pipeline import Experiment
     from mtbert_ray.ray_runtime import init_ray
@@ -140,6 +143,8 @@ def run_size(rows: int, models: dict[str, str], root: Path, unlabeled: int = 0, 
     seconds, memory = {}, {}
     for stage, fn in (("prepare", exp.prepare), ("cofinetune", exp.cofinetune), ("cache", exp.teacher_cache),
                       ("distill", lambda: exp.distill(folder / "run"))):
+        if stage not in stages:
+            break
         with MemorySampler() as sampler:
             seconds[stage], _ = timed(fn)
         memory[stage] = dict(sampler.peaks)
@@ -148,20 +153,32 @@ def run_size(rows: int, models: dict[str, str], root: Path, unlabeled: int = 0, 
     return {"rows": rows, "seconds": seconds, "memory": memory, "exp": exp, "data": data}
 
 
-def run_in_own_process(rows: int, sizes: list[int], unlabeled: bool = False, labelled: int = 10_000) -> dict:
-    """``run_size`` in a fresh Python process (its own driver and Ray); its figures as JSON."""
+def run_in_own_process(rows: int, sizes: list[int], root: Path, unlabeled: bool = False, labelled: int = 10_000,
+                       stages: tuple[str, ...] = STAGES) -> dict:
+    """``run_size`` in a fresh Python process (its own driver and Ray); its figures as JSON. The child's stage lines
+    are printed as they come (a 1M-row size runs for an hour or more), its stderr goes to ``<root>/<kind>-<rows>.log``
+    and its figures to ``<root>/figures-<kind>-<rows>.json``, to be read again after the run."""
     import json
     import subprocess
     import sys
 
-    extra = ["--unlabeled", "--labelled", str(labelled)] if unlabeled else []
-    out = subprocess.run([sys.executable, __file__, "--one", str(rows), "--sizes", *map(str, sizes), *extra],
-                         capture_output=True, text=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith(("  ", "{"))]
-    print("\n".join(line for line in lines if line.startswith("  ")), flush=True)
-    if out.returncode != 0 or not lines or not lines[-1].startswith("{"):
-        raise SystemExit(f"{rows:,} rows failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    extra = (["--unlabeled", "--labelled", str(labelled)] if unlabeled else []) + ["--stages", *stages]
+    kind = f"unlabeled-beside-{labelled}" if unlabeled else "rows"
+    log = root / f"{kind}-{rows}.log"  # the stages' own progress and warnings (stderr), to follow with tail -f
+    with log.open("w") as stderr:
+        child = subprocess.Popen([sys.executable, __file__, "--one", str(rows), "--sizes", *map(str, sizes), *extra],
+                                 stdout=subprocess.PIPE, stderr=stderr, text=True)
+        lines: list[str] = []
+        for line in child.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("  "):
+                print(lines[-1], flush=True)
+        child.wait()
+    figures = [line for line in lines if line.startswith("{")]
+    if child.returncode != 0 or not figures:
+        raise SystemExit(f"{rows:,} rows failed (log: {log}):\n" + "\n".join(lines)[-3000:] + "\n" + log.read_text()[-3000:])
+    (root / f"figures-{kind}-{rows}.json").write_text(figures[-1] + "\n")
+    return json.loads(figures[-1])
 
 
 def tokenizer_ratio(run: dict) -> dict[str, float]:
@@ -202,12 +219,15 @@ def main() -> None:
     parser.add_argument("--unlabeled", action="store_true",
                         help="the sizes are unlabelled transfer-text rows (data.unlabeled) beside --labelled training rows")
     parser.add_argument("--labelled", type=int, default=10_000, help="labelled training rows with --unlabeled")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES,
+                        help="run the stages up to the last one named (default: all four)")
     args = parser.parse_args()
     root = storage() / "scale"
     models = {"bert": root / "tiny-bert", "roberta": root / "tiny-roberta"}
     if args.one is not None:
         run = run_size(args.one, {k: str(v) for k, v in models.items()}, root,
-                       unlabeled=args.one if args.unlabeled else 0, labelled=args.labelled if args.unlabeled else None)
+                       unlabeled=args.one if args.unlabeled else 0, labelled=args.labelled if args.unlabeled else None,
+                       stages=STAGES[:1 + max(STAGES.index(s) for s in args.stages)])
         figures = {"rows": run["rows"], "seconds": run["seconds"], "memory": run["memory"]}
         if args.one == max(args.sizes) and not args.unlabeled:
             figures["tokenizer"] = tokenizer_ratio(run)
@@ -216,7 +236,8 @@ def main() -> None:
     what = f"unlabelled rows beside {args.labelled:,} labelled" if args.unlabeled else "rows"
     header(f"scale: MIND-shaped data at {args.sizes[0]:,} and {args.sizes[1]:,} {what}, 2 workers, tiny encoders")
     make_tiny_bert(models["bert"]), make_tiny_roberta(models["roberta"])
-    small, large = (run_in_own_process(n, args.sizes, args.unlabeled, args.labelled) for n in args.sizes)
+    stages = STAGES[:1 + max(STAGES.index(s) for s in args.stages)]
+    small, large = (run_in_own_process(n, args.sizes, root, args.unlabeled, args.labelled, stages) for n in args.sizes)
     factor = large["rows"] / small["rows"]
     extra = args.labelled if args.unlabeled else 0  # rows the cache and distillation see: labelled + unlabelled
     per_row = {s: (large["seconds"][s] / (large["rows"] + extra)) / (small["seconds"][s] / (small["rows"] + extra))
@@ -231,7 +252,7 @@ def main() -> None:
     rss = {k: v for k, v in memory.items() if "(USS)" not in k}
     uss = {k: v for k, v in memory.items() if "(USS)" in k}
     if args.unlabeled:  # stages 2 and 3 grow with the unlabelled rows (stage 1 trains on the labelled ones only)
-        grown = {s: r for s, r in per_row.items() if s in ("cache", "distill")}
+        grown = {s: r for s, r in per_row.items() if s in ("cache", "distill")} or per_row  # with --stages: what ran
         print(f"unlabeled_per_row_ratio_max={max(grown.values()):.2f} peak_rss_ratio_max={max(rss.values()):.2f} "
               f"peak_uss_ratio_max={max(uss.values()):.2f}")
         return

@@ -167,6 +167,7 @@ def _data_shape(cfg: ExperimentConfig) -> tuple[int, int, float]:
     """(labelled training rows, unlabelled rows, mean tokens per example with the student's tokenizer on a sample of up
     to SAMPLE_ROWS of both)."""
     import pandas as pd
+    import pyarrow as pa
 
     from mtbert_ray.data.sources import UNLABELED, load_source
     from mtbert_ray.data.tokenize import encode_arrow
@@ -175,7 +176,9 @@ def _data_shape(cfg: ExperimentConfig) -> tuple[int, int, float]:
     raw = load_source(cfg.data)
     labelled = len(raw.splits["train"].frame)
     unlabeled = len(raw.splits[UNLABELED].frame) if UNLABELED in raw.splits else 0
-    frame = pd.concat([raw.splits[s].frame for s in ("train", UNLABELED) if s in raw.splits], ignore_index=True)
+    texts = {c: pd.ArrowDtype(pa.large_string()) for c in ("text_a", "text_b") if c in raw.splits["train"].frame}
+    frame = pd.concat([raw.splits[s].frame[list(texts)].astype(texts) for s in ("train", UNLABELED) if s in raw.splits],
+                      ignore_index=True)  # in Arrow, as the unlabelled texts are: no Python string for each row
     sample = frame.sample(n=min(SAMPLE_ROWS, len(frame)), random_state=0)
     tokenizer = load_tokenizer(cfg.student.init_from, trust_remote_code=cfg.trust_remote_code)
     columns, _ = encode_arrow(tokenizer, sample["text_a"].tolist(), sample["text_b"].tolist() if raw.pair else None,

@@ -12,8 +12,9 @@ import pytest
 from mtbert_ray.config import DataConfig
 from mtbert_ray.data import shards as shards_module
 from mtbert_ray.data.shards import prepare_data
-from mtbert_ray.data.sources import load_source
+from mtbert_ray.data.sources import UNLABELED_ID_BASE, load_source, load_unlabeled
 from mtbert_ray.errors import DataError
+from mtbert_ray.metric_names import NO_LABEL
 from mtbert_ray.stage import read_stage
 from tests import data_fixtures as fx
 from tests.conftest import MINILM_L3, MINILM_L6, REPO
@@ -234,3 +235,72 @@ def test_cli_prepare_summary_and_exit_status(tmp_path, rt_polarity):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]  # exactly one line
     assert "no column 'review'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ---- data.unlabeled: transfer text ---------------------------------------------------------------
+
+def _unlabeled(path, **kw) -> DataConfig:
+    return DataConfig(source="files", path="unused", text_fields=kw.pop("text_fields", ["text"]), unlabeled=str(path), **kw)
+
+
+def test_unlabeled_text_file_lines_ids_and_labels(tmp_path):
+    (tmp_path / "transfer.txt").write_text("\ufeffa quiet film\r\n\n  \nloud and long\r\nthe end", encoding="utf-8")
+    split, fingerprint = load_unlabeled(_unlabeled(tmp_path / "transfer.txt"), ["text"])
+    frame = split.frame
+    assert frame["text_a"].tolist() == ["a quiet film", "loud and long", "the end"]  # BOM, \r and blank lines gone
+    assert frame["example_id"].tolist() == [UNLABELED_ID_BASE + i for i in range(3)]
+    assert frame["label"].tolist() == [NO_LABEL] * 3 and frame["label"].dtype == "int64" and not split.labelled
+    assert isinstance(frame["text_a"].dtype, pd.ArrowDtype)  # texts stay in Arrow, not one Python object a row
+    assert fingerprint == load_unlabeled(_unlabeled(tmp_path / "transfer.txt"), ["text"])[1]
+
+
+def test_unlabeled_folder_of_tables_in_name_order_with_pairs_and_limit(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    pd.DataFrame({"a": ["one", "two"], "b": ["uno", "dos"]}).to_parquet(folder / "1.parquet")
+    (folder / "2.jsonl").write_text('{"a": "three", "b": "tres"}\n')
+    (folder / "3.csv").write_text("a,b\nfour,cuatro\n")
+    (folder / "notes.md").write_text("ignored: not a data file")
+    split, _ = load_unlabeled(_unlabeled(folder, text_fields=["a", "b"]), ["a", "b"])
+    assert split.frame["text_a"].tolist() == ["one", "two", "three", "four"]
+    assert split.frame["text_b"].tolist() == ["uno", "dos", "tres", "cuatro"]
+    limited, key = load_unlabeled(_unlabeled(folder, text_fields=["a", "b"], limit_unlabeled=2, seed=5), ["a", "b"])
+    again, same = load_unlabeled(_unlabeled(folder, text_fields=["a", "b"], limit_unlabeled=2, seed=5), ["a", "b"])
+    assert len(limited.frame) == 2 and limited.frame.equals(again.frame) and key == same
+    assert set(limited.frame["text_a"]) <= {"one", "two", "three", "four"}
+    assert limited.frame["example_id"].is_monotonic_increasing  # a sample keeps the files' order
+
+
+@pytest.mark.parametrize("content, pattern", [
+    (pd.DataFrame({"text": ["fine", None]}), r"t.parquet row 2, column 'text': missing text \(null\)"),
+    (pd.DataFrame({"text": ["fine", " \t"]}), r"t.parquet row 2, column 'text': empty text"),
+    (pd.DataFrame({"text": [1.5, 2.5]}), r"t.parquet row 1, column 'text': expected text, got float 1.5"),
+    (pd.DataFrame({"text": ["fine", 7]}, dtype=object), r"t.parquet row 2, column 'text': expected text, got int 7"),
+    (pd.DataFrame({"text": [None, None]}, dtype=object), r"t.parquet row 1, column 'text': missing text \(null\)"),
+])
+def test_unlabeled_bad_rows_name_file_row_and_column(tmp_path, content, pattern):
+    path = tmp_path / "t.parquet"
+    try:
+        content.to_parquet(path)
+    except Exception:  # a column Parquet cannot hold (mixed types): the same data as JSON Lines
+        path = tmp_path / "t.jsonl"
+        content.to_json(path, orient="records", lines=True)
+        pattern = pattern.replace("t.parquet", "t.jsonl")
+    with pytest.raises(DataError, match=pattern) as info:
+        load_unlabeled(_unlabeled(path), ["text"])
+    assert "\n" not in str(info.value)
+
+
+def test_dry_run_data_shape_counts_and_samples_both_kinds_of_rows(tmp_path, rt_polarity, tiny_models):
+    """The dry run's (labelled rows, unlabelled rows, mean tokens) with transfer text: both kinds counted, the token
+    sample drawn from both (the unlabelled texts, in Arrow, concatenated with the labelled ones)."""
+    from mtbert_ray.config import validate_config
+    from mtbert_ray.dryrun import _data_shape
+
+    (tmp_path / "transfer.txt").write_text("\n".join(["word " * 40] * 300))  # long: they lift the mean
+    data = {"source": "files", "path": str(rt_polarity), "text_fields": ["sentence"], "limit_train": 100, "max_length": 32}
+    config = {"name": "shape", "teachers": [tiny_models["bert"]], "student": {"init_from": tiny_models["bert"], "num_layers": 1}}
+    alone = _data_shape(validate_config({**config, "data": data}))
+    both = _data_shape(validate_config({**config, "data": {**data, "unlabeled": str(tmp_path / "transfer.txt")}}))
+    assert alone[:2] == (100, 0) and both[:2] == (100, 300)
+    assert alone[2] < both[2] <= 32, "the sample takes the long unlabelled rows too"

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mtbert_ray.config import DataConfig
 from mtbert_ray.data.glue_tasks import GLUE_FOLDERS, GLUE_TASKS, GlueTask
@@ -118,7 +120,9 @@ def load_unlabeled(cfg: DataConfig, text_columns: list[str]) -> tuple[RawSplit, 
     fingerprint (the files' sha256, the columns, ``limit_unlabeled`` and ``data.seed``).
 
     A file (Parquet / CSV / TSV / JSON Lines with the ``text_columns``; ``.txt``: one text a line, blank lines
-    skipped) or a folder whose files of those kinds are read in name order."""
+    skipped) or a folder whose files of those kinds are read in name order. Transfer text can be many times the
+    labelled data, so its texts stay in Arrow (the frame's text columns are ``ArrowDtype(large_string)``: ~the
+    text's bytes + 8 a row, where Python strings cost ~50 bytes more each) and are checked with Arrow compute."""
     root = Path(cfg.unlabeled).expanduser()
     if root.is_dir():
         files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in (*FILE_SUFFIXES, TEXT_SUFFIX))
@@ -128,33 +132,60 @@ def load_unlabeled(cfg: DataConfig, text_columns: list[str]) -> tuple[RawSplit, 
         files = [root]
     else:
         raise DataError(f"data.unlabeled: {root} does not exist; expected a file or folder of texts")
-    columns: list[list[str]] = [[] for _ in text_columns]
+    columns: list[list[pa.Array]] = [[] for _ in text_columns]
     for path in files:
         if path.suffix.lower() == TEXT_SUFFIX:
             if len(text_columns) != 1:
                 raise DataError(f"{path}: a .txt file holds one text a line; sentence pairs need a table with columns {text_columns}")
-            lines = [line.rstrip("\r") for line in _read_text(path).split("\n")]
-            columns[0] += [line for line in lines if line.strip()]
+            columns[0].append(_text_lines(path))
             continue
         if path.suffix.lower() not in FILE_SUFFIXES:
             raise DataError(f"{path}: unsupported file type; expected one of {', '.join((*FILE_SUFFIXES, TEXT_SUFFIX))}")
         table = _Table(UNLABELED, str(path), read_table(path), text_columns, None)
         _require_columns(table, cfg)
         for i, col in enumerate(text_columns):
-            columns[i] += _text_column(table, col)
-    if not columns[0]:
+            columns[i].append(_text_array(table, col))
+        del table
+    texts = [pa.chunked_array(chunks, pa.large_string()).combine_chunks() for chunks in columns]
+    n = len(texts[0])
+    if not n:
         raise DataError(f"data.unlabeled: {root} holds no text; expected at least one unlabelled example")
-    n = len(columns[0])
     frame = pd.DataFrame({"example_id": pd.Series(range(UNLABELED_ID_BASE, UNLABELED_ID_BASE + n), dtype="int64"),
-                          "text_a": columns[0]})
-    if len(columns) == 2:
-        frame["text_b"] = columns[1]
-    frame["label"] = pd.Series([NO_LABEL] * n, dtype="int64")
+                          "text_a": pd.arrays.ArrowExtensionArray(texts[0])})
+    if len(texts) == 2:
+        frame["text_b"] = pd.arrays.ArrowExtensionArray(texts[1])
+    frame["label"] = pd.Series(NO_LABEL, index=frame.index, dtype="int64")
     if cfg.limit_unlabeled is not None and n > cfg.limit_unlabeled:
         frame = frame.sample(n=cfg.limit_unlabeled, random_state=cfg.seed).sort_index().reset_index(drop=True)
     fingerprint = stable_hash({"files": [file_sha256(p) for p in files], "columns": text_columns,
                                "limit": cfg.limit_unlabeled, "seed": cfg.seed})
     return RawSplit(UNLABELED, str(root), frame, labelled=False), fingerprint
+
+
+def _text_lines(path: Path) -> pa.Array:
+    """A ``.txt`` file's non-blank lines (a trailing carriage return removed), as Arrow strings, split in Arrow."""
+    whole = pa.array([_read_text(path)], pa.large_string())
+    lines = pc.list_flatten(pc.split_pattern(whole, "\n"))
+    lines = pc.utf8_rtrim(lines, characters="\r")
+    return lines.filter(pc.invert(pc.equal(pc.utf8_trim_whitespace(lines), "")))
+
+
+def _text_array(table: _Table, column: str) -> pa.Array:
+    """A text column as Arrow strings, with ``_text_column``'s checks and errors (null, not text, empty)."""
+    try:
+        values = pa.array(table.frame[column], from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: the row-by-row check names the first bad row
+        _text_column(table, column)
+        raise DataError(f"{table.origin}, column {column!r}: expected text in every row") from None
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)) and values.null_count < len(values):
+        _text_column(table, column)  # numbers, lists…: the row-by-row check names the first row that is not text
+    values = values.cast(pa.large_string())
+    bad = pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_trim_whitespace(values), ""))
+    if pc.any(bad).as_py():
+        row = pc.index(bad, True).as_py()
+        what = "missing text (null)" if values[row].as_py() is None else "empty text"
+        raise DataError(f"{table.origin} row {row + 1}, column {column!r}: {what}")
+    return values
 
 
 # ---- validation and label mapping ---------------------------------------------------------------
