@@ -304,3 +304,15 @@ def test_dry_run_data_shape_counts_and_samples_both_kinds_of_rows(tmp_path, rt_p
     both = _data_shape(validate_config({**config, "data": {**data, "unlabeled": str(tmp_path / "transfer.txt")}}))
     assert alone[:2] == (100, 0) and both[:2] == (100, 300)
     assert alone[2] < both[2] <= 32, "the sample takes the long unlabelled rows too"
+
+
+def test_unlabeled_parquet_reads_only_its_text_columns_and_names_a_missing_or_damaged_file(tmp_path):
+    pd.DataFrame({"text": ["a film", "a play"], "extra": [[1, 2], [3]]}).to_parquet(tmp_path / "t.parquet")
+    split, _ = load_unlabeled(_unlabeled(tmp_path / "t.parquet"), ["text"])
+    assert split.frame["text_a"].tolist() == ["a film", "a play"] and list(split.frame.columns) == ["example_id", "text_a", "label"]
+    with pytest.raises(DataError, match=r"t.parquet: no column 'sentence' \(data.text_fields\); columns are \['text', 'extra'\]"):
+        load_unlabeled(_unlabeled(tmp_path / "t.parquet", text_fields=["sentence"]), ["sentence"])
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match=r"bad.parquet: cannot parse it as parquet \(") as info:
+        load_unlabeled(_unlabeled(tmp_path / "bad.parquet"), ["text"])
+    assert "\n" not in str(info.value)

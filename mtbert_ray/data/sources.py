@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from mtbert_ray.config import DataConfig
 from mtbert_ray.data.glue_tasks import GLUE_FOLDERS, GLUE_TASKS, GlueTask
@@ -132,7 +133,7 @@ def load_unlabeled(cfg: DataConfig, text_columns: list[str]) -> tuple[RawSplit, 
         files = [root]
     else:
         raise DataError(f"data.unlabeled: {root} does not exist; expected a file or folder of texts")
-    columns: list[list[pa.Array]] = [[] for _ in text_columns]
+    columns: list[list[pa.Array]] = [[] for _ in text_columns]  # per text column: its Arrow chunks, file after file
     for path in files:
         if path.suffix.lower() == TEXT_SUFFIX:
             if len(text_columns) != 1:
@@ -141,10 +142,9 @@ def load_unlabeled(cfg: DataConfig, text_columns: list[str]) -> tuple[RawSplit, 
             continue
         if path.suffix.lower() not in FILE_SUFFIXES:
             raise DataError(f"{path}: unsupported file type; expected one of {', '.join((*FILE_SUFFIXES, TEXT_SUFFIX))}")
-        table = _Table(UNLABELED, str(path), read_table(path), text_columns, None)
-        _require_columns(table, cfg)
+        table = _read_text_columns(path, text_columns, cfg)
         for i, col in enumerate(text_columns):
-            columns[i].append(_text_array(table, col))
+            columns[i] += _text_array(str(path), col, table.column(col)).chunks
         del table
     texts = [pa.chunked_array(chunks, pa.large_string()).combine_chunks() for chunks in columns]
     n = len(texts[0])
@@ -170,21 +170,43 @@ def _text_lines(path: Path) -> pa.Array:
     return lines.filter(pc.invert(pc.equal(pc.utf8_trim_whitespace(lines), "")))
 
 
-def _text_array(table: _Table, column: str) -> pa.Array:
-    """A text column as Arrow strings, with ``_text_column``'s checks and errors (null, not text, empty)."""
+def _read_text_columns(path: Path, text_columns: list[str], cfg: DataConfig) -> pa.Table:
+    """The text columns of one unlabelled file as an Arrow table: Parquet read by pyarrow, only those columns (no
+    pandas copy of the file); the other formats through ``read_table``. A missing column: ``_require_columns``' error."""
+    if path.suffix.lower() == ".parquet":
+        try:
+            parquet = pq.ParquetFile(path)
+            names = parquet.schema_arrow.names
+            table = parquet.read(columns=text_columns) if set(text_columns) <= set(names) else None
+        except Exception as exc:  # not Parquet, or damaged
+            raise DataError(f"{path}: cannot parse it as parquet ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        if table is not None:
+            return table
+        frame = pd.DataFrame(columns=names)
+    else:
+        frame = read_table(path)
+    _require_columns(_Table(UNLABELED, str(path), frame, text_columns, None), cfg)
+    return pa.table({c: _column_to_arrow(str(path), c, frame[c]) for c in text_columns})
+
+
+def _column_to_arrow(origin: str, column: str, series: pd.Series) -> pa.Array:
     try:
-        values = pa.array(table.frame[column], from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: the row-by-row check names the first bad row
-        _text_column(table, column)
-        raise DataError(f"{table.origin}, column {column!r}: expected text in every row") from None
+        return pa.array(series, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: the row-by-row check names the first row that is not text
+        _check_texts(origin, column, series.tolist())
+        raise DataError(f"{origin}, column {column!r}: expected text in every row") from None
+
+
+def _text_array(origin: str, column: str, values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A text column as Arrow strings, with ``_text_column``'s checks and errors (null, not text, empty)."""
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)) and values.null_count < len(values):
-        _text_column(table, column)  # numbers, lists…: the row-by-row check names the first row that is not text
+        _check_texts(origin, column, values.to_pylist())  # numbers, lists…: names the first row that is not text
     values = values.cast(pa.large_string())
     bad = pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_trim_whitespace(values), ""))
     if pc.any(bad).as_py():
         row = pc.index(bad, True).as_py()
         what = "missing text (null)" if values[row].as_py() is None else "empty text"
-        raise DataError(f"{table.origin} row {row + 1}, column {column!r}: {what}")
+        raise DataError(f"{origin} row {row + 1}, column {column!r}: {what}")
     return values
 
 
@@ -237,14 +259,19 @@ def _build(tables: list[_Table], cfg: DataConfig, known_labels: list[str] | None
 
 def _text_column(table: _Table, column: str) -> list[str]:
     values = table.frame[column].tolist()
+    _check_texts(table.origin, column, values)
+    return values
+
+
+def _check_texts(origin: str, column: str, values: list) -> None:
+    """Every value a non-empty text; else a one-line error naming the first bad row (1-based)."""
     for row, value in enumerate(values):
         if value is None or (isinstance(value, float) and value != value):
-            raise DataError(f"{table.origin} row {row + 1}, column {column!r}: missing text (null)")
+            raise DataError(f"{origin} row {row + 1}, column {column!r}: missing text (null)")
         if not isinstance(value, str):
-            raise DataError(f"{table.origin} row {row + 1}, column {column!r}: expected text, got {type(value).__name__} {value!r}")
+            raise DataError(f"{origin} row {row + 1}, column {column!r}: expected text, got {type(value).__name__} {value!r}")
         if not value.strip():
-            raise DataError(f"{table.origin} row {row + 1}, column {column!r}: empty text")
-    return values
+            raise DataError(f"{origin} row {row + 1}, column {column!r}: empty text")
 
 
 def _label_values(table: _Table) -> list:
