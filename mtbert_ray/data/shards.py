@@ -191,7 +191,7 @@ def prepare_data(
 def release_arrow_memory() -> None:
     """Give the memory Arrow's allocator kept from reading and tokenizing back to the system. Its pool (mimalloc)
     keeps freed pages for reuse, so without this the driver carried data preparation's peak (the texts read,
-    shuffled and tokenized: ~300 MiB for 1M unlabelled titles, measured) through every later stage."""
+    shuffled and tokenized: ~170 MiB at 1M unlabelled titles, benchmarks/README.md) through every later stage."""
     import gc
 
     gc.collect()

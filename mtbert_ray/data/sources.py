@@ -122,8 +122,8 @@ def load_unlabeled(cfg: DataConfig, text_columns: list[str]) -> tuple[RawSplit, 
 
     A file (Parquet / CSV / TSV / JSON Lines with the ``text_columns``; ``.txt``: one text a line, blank lines
     skipped) or a folder whose files of those kinds are read in name order. Transfer text can be many times the
-    labelled data, so its texts stay in Arrow (the frame's text columns are ``ArrowDtype(large_string)``: ~the
-    text's bytes + 8 a row, where Python strings cost ~50 bytes more each) and are checked with Arrow compute."""
+    labelled data, so it is read and checked in Arrow, without a Python string for each row (Parquet: only its text
+    columns, by pyarrow); the frame's text columns are ``ArrowDtype(large_string)``: the text's bytes + 8 a row."""
     root = Path(cfg.unlabeled).expanduser()
     if root.is_dir():
         files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in (*FILE_SUFFIXES, TEXT_SUFFIX))
