@@ -15,7 +15,8 @@ Layout under ``data.cache_dir`` (default ``~/.cache/mtbert_ray``), each a stage 
 
 Every shard set stores a split's rows in the same seeded random order (``data.seed``): a source sorted by
 label still gives mixed batches from the first step, and a view is a part-by-part concatenation, so
-preparing data holds one part (``ROWS_PER_PART`` rows) at a time, not the dataset. Reruns and concurrent
+tokenizing and joining hold one part (``ROWS_PER_PART`` rows) of tokens at a time; the texts themselves are held
+whole while they are shuffled (the transfer text in Arrow: ``sources.load_unlabeled``). Reruns and concurrent
 trials reuse shards and views and never trust a half-written or altered one.
 """
 from __future__ import annotations
