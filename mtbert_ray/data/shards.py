@@ -144,7 +144,8 @@ def prepare_data(
 ) -> PreparedData:
     """Validate the source, tokenize it once per distinct tokenization among ``models``, join the views
     (reused ones re-hashed whole with ``verify``; a file whose stat signature changed is re-hashed anyway)."""
-    raw = shuffled(raw if raw is not None else load_source(cfg), cfg.seed)
+    raw = raw if raw is not None else load_source(cfg)
+    orders = shard_orders(raw, cfg.seed)
     key = dataset_key(raw, cfg)
     unlabeled_key = raw.unlabeled_fingerprint
     cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
@@ -155,7 +156,7 @@ def prepare_data(
         specs.setdefault(spec.tokenization, spec)
         model_tokenization[name] = spec.tokenization
     shards = {
-        tokenization: ensure_shards(raw, key, spec, cfg.max_length, cache, trust_remote_code, verify, unlabeled_key)
+        tokenization: ensure_shards(raw, orders, key, spec, cfg.max_length, cache, trust_remote_code, verify, unlabeled_key)
         for tokenization, spec in specs.items()
     }
     view = ensure_view(shards, cache, verify)
@@ -184,7 +185,7 @@ def prepare_data(
         summary=summary,
         notes=list(raw.notes),
     )
-    del raw, shards, view
+    del raw, orders, shards, view
     release_arrow_memory()
     return prepared
 
@@ -199,12 +200,11 @@ def release_arrow_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-def shuffled(raw: RawDataset, seed: int) -> RawDataset:
-    """Every split's rows in a random order seeded by (``seed``, split) — the order shards and views store."""
-    for name, split in raw.splits.items():
-        order = np.random.default_rng([seed, _split_number(name)]).permutation(len(split.frame))
-        split.frame = split.frame.iloc[order].reset_index(drop=True)
-    return raw
+def shard_orders(raw: RawDataset, seed: int) -> dict[str, np.ndarray]:
+    """Each split's row order in its shards and views: a permutation seeded by (``seed``, split). The rows are
+    taken in this order one part at a time as they are tokenized, so no shuffled copy of a split is ever held."""
+    return {name: np.random.default_rng([seed, _split_number(name)]).permutation(len(split.frame))
+            for name, split in raw.splits.items()}
 
 
 def _label_counts(raw: RawDataset, split: str) -> dict[str, int]:
@@ -214,8 +214,8 @@ def _label_counts(raw: RawDataset, split: str) -> dict[str, int]:
     return {raw.label_names[i]: int(counts.get(i, 0)) for i in range(raw.num_labels)}
 
 
-def ensure_shards(raw: RawDataset, key: str, spec: TokenizerSpec, max_length: int, cache: Path,
-                  trust_remote_code: bool = False, verify: bool = False, unlabeled_key: str | None = None):
+def ensure_shards(raw: RawDataset, orders: dict[str, np.ndarray], key: str, spec: TokenizerSpec, max_length: int,
+                  cache: Path, trust_remote_code: bool = False, verify: bool = False, unlabeled_key: str | None = None):
     """The shard stage of (dataset, [unlabelled text,] tokenizer, max_length): reused when valid, else built."""
     shard_key = stable_hash({"v": FORMAT_VERSION, "dataset": key, "tokenizer": spec.fingerprint, "max_length": max_length,
                              **({"unlabeled": unlabeled_key} if unlabeled_key else {})})
@@ -225,8 +225,8 @@ def ensure_shards(raw: RawDataset, key: str, spec: TokenizerSpec, max_length: in
         with build_dir(folder) as tmp:
             files, stats = [], {}
             for split_name, split in raw.splits.items():
-                split_files, split_stats = _write_tokenized(tmp, split_name, split.frame, tokenizer, max_length, raw.pair,
-                                                            label=f"{spec.name} {split_name}")
+                split_files, split_stats = _write_tokenized(tmp, split_name, split.frame, orders[split_name], tokenizer,
+                                                            max_length, raw.pair, label=f"{spec.name} {split_name}")
                 files += split_files
                 stats[split_name] = split_stats
             write_manifest(tmp, files, kind="shards", key=shard_key, dataset=key, tokenizer=asdict(spec),
@@ -236,14 +236,15 @@ def ensure_shards(raw: RawDataset, key: str, spec: TokenizerSpec, max_length: in
     return reuse_or_build(cache, "shards", shard_key, build, what=f"tokenized {raw.describe()} with {spec.name}", verify=verify)
 
 
-def _write_tokenized(root: Path, split: str, frame, tokenizer, max_length: int, pair: bool, label: str):
-    """One split's Parquet parts (``ROWS_PER_PART`` rows each) and its token-length statistics."""
+def _write_tokenized(root: Path, split: str, frame, order: np.ndarray, tokenizer, max_length: int, pair: bool, label: str):
+    """One split's Parquet parts (``ROWS_PER_PART`` rows each, the frame's rows in ``order``) and its token-length
+    statistics."""
     (root / split).mkdir(parents=True, exist_ok=True)
     files, full_lengths, kept_lengths = [], [], []
     n = len(frame)
     started = last = time.time()
     for part, start in enumerate(range(0, max(n, 1), ROWS_PER_PART)):
-        chunk = frame.iloc[start : start + ROWS_PER_PART]
+        chunk = frame.iloc[order[start : start + ROWS_PER_PART]]
         pieces: list[dict[str, pa.Array]] = []
         for b in range(0, len(chunk), ENCODE_BATCH):
             sub = chunk.iloc[b : b + ENCODE_BATCH]
