@@ -64,8 +64,8 @@ def experiment(limit_train: int = 600, **sections: Any) -> dict[str, Any]:
         "data": {"source": "files", "path": str(DATA), "text_fields": ["sentence"], "limit_train": limit_train,
                  "limit_eval": 200, "max_length": 64, "cache_dir": str(storage() / "data-cache")},
         "cofinetune": {"epochs": 1, "lr": 2e-5, "head_lr": 1e-3, "batch_size": 32},
-        "distill": {"epochs": 1, "lr": 1e-4, "batch_size": 32, "temperature": 2.0},
-        "loss": {"hidden": False},
+        "distill": {"epochs": 1, "lr": 1e-4, "batch_size": 32},
+        "loss": {"temperature": 2.0, "hidden": False},
         "cache": {"enabled": True, "hidden": False},
         "resources": {"num_workers": 1, "cpus_per_worker": THREADS},
     }
@@ -77,7 +77,7 @@ def experiment(limit_train: int = 600, **sections: Any) -> dict[str, Any]:
 def prepared(raw: dict[str, Any]):
     """An ``Experiment`` of the benchmark config with stages 1 and 2 built (or reused)."""
     from mtbert_ray.config import validate_config
-    from mtbert_ray.pipeline import Experiment
+    from mtbert_ray.experiment.pipeline import Experiment
 
     exp = Experiment(validate_config(raw), storage=storage())
     exp.teacher_cache()
@@ -95,8 +95,8 @@ def stage3_history(folder: str, exp, ctx=None) -> tuple[float, list[dict[str, An
     The per-epoch rows are the stage's ``history.jsonl`` (``train_seconds``, ``data_wait_seconds``, …)."""
     import uuid
 
-    from mtbert_ray import stages
-    from mtbert_ray.train.history import HISTORY_FILE, read_history
+    from mtbert_ray.core.history import HISTORY_FILE, read_history
+    from mtbert_ray.experiment import stages
 
     run_dir = storage() / folder / f"run-{uuid.uuid4().hex[:8]}"
     wall, _ = timed(lambda: stages.distill(ctx or exp.ctx, run_dir))
@@ -107,13 +107,13 @@ def plain_step(ctx):
     """The stage-3 step and its optimization outside Ray (``train.loop.Optimization``): (step, module, optimization)."""
     import torch
 
-    from mtbert_ray.train.common import seed_everything
-    from mtbert_ray.train.distill import DistillStep
-    from mtbert_ray.train.loop import Optimization
+    from mtbert_ray.core.loop import Optimization
+    from mtbert_ray.core.steps.distill import DistillStep
+    from mtbert_ray.core.training import seed_everything
 
     torch.set_num_threads(THREADS)
     seed_everything(ctx.config.seed)
-    step = DistillStep(ctx)
+    step = DistillStep(ctx.distill_spec())
     module = step.build(torch.device("cpu"))
     optimizer = torch.optim.Adam(step.optimizer_groups(), weight_decay=ctx.config.distill.weight_decay)
     return step, module, Optimization(optimizer)

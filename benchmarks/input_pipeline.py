@@ -10,7 +10,7 @@ Two readers of the same cache files, timed side by side in one run (interleaved,
 The cache is ``--cache FOLDER`` (a published ``teacher_cache/<key>/data`` folder, its ``train/*.parquet``), or a
 synthetic one of the mixture study's shape (``--rows``, 2 teachers × 2 student layers × 384 wide, float16, 20–64
 tokens a row) written under ``$MTBERT_BENCH_STORAGE``. Beside the measurement, the arithmetic of
-``mtbert_ray.input_rate``: the rows/s one H100 consumes for the paper's student (6 × 768 from BERT-base, 128 tokens,
+``mtbert_ray.tools.input_rate``: the rows/s one H100 consumes for the paper's student (6 × 768 from BERT-base, 128 tokens,
 three 768-wide teachers) with the hidden-state cache and with logits only, and the CPUs per GPU worker that feed it.
 
 Last line: ``input_mb_per_core_s=<one core> ray_data_mb_s=<Ray Data, all cores> cpus_per_h100_hidden=<n>
@@ -34,7 +34,7 @@ BATCH = 64
 
 def synthetic_cache(rows: int, folder: Path, widths=(384, 384), layers: int = 2, seed: int = 0) -> list[str]:
     """A teacher cache of the mixture study's shape, 2,048 rows a file (one row group each)."""
-    from mtbert_ray.targets import LOGITS, hidden_column
+    from mtbert_ray.core.targets import LOGITS, hidden_column
 
     folder.mkdir(parents=True, exist_ok=True)
     existing = sorted(str(p) for p in folder.glob("*.parquet"))
@@ -63,8 +63,8 @@ def synthetic_cache(rows: int, folder: Path, widths=(384, 384), layers: int = 2,
 
 def collate_for(files: list[str]):
     """The ``PadCollate`` stage 3 builds for this cache: its tokenization, logits and states with their widths."""
-    from mtbert_ray.data.loader import PadCollate
-    from mtbert_ray.targets import LOGITS
+    from mtbert_ray.core.collate import PadCollate
+    from mtbert_ray.core.targets import LOGITS
 
     first = pq.ParquetFile(files[0]).read_row_group(0)
     names = first.column_names
@@ -89,7 +89,7 @@ def one_core(files: list[str], collate) -> tuple[int, int, float]:
 
 def ray_data(files: list[str], collate) -> tuple[int, float]:
     """(rows, seconds) of one streamed epoch through Ray Data (the dataset built fresh, as each stage does)."""
-    from mtbert_ray.data.loader import read_split
+    from mtbert_ray.distributed.loader import read_split
 
     ds = read_split(files, materialize=False, shuffle_seed=0)
     started, rows = time.perf_counter(), 0
@@ -100,8 +100,8 @@ def ray_data(files: list[str], collate) -> tuple[int, float]:
 
 def paper_arithmetic() -> dict[str, object]:
     """The paper's student on one H100: 6 layers of BERT-base (768 wide), 128 tokens, three 768-wide teachers."""
-    from mtbert_ray.input_rate import feed_rate, student_flops_per_row
-    from mtbert_ray.train.cache import INDEX_BYTES_PER_TOKEN
+    from mtbert_ray.experiment.cache_size import INDEX_BYTES_PER_TOKEN
+    from mtbert_ray.tools.input_rate import feed_rate, student_flops_per_row
 
     layers, hidden, tokens, teachers = 6, 768, 128, (768, 768, 768)
     non_embedding = layers * 12 * hidden * hidden  # 4h² attention + 8h² feed-forward per layer
@@ -125,7 +125,7 @@ def main() -> None:
     collate = collate_for(files)
     import ray
 
-    from mtbert_ray.ray_runtime import init_ray
+    from mtbert_ray.distributed.runtime import init_ray
 
     init_ray()
     plain, streamed = [], []

@@ -1,7 +1,7 @@
 """Teacher mixtures and unlabelled transfer text: is a student of several teachers at least the best one's, and better?
 
 The study is ``benchmarks/mixture_study.yaml`` run through ``python -m mtbert_ray.sweep`` and analysed with
-``mtbert_ray.analysis`` (nothing here trains): rt_polarity re-split by film (``resplit_rt_polarity.py``: 4,001 labelled
+``mtbert_ray.study.analysis`` (nothing here trains): rt_polarity re-split by film (``resplit_rt_polarity.py``: 4,001 labelled
 training sentences, validation 802 selects, test 3,007 reports, 4,942 unlabelled sentences), every row's 2-layer
 student starting from the same weights (its head from MiniLM-L6 co-finetuned alone), 5 distillation seeds per row.
 Comparisons are paired by seed and by test sentence: the 95 % bootstrap interval resamples both (each run writes its
@@ -11,7 +11,7 @@ Teachers: the offline MiniLM-L6, multilingual-e5-small (``<shared>/tools/seed_e5
 (``seed_mpnet.sh``), seeded into ``$MTBERT_BENCH_STORAGE/models`` on first use. Rows run in the order given; a study
 is run in parts (``--name mixture-b --variants ROW ...``) and analysed together (``--name mixture --parts mixture-b
 --analysis-only``); an interrupted part continues with ``--resume``. Each part's results (Tune's state, the trials'
-records and per-sentence predictions, no models: ``mtbert_ray.study_archive``) are archived in
+records and per-sentence predictions, no models: ``mtbert_ray.study.archive``) are archived in
 ``benchmarks/results/mixture/<part>.tar.gz`` when it ends or stops, to be committed; a machine without a part's
 folder restores it from there, so the analysis and the paired comparisons outlive the machine that ran them.
 
@@ -38,8 +38,8 @@ from pathlib import Path
 import yaml
 from _common import REPO, header, storage, study_parser
 
-from mtbert_ray.study_archive import ARCHIVE_SUFFIX, archive_sweep, restore_archive
-from mtbert_ray.sweep_record import SWEEP_FILE
+from mtbert_ray.study.archive import ARCHIVE_SUFFIX, archive_sweep, restore_archive
+from mtbert_ray.study.record import SWEEP_FILE
 
 SPACE = REPO / "benchmarks" / "mixture_study.yaml"
 ARCHIVES = REPO / "benchmarks" / "results" / "mixture"  # each part's results without models (study_archive), committed
@@ -96,7 +96,7 @@ def tune_space(study_space: Path, trials: int) -> Path:
 
 def chosen_variant(tune_dir: Path) -> dict:
     """The settings of the Optuna trial best on validation, as a variant of the study."""
-    from mtbert_ray.analysis import best_trial, load_study
+    from mtbert_ray.study.analysis import best_trial, load_study
 
     best = best_trial(load_study(tune_dir))
     if best is None:
@@ -142,7 +142,7 @@ def main() -> None:
         if tuning:
             return
 
-    from mtbert_ray.analysis import load_study, write_report
+    from mtbert_ray.study.analysis import load_study, write_report
 
     study_dir = results / "sweeps" / args.name
     parts = tuple(results / "sweeps" / name for name in args.parts)
@@ -158,7 +158,7 @@ def main() -> None:
     def diff(a: str, b: str) -> tuple[float, float]:
         """(paired mean difference, bootstrap lower bound) of a − b, computed here when not among the comparisons."""
         if (a, b) not in diffs.index:
-            from mtbert_ray.analysis import comparison_table
+            from mtbert_ray.study.analysis import comparison_table
 
             more = comparison_table(load_study(study_dir, *parts), [(a, b)], ["accuracy"])
             if more.empty or not more["pairs"].iloc[0]:

@@ -4,7 +4,7 @@ Same teachers (MiniLM-L6 and MiniLM-L3 with the shared attentive-pooling head, f
 fly), same 2-layer student weights (two copies of one initialisation), same batches (rt_polarity,
 32 × dynamic padding ≤ 64), same optimizer (Adam, lr 1e-4), 2 threads, CPU.
 
-- ours: ``mtbert_ray.train.distill.DistillStep`` through ``train.loop.Optimization`` — MT-BERT's weighted multi-teacher soft
+- ours: ``mtbert_ray.core.steps.distill.DistillStep`` through ``train.loop.Optimization`` — MT-BERT's weighted multi-teacher soft
   loss + task loss (``loss.hidden: false``), the step the Ray Train loop runs;
 - TextBrewer 0.2.1.post1: ``MultiTeacherDistiller.train(num_steps=...)`` — averaged-logit KD loss +
   hard-label loss (its model checkpoint save at the last step is switched off: it is not a step cost).
@@ -22,7 +22,6 @@ import argparse
 import copy
 import logging
 import tempfile
-from types import SimpleNamespace
 
 from _common import DATA, MINILM_L3, MINILM_L6, THREADS, header, median, timed
 
@@ -45,13 +44,12 @@ def main() -> None:
     from torch import nn
 
     from mtbert_ray.config import validate_config
-    from mtbert_ray.context import StageContext
-    from mtbert_ray.losses import ensemble_distill_loss
+    from mtbert_ray.core.loop import Optimization
+    from mtbert_ray.core.losses import SoftLabels, ensemble_distill_loss
+    from mtbert_ray.core.steps.distill import DistillModule, DistillSpec, DistillStep
     from mtbert_ray.models.hub import load_tokenizer
     from mtbert_ray.models.student import build_student
     from mtbert_ray.models.teachers import TeacherEnsemble
-    from mtbert_ray.train.distill import DistillModule, DistillStep
-    from mtbert_ray.train.loop import Optimization
 
     logging.getLogger("Distillation").setLevel(logging.WARNING)
     torch.set_num_threads(THREADS)
@@ -77,13 +75,15 @@ def main() -> None:
     cfg = validate_config({
         "teachers": [MINILM_L6, MINILM_L3], "student": {"init_from": MINILM_L6, "num_layers": 2},
         "data": {"source": "files", "path": str(DATA), "text_fields": ["sentence"]},
-        "distill": {"lr": 1e-4, "temperature": args.temperature}, "loss": {"hidden": False},
+        "distill": {"lr": 1e-4}, "loss": {"hidden": False, "temperature": args.temperature},
     })
     ours_module = DistillModule(copy.deepcopy(student_init), None)
     optimization = Optimization(torch.optim.Adam(ours_module.parameters(), lr=1e-4))
     # The stage-3 step on both teachers (one shared tokenization "tok"), its module and the frozen teachers set directly.
-    data = SimpleNamespace(model_tokenization={MINILM_L6: "tok", MINILM_L3: "tok"}, num_labels=2)
-    step = DistillStep(StageContext(cfg, data))
+    spec = DistillSpec(student=cfg.student, loss=cfg.loss, lr=1e-4, num_labels=2, label_names=["0", "1"],
+                       teacher_tokenizations=["tok", "tok"], student_tokenization="tok", pad_ids={"tok": 0}, teacher_widths=[],
+                       layer_maps=[], hidden_teachers=[], head_folder=None, teachers_checkpoint=None)
+    step = DistillStep(spec)
     step.module, step.ensemble = ours_module, teachers
     ours_batches = [{"label": b["labels"], **{f"tok.{k}": v for k, v in b.items() if k != "labels"}} for b in batches]
 
@@ -138,8 +138,10 @@ def main() -> None:
         tb_kd = float(losses["unweighted_kd_loss"])
         student_logits = tb_student(**batch)["logits"]
         teacher_logits = torch.stack([OneTeacher(i)(**batch)["logits"] for i in range(2)])
-        ours_logit_avg = float(ensemble_distill_loss(student_logits, teacher_logits, batch["labels"], args.temperature, "average_logits"))
-        ours_prob_avg = float(ensemble_distill_loss(student_logits, teacher_logits, batch["labels"], args.temperature, "average"))
+        ours_logit_avg = float(ensemble_distill_loss(student_logits, teacher_logits, batch["labels"],
+                                                    SoftLabels(temperature=args.temperature, ensemble="average_logits")))
+        ours_prob_avg = float(ensemble_distill_loss(student_logits, teacher_logits, batch["labels"],
+                                                   SoftLabels(temperature=args.temperature, ensemble="average")))
     difference = abs(ours_logit_avg - tb_kd)
     print(f"average-ensemble soft loss, batch 0, T={args.temperature}: TextBrewer {tb_kd:.8f}  ours(average_logits) "
           f"{ours_logit_avg:.8f}  |diff| {difference:.2e}  (ours 'average' of probabilities: {ours_prob_avg:.8f})")

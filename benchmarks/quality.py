@@ -1,7 +1,7 @@
 """Distillation quality: does a stronger teacher give a stronger student, and do several beat the best one?
 
 The study is ``benchmarks/quality.yaml`` run through ``python -m mtbert_ray.sweep`` and
-``mtbert_ray.analysis`` (nothing here trains): rt_polarity with 4,000 training sentences, students selected
+``mtbert_ray.study.analysis`` (nothing here trains): rt_polarity with 4,000 training sentences, students selected
 on validation and scored on the **test** split, 3 distillation seeds per row from teachers co-finetuned once
 per teacher set; rows: students of {L6}, {L3}, {MPNet}, {L6, L3}, {L6, MPNet}, {L6, L3, MPNet} (MT-BERT), the
 average and weighted ensemble baselines, MT-BERT minus each loss, the hidden loss switched off for the rows
@@ -70,7 +70,7 @@ def main() -> None:
             command += ["--set", f"space.variant={{grid: {json.dumps(args.variants)}}}", "--set", "analysis.comparisons=[]"]
         subprocess.run(command, cwd=REPO, env=env, check=True)
 
-    from mtbert_ray.analysis import load_study, write_report
+    from mtbert_ray.study.analysis import load_study, write_report
 
     study_dir = results / "sweeps" / args.name
     parts = tuple(results / "sweeps" / name for name in args.parts)

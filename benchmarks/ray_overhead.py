@@ -1,6 +1,6 @@
 """Distillation epochs inside a 1-worker ``TorchTrainer`` vs the same loop in plain PyTorch.
 
-Both sides run ``mtbert_ray.train.distill.DistillStep`` through ``train.loop.Optimization`` over the same
+Both sides run ``mtbert_ray.core.steps.distill.DistillStep`` through ``train.loop.Optimization`` over the same
 rows (the teacher cache of the benchmark experiment, logits only), with the same ``PadCollate``, batch
 size, seed and 2 CPU threads, for ``--epochs`` epochs. The Ray side is the real stage 3 on a 1-worker
 ``TorchTrainer`` (``resources.execution: trainer``, ``Experiment.distill``):

@@ -119,9 +119,9 @@ def run_size(rows: int, models: dict[str, str], root: Path, unlabeled: int = 0, 
     beside ``labelled`` training rows (default ``rows``); ``rows`` is then the size compared. ``stages``: the first
     stages only (``prepare cofinetune`` measures data preparation and what the driver keeps of it, in minutes)."""
     from mtbert_ray.config import validate_config
-    from mtbert_ray.pipeline import Experiment
-    from mtbert_ray.ray_runtime import init_ray
-    from mtbert_ray.trial_needs import trial_needs
+    from mtbert_ray.distributed.needs import trial_needs
+    from mtbert_ray.distributed.runtime import init_ray
+    from mtbert_ray.experiment.pipeline import Experiment
 
     folder = root / (f"unlabeled-{unlabeled}" if unlabeled else f"rows-{rows}")
     shutil.rmtree(folder, ignore_errors=True)

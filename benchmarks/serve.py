@@ -32,10 +32,10 @@ TEXTS = ["a gorgeous, witty movie", "dull and far too long", "the plot is thin b
 def default_student(root: Path) -> Path:
     import torch
 
-    from mtbert_ray.export import main as export_main
-    from mtbert_ray.export import save_transformers_student, to_transformers
+    from mtbert_ray.cli.export import main as export_main
     from mtbert_ray.models.hub import load_tokenizer
     from mtbert_ray.models.student import build_student
+    from mtbert_ray.models.student_io import save_transformers_student, to_transformers
 
     torch.manual_seed(0)
     student = build_student(_common.MINILM_L6, 2, 2, 200)
@@ -61,14 +61,14 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from mtbert_ray.serve import app, load_model
+    from mtbert_ray.deploy.serve import app, load_model
 
     folder = Path(args.student) if args.student else default_student(Path(tempfile.mkdtemp()))
     texts = [f"{TEXTS[i % len(TEXTS)]} ({i})" for i in range(args.requests)]
 
     model = load_model(str(folder), args.runtime)
     if hasattr(model, "session"):  # one thread, as the replica's 1 CPU
-        from mtbert_ray.onnx_export import OnnxStudent
+        from mtbert_ray.deploy.onnx import OnnxStudent
 
         model = OnnxStudent(folder, int8=args.runtime == "onnx-int8", threads=1)
     else:

@@ -27,9 +27,10 @@ def main() -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from mtbert_ray.export import StudentClassifier, save_student
+    from mtbert_ray.deploy.classifier import StudentClassifier
     from mtbert_ray.models.hub import load_tokenizer
     from mtbert_ray.models.student import build_student
+    from mtbert_ray.models.student_io import save_student
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)

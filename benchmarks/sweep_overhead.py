@@ -31,7 +31,7 @@ def sweep(path: str, name: str, results: Path, extra: list[str], temperatures: l
     started = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "mtbert_ray.sweep", "--space", path, "--storage", str(results),
                           "--name", name, "--set", "search.searcher=grid", "--set", "search.num_samples=1",
-                          "--set", f"space={{distill.temperature: {{grid: {temperatures}}}}}", *extra],
+                          "--set", f"space={{loss.temperature: {{grid: {temperatures}}}}}", *extra],
                          cwd=REPO, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"sweep {name} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
@@ -42,7 +42,7 @@ def efficiency(experiment_dir: Path) -> tuple[float, float, float, list[str]]:
     """(efficiency, Σ work seconds, Σ wall seconds, per-trial lines) of a finished sweep folder."""
     from ray.tune import ExperimentAnalysis
 
-    from mtbert_ray.train.history import HISTORY_FILE, read_history
+    from mtbert_ray.core.history import HISTORY_FILE, read_history
 
     work = wall = busy = 0.0
     lines = []

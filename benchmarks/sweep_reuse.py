@@ -32,7 +32,7 @@ def space_file(folder: Path, limit_train: int) -> Path:
         "name": "sweep-reuse",
         "experiment": base,
         "teacher_pool": {"minilm6": MINILM_L6, "minilm3": MINILM_L3},
-        "space": {"teachers": {"grid": ["minilm6", "minilm3"]}, "distill.temperature": {"grid": [1.0, 2.0]}},
+        "space": {"teachers": {"grid": ["minilm6", "minilm3"]}, "loss.temperature": {"grid": [1.0, 2.0]}},
         "search": {"searcher": "grid", "max_concurrent_trials": 2},
     }))
     return path

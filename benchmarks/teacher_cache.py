@@ -23,8 +23,8 @@ from _common import experiment, header, median, plain_batches, plain_step, prepa
 
 def component_limit(exp, batches: int = 8) -> tuple[float, float, float]:
     """(teacher forward s/batch, student step s/batch, limit) from plain-PyTorch component timings."""
-    from mtbert_ray.data.loader import view_columns
-    from mtbert_ray.targets import teacher_targets
+    from mtbert_ray.core.targets import teacher_targets
+    from mtbert_ray.data.columns import view_columns
 
     ctx, cfg = exp.ctx, exp.config
     step, module, optimization = plain_step(ctx)

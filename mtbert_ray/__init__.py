@@ -12,10 +12,10 @@ __version__ = "0.1.0"
 __all__ = ["Experiment", "ExperimentResult", "StudentClassifier", "load_config", "run_experiment"]
 
 _WHERE = {
-    "StudentClassifier": "mtbert_ray.export",
-    "run_experiment": "mtbert_ray.pipeline",
-    "Experiment": "mtbert_ray.pipeline",
-    "ExperimentResult": "mtbert_ray.results",
+    "StudentClassifier": "mtbert_ray.deploy.export",
+    "run_experiment": "mtbert_ray.experiment.pipeline",
+    "Experiment": "mtbert_ray.experiment.pipeline",
+    "ExperimentResult": "mtbert_ray.experiment.results",
     "load_config": "mtbert_ray.config",
 }
 

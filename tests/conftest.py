@@ -46,7 +46,7 @@ def ray_session():
     """One embedded Ray for the whole test run (4 logical CPUs: Train workers + Ray Data on 2 cores)."""
     import ray
 
-    from mtbert_ray.ray_runtime import init_ray
+    from mtbert_ray.distributed.runtime import init_ray
 
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(required_cpus=4, object_store_memory=400 * 2**20, log_to_driver=False)

@@ -98,7 +98,7 @@ def _run_dir_of_another_experiment(ws: Workspace) -> list[str]:
 
 def _student(ws: Workspace, name: str = "student") -> Path:
     """A small exported student (1 layer of the tiny BERT, 2 labels), converted to the layout a run exports."""
-    from mtbert_ray.export import convert_student
+    from mtbert_ray.deploy.export import convert_student
 
     with contextlib.redirect_stderr(io.StringIO()):
         return convert_student(make_tiny_student(ws.tmp / f"{name}-format1", ws.models["bert"]), ws.tmp / name)
@@ -186,7 +186,7 @@ CATALOGUE: dict[str, Case] = {
                              r"list.yaml: expected a mapping of config keys at the top level, got list"),
     "unknown config key": Case("run", lambda ws: ws.run("distill.temprature=2"), r"distill.temprature: unknown key"),
     "wrong type": Case("run", lambda ws: ws.run("distill.epochs=two"), r"distill.epochs: .*integer.*\(got 'two'\)"),
-    "temperature <= 0": Case("run", lambda ws: ws.run("distill.temperature=0"), r"distill.temperature: Input should be greater than 0"),
+    "temperature <= 0": Case("run", lambda ws: ws.run("loss.temperature=0"), r"loss.temperature: Input should be greater than 0"),
     "learning rate <= 0": Case("run", lambda ws: ws.run("cofinetune.lr=-1e-5"), r"cofinetune.lr: Input should be greater than 0"),
     "empty teacher list": Case("run", lambda ws: ws.run("teachers=[]"), r"teachers: expected at least one teacher"),
     "duplicated teacher": Case("run", lambda ws: ws.run(f"teachers=[{ws.models['bert']},{ws.models['bert']}]"),
@@ -256,8 +256,8 @@ CATALOGUE: dict[str, Case] = {
         "base: _rt_polarity_base.yaml\nvariants: {MT-BERT: {}, A: {loss.weighted: false}}\nspace: {variant: {grid: all}}\n"
         "analysis: {comparisons: [[MT-BERT, B]]}\n"))), r"analysis.comparisons: row 'B' is not a row of this study"),
     "dry run of a broken space": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space(
-        "base: _rt_polarity_base.yaml\nspace: {distill.temperature: {grid: [1.0, -2.0]}}\n")), "--dry-run"),
-        r"space.distill.temperature: distill.temperature: Input should be greater than 0"),
+        "base: _rt_polarity_base.yaml\nspace: {loss.temperature: {grid: [1.0, -2.0]}}\n")), "--dry-run"),
+        r"space.loss.temperature: loss.temperature: Input should be greater than 0"),
     "search.metric instead of select.metric": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space(
         "base: _rt_polarity_base.yaml\nsearch: {metric: val_macro_f1}\n"))), r"search.metric moved to the experiment's select.metric"),
     "sweep naming a model that does not load": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space(
@@ -296,7 +296,7 @@ CATALOGUE: dict[str, Case] = {
         "name: dup\ndistill: {epochs: 1}\nseed: 0\ndistill: {lr: 0.1}\n", "dup.yaml"))],
         r"dup.yaml: line 4 invalid YAML \(duplicate key 'distill' \(first at line 2\)\)"),
     "duplicate key in a space file": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space(
-        "base: _rt_polarity_base.yaml\nspace: {distill.lr: {grid: [0.1]}}\nspace: {distill.temperature: {grid: [1]}}\n"))),
+        "base: _rt_polarity_base.yaml\nspace: {distill.lr: {grid: [0.1]}}\nspace: {loss.temperature: {grid: [1]}}\n"))),
         r"space.yaml: line 3 invalid YAML \(duplicate key 'space'"),
     "max_length beyond the position embeddings": Case("run", lambda ws: ws.run("data.max_length=1000"),
                                                       r"data.max_length=1000 is longer than .*tiny-bert' takes \(128 positions\)"),
@@ -342,17 +342,17 @@ CATALOGUE: dict[str, Case] = {
 
 def _main(cli: str) -> Callable[[list[str]], None]:
     if cli == "run":
-        from mtbert_ray.run import main
+        from mtbert_ray.cli.run import main
     elif cli == "prepare":
-        from mtbert_ray.data.__main__ import main as data_main
+        from mtbert_ray.cli.data import main as data_main
 
         return lambda argv: data_main(["prepare", *argv])
     elif cli == "sweep":
-        from mtbert_ray.sweep import main
+        from mtbert_ray.cli.sweep import main
     elif cli == "analysis":
-        from mtbert_ray.analysis import main
+        from mtbert_ray.cli.analysis import main
     else:
-        from mtbert_ray.predict import main
+        from mtbert_ray.cli.predict import main
     return main
 
 
@@ -385,7 +385,7 @@ def test_bad_input_exits_2_with_one_line_and_keeps_results(case, workspace, caps
 
 def test_debug_flag_shows_the_traceback(workspace, capsys):
     with pytest.raises(SystemExit) as exited:
-        _main("run")([*workspace.run("distill.temperature=0"), "--debug"])
+        _main("run")([*workspace.run("loss.temperature=0"), "--debug"])
     err = capsys.readouterr().err
     assert exited.value.code == 2 and "Traceback (most recent call last)" in err and "ConfigError" in err
 

@@ -13,15 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mtbert_ray.config import DataConfig, DistillConfig, LossConfig
-from mtbert_ray.data.loader import PadCollate, inputs_for
+from mtbert_ray.config import DataConfig, LossConfig
+from mtbert_ray.core.collate import PadCollate, inputs_for
+from mtbert_ray.core.objective import HiddenStates, mt_bert_objective
+from mtbert_ray.core.targets import cache_columns, cache_float_columns, cached_targets, teacher_targets
 from mtbert_ray.data.shards import prepare_data
 from mtbert_ray.models.layer_map import layer_map
 from mtbert_ray.models.projection import build_projections
 from mtbert_ray.models.student import build_student
 from mtbert_ray.models.teachers import TeacherEnsemble
-from mtbert_ray.targets import cache_columns, cache_float_columns, cached_targets, teacher_targets
-from mtbert_ray.train.objective import mt_bert_objective
 from tests.conftest import RT_POLARITY
 
 HIDDEN_TOLERANCE = {"float32": 1e-5, "float16": 2.0**-10, "bfloat16": 2.0**-7}
@@ -63,8 +63,7 @@ def test_cache_and_on_the_fly_give_the_same_loss(tiny_models, tmp_path, weighted
     cache = pq.read_table(path)
     assert cache["example_id"].to_pylist() == view["example_id"].to_pylist()
 
-    loss_cfg = LossConfig(hidden=True, weighted=weighted, ensemble=mode)
-    distill_cfg = DistillConfig(temperature=2.0)
+    loss_cfg = LossConfig(hidden=True, weighted=weighted, ensemble=mode, temperature=2.0)
     order = np.random.default_rng(0).permutation(view.num_rows)
     cache_collate = PadCollate({s_tok: data.tokenizations[s_tok].pad_token_id}, cache_float_columns(ensemble.widths, 1, range(len(ensemble.widths))),
                                stored_dtype=dtype)
@@ -77,8 +76,8 @@ def test_cache_and_on_the_fly_give_the_same_loss(tiny_models, tmp_path, weighted
             teacher_targets(ensemble, fly, t_tok, s_tok, maps),
             cached_targets(cached, len(teachers), data.num_labels, 1, range(len(teachers))),
         ):
-            losses.append(mt_bert_objective(out.logits, fly["label"], logits, loss_cfg, distill_cfg,
-                                            out.hidden_states[1:], states, projections, s_in["attention_mask"]))
+            losses.append(mt_bert_objective(out.logits, fly["label"], logits, loss_cfg,
+                                            HiddenStates(out.hidden_states[1:], states, projections, s_in["attention_mask"])))
         for term in ("task", "distill"):
             assert losses[0][term].item() == pytest.approx(losses[1][term].item(), rel=1e-5, abs=1e-6), term
         tolerance = HIDDEN_TOLERANCE[dtype]
@@ -100,7 +99,7 @@ def test_cache_writer_keeps_the_order_and_rolls_files_at_the_row_count(ray_sessi
 
     import ray.data
 
-    from mtbert_ray.train.cache import write_in_order
+    from mtbert_ray.distributed.teacher_cache import write_in_order
 
     class SlowSometimes:
         def __call__(self, batch):
@@ -123,7 +122,7 @@ def test_local_batches_keep_every_row_in_order_across_files_of_odd_sizes(tmp_pat
     in order (list columns as arrays, as Ray Data's numpy batches give them)."""
     import pyarrow as pa
 
-    from mtbert_ray.train.cache import local_batches
+    from mtbert_ray.distributed.teacher_cache import local_batches
 
     files, start = [], 0
     for i, n in enumerate((7, 1, 5)):
@@ -143,8 +142,8 @@ def test_cached_states_cross_in_their_stored_precision_and_widen_on_the_device()
     float32 decode gives, and ``cached_targets`` hands the loss float32."""
     import numpy as np
 
+    from mtbert_ray.core.collate import float_column
     from mtbert_ray.data.floats import decode_floats, encode_floats
-    from mtbert_ray.data.loader import float_column
 
     states = torch.randn(7, 3)
     for dtype, torch_dtype in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
@@ -164,7 +163,7 @@ def test_interleave_keeps_each_stream_in_order_and_every_prefix_in_proportion():
     """``interleave``: 3 labelled and 9 unlabelled items of one row → one labelled item then three unlabelled ones,
     every item once, each stream in its order; after every item the streams' done fractions differ by at most one
     item's share; an exhausted or empty stream leaves the rest as they are."""
-    from mtbert_ray.train.cache import interleave
+    from mtbert_ray.distributed.teacher_cache import interleave
 
     merged = list(interleave({"train": [f"l{i}" for i in range(3)], "unlabeled": [f"u{i}" for i in range(9)]},
                              {"train": 3, "unlabeled": 9}, size=lambda item: 1))
@@ -182,7 +181,7 @@ def test_pool_parts_are_interleaved_into_one_training_folder_by_batches(tmp_path
     each split's rows back (``_rows_written``)."""
     import pyarrow as pa
 
-    from mtbert_ray.train.cache import _file_batches, _rows_written, interleave, write_in_order
+    from mtbert_ray.distributed.teacher_cache import _file_batches, _rows_written, interleave, write_in_order
 
     for split, rows, label in (("train", 40, 1), ("unlabeled", 120, -1)):
         (tmp_path / f"part.{split}").mkdir()

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from mtbert_ray.config import ResourcesConfig, validate_config
-from mtbert_ray.ray_runtime import scaling_config
+from mtbert_ray.distributed.runtime import scaling_config
 from tests.cluster_helpers import forget_cluster_address, free_ports
 from tests.conftest import REPO, tiny_experiment
 
@@ -42,7 +42,7 @@ def test_cluster_yaml_passes_rays_schema(path):
     image = (cfg.get("docker") or {}).get("image", "")
     assert re.search(r":0\.1\.0-gpu$", image) or "-c ~/mtbert-ray/constraints.txt ~/mtbert-ray" in setup, \
         "the project's image, or the repository installed with its pins"
-    assert "python3 -m mtbert_ray.node_check" in cfg["worker_start_ray_commands"], "GPU nodes checked before Ray starts"
+    assert "python3 -m mtbert_ray.tools.node_check" in cfg["worker_start_ray_commands"], "GPU nodes checked before Ray starts"
     assert " -e " not in setup, "never an editable path"
     assert ">> ~/.bashrc" not in text, "set-up must not append to a file on every `ray up`"
     assert "HF_TOKEN" not in json.dumps(cfg.get("docker", {}).get("run_options", [])).replace("--env-file", ""), \
@@ -84,8 +84,8 @@ def test_broken_copy_fails_validation(path, breakage):
 
 def test_gpu_settings_reach_the_scaling_config_and_trial_resources(tiny_models, tmp_path):
     from mtbert_ray.config import micro_batch
-    from mtbert_ray.space import load_space
-    from mtbert_ray.sweep import needs_of
+    from mtbert_ray.config.space import load_space
+    from mtbert_ray.study.sweep import needs_of
 
     sc = scaling_config(ResourcesConfig(num_workers=2, use_gpu=True, cpus_per_worker=4, gpus_per_worker=1))
     assert sc.use_gpu and sc.num_workers == 2
@@ -111,7 +111,7 @@ def test_gpu_settings_reach_the_scaling_config_and_trial_resources(tiny_models, 
 
 
 def test_the_pass_through_never_carries_a_secret(monkeypatch):
-    from mtbert_ray.ray_runtime import ENV_PASSTHROUGH, runtime_env_vars
+    from mtbert_ray.distributed.runtime import ENV_PASSTHROUGH, runtime_env_vars
 
     secret = re.compile(r"TOKEN|KEY|SECRET|PASSWORD")
     assert not [name for name in ENV_PASSTHROUGH if secret.search(name)]
@@ -132,7 +132,7 @@ def test_the_image_is_rays_gpu_image_of_the_pinned_ray_with_the_project_wheel():
 
 def test_a_job_driver_leaves_out_of_its_runtime_env_what_the_job_sets(monkeypatch):
     """Ray refuses a driver runtime_env repeating a key of the submitted job's runtime_env."""
-    from mtbert_ray.ray_runtime import runtime_env_vars
+    from mtbert_ray.distributed.runtime import runtime_env_vars
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", "/tmp/driver-hf")
@@ -144,8 +144,8 @@ def test_a_job_driver_leaves_out_of_its_runtime_env_what_the_job_sets(monkeypatc
 
 
 def test_upload_copies_a_study_to_an_object_store_uri(tmp_path):
-    from mtbert_ray.errors import ConfigError
-    from mtbert_ray.upload import check_upload_uri, upload_sweep
+    from mtbert_ray.common.errors import ConfigError
+    from mtbert_ray.study.upload import check_upload_uri, upload_sweep
 
     study = tmp_path / "results" / "sweeps" / "s1"
     (study / "analysis").mkdir(parents=True)
@@ -269,7 +269,7 @@ def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_p
         space = tmp_path / "space.yaml"
         space.write_text(yaml.safe_dump({
             "name": "fake-cluster", "experiment": base,
-            "space": {"distill.temperature": {"grid": [1.0, 2.0]}},
+            "space": {"loss.temperature": {"grid": [1.0, 2.0]}},
             # the autoscaler's node types size the study: one trial's peak (0.5 driver + 1 worker + 1 read) is 2.5 of
             # the 1 + 3 × 1 CPUs the cluster can reach, so the two trials run one after the other
             "search": {"searcher": "grid", "max_concurrent_trials": 2, "trial_cpus": 0.5, "autoscaling_config": str(config_file)},
@@ -335,13 +335,13 @@ def test_the_gpu_smoke_script_parses_and_its_configs_validate():
 
 
 def test_the_node_check_fails_a_gpu_node_torch_cannot_use(tmp_path, monkeypatch, capsys):
-    """``python -m mtbert_ray.node_check`` (before ``ray start`` on every worker node): a CPU node (no nvidia-smi) is
+    """``python -m mtbert_ray.tools.node_check`` (before ``ray start`` on every worker node): a CPU node (no nvidia-smi) is
     fine; a node whose driver lists GPUs that torch cannot use fails with one line."""
     import stat
 
     import torch
 
-    from mtbert_ray import node_check
+    from mtbert_ray.tools import node_check
 
     monkeypatch.setenv("PATH", str(tmp_path))
     assert node_check.node_problem() is None  # no nvidia-smi: a CPU node
@@ -357,9 +357,9 @@ def test_the_node_check_fails_a_gpu_node_torch_cannot_use(tmp_path, monkeypatch,
 
 
 def test_the_gpu_smoke_verdict_fails_on_what_matters(tmp_path):
-    """``python -m mtbert_ray.gpu_smoke RUN``: a good run passes; no resume, a NaN loss, no GPU memory and a student at
+    """``python -m mtbert_ray.tools.gpu_smoke RUN``: a good run passes; no resume, a NaN loss, no GPU memory and a student at
     chance each fail, by name."""
-    from mtbert_ray.gpu_smoke import smoke_failures
+    from mtbert_ray.tools.gpu_smoke import smoke_failures
 
     def write(distill_rows, accuracy=0.8, co_rows=None):
         run = tmp_path / f"run{len(list(tmp_path.iterdir()))}"

@@ -9,13 +9,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from mtbert_ray.common.errors import DataError
+from mtbert_ray.common.metric_names import NO_LABEL
 from mtbert_ray.config import DataConfig
 from mtbert_ray.data import shards as shards_module
 from mtbert_ray.data.shards import prepare_data
 from mtbert_ray.data.sources import UNLABELED_ID_BASE, load_source, load_unlabeled
-from mtbert_ray.errors import DataError
-from mtbert_ray.metric_names import NO_LABEL
-from mtbert_ray.stage import read_stage
+from mtbert_ray.store.stage import read_stage
 from tests import data_fixtures as fx
 from tests.conftest import MINILM_L3, MINILM_L6, REPO
 
@@ -295,7 +295,7 @@ def test_dry_run_data_shape_counts_and_samples_both_kinds_of_rows(tmp_path, rt_p
     """The dry run's (labelled rows, unlabelled rows, mean tokens) with transfer text: both kinds counted, the token
     sample drawn from both (the unlabelled texts, in Arrow, concatenated with the labelled ones)."""
     from mtbert_ray.config import validate_config
-    from mtbert_ray.dryrun import _data_shape
+    from mtbert_ray.study.dryrun import _data_shape
 
     (tmp_path / "transfer.txt").write_text("\n".join(["word " * 40] * 300))  # long: they lift the mean
     data = {"source": "files", "path": str(rt_polarity), "text_fields": ["sentence"], "limit_train": 100, "max_length": 32}

@@ -11,9 +11,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mtbert_ray.errors import ResourcesError
-from mtbert_ray.train.common import training_device
-from mtbert_ray.train.loop import Optimization
+from mtbert_ray.common.errors import ResourcesError
+from mtbert_ray.core.loop import Optimization
+from mtbert_ray.core.training import training_device
 
 MICRO_BATCHES = 5  # per rank and epoch, with 2 per step: the fifth is a partly filled step
 EPOCHS = 2

@@ -13,8 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from mtbert_ray.core.steps.distill import DistillModule
 from mtbert_ray.models.projection import build_projections
-from mtbert_ray.train.distill import DistillModule
 
 ROWS, TOKENS, STUDENT_WIDTH, TEACHER_WIDTH, LAYERS = 6, 5, 8, 6, 2
 

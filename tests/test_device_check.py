@@ -18,10 +18,10 @@ class _NoRay(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _NoRay())
 """
 
-CORE = ["mtbert_ray.losses", "mtbert_ray.models.student", "mtbert_ray.models.teachers", "mtbert_ray.models.projection",
-        "mtbert_ray.models.align", "mtbert_ray.models.layer_map", "mtbert_ray.targets", "mtbert_ray.train.objective",
-        "mtbert_ray.train.loop", "mtbert_ray.train.cofinetune", "mtbert_ray.train.distill", "mtbert_ray.train.common",
-        "mtbert_ray.export", "mtbert_ray.device_check"]
+CORE = ["mtbert_ray.core.losses", "mtbert_ray.models.student", "mtbert_ray.models.teachers", "mtbert_ray.models.projection",
+        "mtbert_ray.models.align", "mtbert_ray.models.layer_map", "mtbert_ray.core.targets", "mtbert_ray.core.objective",
+        "mtbert_ray.core.loop", "mtbert_ray.core.steps.cofinetune", "mtbert_ray.core.steps.distill", "mtbert_ray.core.training",
+        "mtbert_ray.deploy.export", "mtbert_ray.tools.device_check"]
 
 
 def _without_ray(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -52,11 +52,12 @@ def test_device_check_fails_loudly(monkeypatch, capsys):
     """A check that does not hold is a failure line and exit status 1 (here: a bf16 tolerance of 0)."""
     import pytest
 
-    from mtbert_ray import device_check
+    from mtbert_ray.cli.device_check import main
+    from mtbert_ray.tools import device_check
 
     monkeypatch.setattr(device_check, "TOLERANCE", {"bf16": 0.0})
     with pytest.raises(SystemExit) as exited:
-        device_check.main(["--tiny", "--cpu", "--precisions", "bf16"])
+        main(["--tiny", "--cpu", "--precisions", "bf16"])
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert exited.value.code == 1 and not report["ok"]
     assert any("bf16: loss" in line and "vs fp32" in line for line in report["failures"])

@@ -15,12 +15,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from mtbert_ray.common.errors import ResultsError
 from mtbert_ray.config import validate_config
+from mtbert_ray.core.history import HISTORY_FILE, read_history
 from mtbert_ray.data.shards import prepare_data
-from mtbert_ray.errors import ResultsError
-from mtbert_ray.stage import read_stage
-from mtbert_ray.storage import atomic_write_text
-from mtbert_ray.train.history import HISTORY_FILE, read_history
+from mtbert_ray.store.files import atomic_write_text
+from mtbert_ray.store.stage import read_stage
 from tests.conftest import tiny_experiment
 
 
@@ -28,7 +28,7 @@ from tests.conftest import tiny_experiment
 def test_worker_death_restarts_from_the_checkpoint_and_the_epoch_counter_continues(ray_session, tiny_models, tmp_path, monkeypatch):
     """Rank 0 exits mid-epoch 2; with max_failures=1 Ray Train restarts the workers from the epoch-1
     checkpoint, and the run completes without a second call."""
-    from mtbert_ray.pipeline import Experiment
+    from mtbert_ray.experiment.pipeline import Experiment
 
     cfg = validate_config(tiny_experiment(tiny_models, tmp_path, teachers=[tiny_models["bert"]], cofinetune={"epochs": 2},
                                           max_failures=1, resources={"num_workers": 1, "cpus_per_worker": 1,
@@ -78,7 +78,7 @@ def test_a_full_disk_fails_the_write_cleanly_and_keeps_the_earlier_file(tmp_path
     def disk_full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("mtbert_ray.storage.os.fsync", disk_full)
+    monkeypatch.setattr("mtbert_ray.store.files.os.fsync", disk_full)
     with pytest.raises(ResultsError, match=r"result.json: cannot write it \(No space left on device\)"):
         atomic_write_text(result, '{"accuracy": 0.99}')
     assert json.loads(result.read_text()) == {"accuracy": 0.81}, "the earlier result was damaged"
@@ -112,7 +112,7 @@ def test_a_full_disk_while_tokenizing_publishes_nothing_and_keeps_earlier_shards
 def _context(cfg):
     from types import SimpleNamespace
 
-    from mtbert_ray.context import StageContext
+    from mtbert_ray.experiment.context import StageContext
 
     data = SimpleNamespace(model_tokenization={"a": "tok_a", "b": "tok_b"}, dataset_key="d", unlabeled_key=None, splits={})
     return StageContext(cfg, data)
@@ -120,7 +120,7 @@ def _context(cfg):
 
 def test_cofinetune_reuse_false_gives_each_run_its_own_stage_key():
     """``cofinetune.reuse: false`` retrains the teachers for one run; the switch itself is not part of the key."""
-    from mtbert_ray.stages import cofinetune_key
+    from mtbert_ray.experiment.stages import cofinetune_key
 
     cfg = validate_config(tiny_experiment({"bert": "a", "roberta": "b"}, Path("/tmp")))
     shared = cofinetune_key(_context(cfg))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pickle
 from types import SimpleNamespace
 
-from mtbert_ray.train.history import read_history
-from mtbert_ray.train.ray_callbacks import MetricsHistory
+from mtbert_ray.core.history import read_history
+from mtbert_ray.distributed.callbacks import MetricsHistory
 
 
 def test_every_report_is_one_line_with_rank_0_metrics_and_the_checkpoint(tmp_path):

@@ -139,7 +139,7 @@ def test_the_cache_actor_pool_runs_on_a_cluster_exactly_the_size_the_plan_asks(m
     import yaml
 
     from mtbert_ray.config import validate_config
-    from mtbert_ray.trial_needs import trial_needs
+    from mtbert_ray.distributed.needs import trial_needs
     from tests.conftest import tiny_experiment
 
     experiment = tiny_experiment(tiny_models, tmp_path, distill={"epochs": 1}, cache={"enabled": True, "hidden": True},

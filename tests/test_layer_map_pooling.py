@@ -89,8 +89,8 @@ def test_shared_head_adapters_only_where_width_differs():
 
 
 def test_hidden_loss_teachers_are_selected_by_name_or_tokenizer():
-    from mtbert_ray.context import select_hidden_teachers
-    from mtbert_ray.errors import ConfigError
+    from mtbert_ray.common.errors import ConfigError
+    from mtbert_ray.experiment.context import select_hidden_teachers
 
     teachers, toks = ["l6", "mpnet", "l3"], ["tok_a", "tok_b", "tok_a"]
     assert select_hidden_teachers("all", teachers, toks, "tok_a") == [0, 1, 2]
@@ -106,8 +106,8 @@ def test_stages_map_each_teacher_by_the_configured_layer_map(tmp_path, kind, exp
     import json
     from types import SimpleNamespace
 
+    from mtbert_ray.experiment.stages import with_teachers
     from mtbert_ray.models.teachers import ENSEMBLE_FILE
-    from mtbert_ray.stages import with_teachers
 
     folder = tmp_path / "teachers"
     for i, (width, depth) in enumerate([(384, 6), (768, 12)]):

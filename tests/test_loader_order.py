@@ -23,8 +23,8 @@ def _files(folder: Path, n_files: int = 12, rows: int = 20) -> list[str]:
 
 def _as_the_stages_read(ds):
     """The execution options the stages give a training split (``preserve_order``: reproducible runs)."""
-    from mtbert_ray.data.loader import TRAIN_SPLIT, split_config
-    from mtbert_ray.ray_compat import execution_options
+    from mtbert_ray.distributed.compat import execution_options
+    from mtbert_ray.distributed.loader import TRAIN_SPLIT, split_config
 
     ds.context.execution_options = execution_options(split_config(), TRAIN_SPLIT)
     return ds
@@ -35,7 +35,7 @@ def _epochs(iterable, epochs: int = 3) -> list[list[int]]:
 
 
 def test_a_streamed_split_is_read_in_a_new_seeded_file_order_each_epoch(ray_session, tmp_path):
-    from mtbert_ray.data.loader import read_split
+    from mtbert_ray.distributed.loader import read_split
 
     files = _files(tmp_path / "split")
     epochs = _epochs(_as_the_stages_read(read_split(files, materialize=False, shuffle_seed=7)))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mtbert_ray.losses import ensemble_distill_loss, mt_distill_loss, mt_hidden_loss, task_loss, teacher_weights
+from mtbert_ray.core.losses import SoftLabels, ensemble_distill_loss, mt_distill_loss, mt_hidden_loss, task_loss, teacher_weights
 from mtbert_ray.models.projection import build_projections
 
 SHAPES = [(1, 4, 2), (2, 5, 3), (3, 7, 18)]  # (N teachers, batch, classes)
@@ -76,16 +76,16 @@ def test_mt_distill_loss_matches_reference(gen, n, b, c, t, weighted):
         sum(weights[i][j] * _ref_soft_ce(teacher[i, j].tolist(), student[j].tolist(), t) for j in range(b)) / b
         for i in range(n)
     )
-    got = mt_distill_loss(student, teacher, labels, temperature=t, weighted=weighted)
+    got = mt_distill_loss(student, teacher, labels, SoftLabels(temperature=t, weighted=weighted))
     assert got.item() == pytest.approx(ref, rel=1e-9)
-    scaled = mt_distill_loss(student, teacher, labels, temperature=t, weighted=weighted, t2_scale=True)
+    scaled = mt_distill_loss(student, teacher, labels, SoftLabels(temperature=t, weighted=weighted, t2_scale=True))
     assert scaled.item() == pytest.approx(ref * t * t, rel=1e-9)
 
 
 def test_mt_distill_loss_without_labels_is_unweighted(gen):
     teacher, student, labels = _random(gen, 2, 6, 3)
     assert mt_distill_loss(student, teacher, None).item() == pytest.approx(
-        mt_distill_loss(student, teacher, labels, weighted=False).item(), rel=1e-12
+        mt_distill_loss(student, teacher, labels, SoftLabels(weighted=False)).item(), rel=1e-12
     )
 
 
@@ -93,7 +93,7 @@ def test_mt_distill_loss_without_labels_is_unweighted(gen):
 def test_temperature_must_be_positive(gen, bad):
     teacher, student, labels = _random(gen, 2, 3, 2)
     with pytest.raises(ValueError, match="temperature"):
-        mt_distill_loss(student, teacher, labels, temperature=bad)
+        mt_distill_loss(student, teacher, labels, SoftLabels(temperature=bad))
 
 
 @pytest.mark.parametrize("n,b,c", SHAPES)
@@ -110,23 +110,24 @@ def test_ensemble_losses_match_reference(gen, n, b, c, t):
         mix = [sum(alpha[i] * probs[i][k] for i in range(n)) for k in range(c)]
         avg_ref += -sum(avg[k] * math.log(q[k]) for k in range(c)) / b
         weighted_ref += -sum(mix[k] * math.log(q[k]) for k in range(c)) / b
-    assert ensemble_distill_loss(student, teacher, labels, t, "average").item() == pytest.approx(avg_ref, rel=1e-9)
+    assert ensemble_distill_loss(student, teacher, labels, SoftLabels(temperature=t, ensemble="average")).item() == pytest.approx(avg_ref, rel=1e-9)
     logit_ref = 0.0
     for j in range(b):
         mean = [sum(teacher[i, j, k].item() for i in range(n)) / n for k in range(c)]
         p = _softmax([x / t for x in mean])
         q = _softmax([x / t for x in student[j].tolist()])
         logit_ref += -sum(p[k] * math.log(q[k]) for k in range(c)) / b
-    assert ensemble_distill_loss(student, teacher, labels, t, "average_logits").item() == pytest.approx(logit_ref, rel=1e-9)
-    assert ensemble_distill_loss(student, teacher, labels, t, "weighted").item() == pytest.approx(weighted_ref, rel=1e-9)
+    logits_soft, weighted_soft = SoftLabels(temperature=t, ensemble="average_logits"), SoftLabels(temperature=t, ensemble="weighted")
+    assert ensemble_distill_loss(student, teacher, labels, logits_soft).item() == pytest.approx(logit_ref, rel=1e-9)
+    assert ensemble_distill_loss(student, teacher, labels, weighted_soft).item() == pytest.approx(weighted_ref, rel=1e-9)
 
 
 def test_ensemble_mode_is_checked(gen):
     teacher, student, labels = _random(gen, 2, 3, 2)
     with pytest.raises(ValueError, match="mode"):
-        ensemble_distill_loss(student, teacher, labels, 1.0, "median")
+        ensemble_distill_loss(student, teacher, labels, SoftLabels(ensemble="median"))
     with pytest.raises(ValueError, match="labels"):
-        ensemble_distill_loss(student, teacher, None, 1.0, "weighted")
+        ensemble_distill_loss(student, teacher, None, SoftLabels(ensemble="weighted"))
 
 
 def _ref_hidden(student_states, teacher_states, projections, mask):
@@ -198,9 +199,9 @@ def test_soft_label_losses_send_gradients_to_student_only(gen, fn):
     student = nn.Parameter(torch.randn(5, 4, generator=gen))
     labels = torch.randint(0, 4, (5,), generator=gen)
     loss = {
-        "distill": lambda: mt_distill_loss(student, teacher, labels, 2.0),
-        "ensemble_avg": lambda: ensemble_distill_loss(student, teacher, labels, 2.0, "average"),
-        "ensemble_weighted": lambda: ensemble_distill_loss(student, teacher, labels, 2.0, "weighted"),
+        "distill": lambda: mt_distill_loss(student, teacher, labels, SoftLabels(temperature=2.0)),
+        "ensemble_avg": lambda: ensemble_distill_loss(student, teacher, labels, SoftLabels(temperature=2.0, ensemble="average")),
+        "ensemble_weighted": lambda: ensemble_distill_loss(student, teacher, labels, SoftLabels(temperature=2.0, ensemble="weighted")),
         "task": lambda: task_loss(student, labels) + 0 * teacher.sum().detach(),
     }[fn]()
     loss.backward()
@@ -239,15 +240,15 @@ def test_projection_plan_and_a_fitted_start_beats_a_random_one():
 def test_objective_weights_each_term_and_reports_it_unweighted(gen):
     """L = λ_hid·L_hid + λ_dis·L_dis + λ_task·L_task; the terms are reported as computed (history, logs), the sum
     weighted; λ = 1 (the default) is the paper's plain sum."""
-    from mtbert_ray.config import DistillConfig, LossConfig
-    from mtbert_ray.train.objective import mt_bert_objective
+    from mtbert_ray.config import LossConfig
+    from mtbert_ray.core.objective import mt_bert_objective
 
     student, teachers = torch.randn(4, 2, generator=gen), torch.randn(3, 4, 2, generator=gen)
     labels, hidden = torch.tensor([0, 1, 1, 0]), torch.tensor(0.7)
-    plain = mt_bert_objective(student, labels, teachers, LossConfig(hidden=True), DistillConfig(), hidden_loss=hidden)
+    plain = mt_bert_objective(student, labels, teachers, LossConfig(hidden=True), hidden=hidden)
     assert plain["loss"] == pytest.approx(float(plain["hidden"] + plain["distill"] + plain["task"]))
     weighted = mt_bert_objective(student, labels, teachers, LossConfig(hidden=True, hidden_weight=0.1, distill_weight=2.0, task_weight=0.5),
-                                 DistillConfig(), hidden_loss=hidden)
+                                 hidden=hidden)
     assert {k: float(v) for k, v in weighted.items() if k != "loss"} == {k: float(v) for k, v in plain.items() if k != "loss"}
     assert weighted["loss"] == pytest.approx(0.1 * 0.7 + 2.0 * float(plain["distill"]) + 0.5 * float(plain["task"]))
     with pytest.raises(ValueError, match="hidden_weight"):
@@ -262,17 +263,17 @@ def _mixture_case(seed: int = 0):
 
 
 def test_the_paper_mixture_is_eq2_exactly():
-    from mtbert_ray.losses import mixture_weights, mt_distill_loss, teacher_weights
+    from mtbert_ray.core.losses import mixture_weights, mt_distill_loss, teacher_weights
 
     student, teachers, labels = _mixture_case()
     assert torch.allclose(mixture_weights(teachers, labels, "paper", [1, 1, 1]), teacher_weights(teachers, labels))
-    old = mt_distill_loss(student, teachers, labels, 2.0, True)
-    assert torch.equal(mt_distill_loss(student, teachers, labels, 2.0, True, weighting="paper"), old)
-    assert torch.allclose(mt_distill_loss(student, teachers, labels, 2.0, True, prior=[1, 1, 1]), old)
+    old = mt_distill_loss(student, teachers, labels, SoftLabels(temperature=2.0))
+    assert torch.equal(mt_distill_loss(student, teachers, labels, SoftLabels(temperature=2.0, weighting="paper")), old)
+    assert torch.allclose(mt_distill_loss(student, teachers, labels, SoftLabels(temperature=2.0, prior=[1, 1, 1])), old)
 
 
 def test_normalized_and_confidence_mixtures_sum_to_one_teacher():
-    from mtbert_ray.losses import mixture_weights, teacher_weights
+    from mtbert_ray.core.losses import mixture_weights, teacher_weights
 
     _, teachers, labels = _mixture_case(1)
     prior = [0.5, 0.3, 0.2]
@@ -290,18 +291,18 @@ def test_normalized_and_confidence_mixtures_sum_to_one_teacher():
 
 def test_a_one_hot_prior_is_that_teachers_student():
     """normalized with α = e_k: L_MT-Dis is exactly the soft cross-entropy with teacher k alone."""
-    from mtbert_ray.losses import mt_distill_loss, soft_cross_entropy
+    from mtbert_ray.core.losses import mt_distill_loss, soft_cross_entropy
 
     student, teachers, labels = _mixture_case(2)
     for k in range(3):
         prior = [1.0 if i == k else 0.0 for i in range(3)]
-        loss = mt_distill_loss(student, teachers, labels, 1.0, True, weighting="normalized", prior=prior)
+        loss = mt_distill_loss(student, teachers, labels, SoftLabels(weighting="normalized", prior=prior))
         alone = soft_cross_entropy(student, torch.softmax(teachers[k], -1), 1.0).mean()
         assert torch.allclose(loss, alone, atol=1e-6)
 
 
 def test_unlabelled_rows_take_the_priors_and_the_hidden_scale_follows_them():
-    from mtbert_ray.losses import hidden_teacher_scale, mixture_weights
+    from mtbert_ray.core.losses import hidden_teacher_scale, mixture_weights
 
     _, teachers, _ = _mixture_case(3)
     assert torch.allclose(mixture_weights(teachers, None, "normalized", [2, 1, 1]), torch.tensor([[0.5], [0.25], [0.25]]).expand(3, 4))
@@ -313,7 +314,7 @@ def test_unlabelled_rows_take_the_priors_and_the_hidden_scale_follows_them():
 
 
 def test_the_hidden_loss_weighs_each_teacher_by_its_scale():
-    from mtbert_ray.losses import mt_hidden_loss
+    from mtbert_ray.core.losses import mt_hidden_loss
 
     g = torch.Generator().manual_seed(4)
     student = [torch.randn(2, 5, 8, generator=g)]
@@ -338,9 +339,9 @@ def test_moments_added_batch_by_batch_give_the_one_shot_fit():
 def test_unlabelled_rows_take_no_task_loss_and_teach_by_the_teachers_class(gen):
     """Rows labelled −1: the task loss is the mean over the labelled rows only; in L_MT-Dis an unlabelled row's
     correctness weights use the prior-weighted teachers' class, and the row weighs the mixture's confidence."""
-    from mtbert_ray.config import DistillConfig, LossConfig
-    from mtbert_ray.losses import fill_unlabeled
-    from mtbert_ray.train.objective import mt_bert_objective
+    from mtbert_ray.config import LossConfig
+    from mtbert_ray.core.losses import fill_unlabeled
+    from mtbert_ray.core.objective import mt_bert_objective
 
     student = torch.randn(4, 3, generator=gen)
     teachers = torch.tensor([[[4.0, 0, 0], [0, 3.0, 0], [0, 0, 0.2], [1.0, 0, 0]],
@@ -356,8 +357,8 @@ def test_unlabelled_rows_take_no_task_loss_and_teach_by_the_teachers_class(gen):
     assert fill_unlabeled(teachers, labels, rows="uniform")[1].tolist() == [1.0] * 4
     # a prior on teacher 2 alone makes its class the label: row 1 → class 2
     assert fill_unlabeled(teachers, labels, prior=[0.0, 1.0])[0][1].item() == 2
-    terms = mt_bert_objective(student, labels, teachers, LossConfig(hidden=False), DistillConfig())
-    expected = mt_distill_loss(student, teachers, filled, 1.0, row_weight=weight)
+    terms = mt_bert_objective(student, labels, teachers, LossConfig(hidden=False))
+    expected = mt_distill_loss(student, teachers, filled, row_weight=weight)
     assert terms["distill"].item() == pytest.approx(expected.item())
     assert terms["task"].item() == pytest.approx(task_loss(student[[0, 3]], labels[[0, 3]]).item())
     # called directly (a user's own loop), the loss fills unlabelled rows the same way

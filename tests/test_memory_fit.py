@@ -1,9 +1,9 @@
-"""GPU memory per stage in the dry run (``mtbert_ray.memory_fit``): the arithmetic, and the lines a GPU plan prints."""
+"""GPU memory per stage in the dry run (``mtbert_ray.tools.memory_fit``): the arithmetic, and the lines a GPU plan prints."""
 from __future__ import annotations
 
 import pytest
 
-from mtbert_ray.memory_fit import (
+from mtbert_ray.tools.memory_fit import (
     CUDA_CONTEXT_GB,
     GB,
     EncoderShape,
@@ -51,13 +51,13 @@ def test_the_paper_setting_and_what_does_not_fit():
 def test_a_gpu_plan_prints_its_memory(tiny_models, tmp_path):
     import yaml
 
-    from mtbert_ray.dryrun import plan
-    from mtbert_ray.space import load_space
+    from mtbert_ray.config.space import load_space
+    from mtbert_ray.study.dryrun import plan
     from tests.conftest import tiny_experiment
 
     base = tiny_experiment(tiny_models, tmp_path, resources={"num_workers": 1, "use_gpu": True, "gpus_per_worker": 1})
     space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({"name": "gpu", "experiment": base, "space": {"distill.temperature": {"grid": [1.0]}}}))
+    space.write_text(yaml.safe_dump({"name": "gpu", "experiment": base, "space": {"loss.temperature": {"grid": [1.0]}}}))
     text = plan(load_space(space))
     assert "GPU memory (reasoned" in text
     assert "co-finetuning: ~1.0 GB per GPU worker" in text and "fits a 24 GB card" in text
@@ -69,7 +69,7 @@ def test_the_paper_students_hidden_state_cache_is_input_bound_on_one_h100():
     """6 × 768 student, 128 tokens, three 768-wide teachers: ~31 GFLOP a row, so an H100 at 40 % of its bf16 peak
     trains ~9,500 rows/s; hidden states of 6 layers × 2,304 widths × 128 tokens in float16 are 3.5 MB a row —
     ~34 GB/s, hundreds of cores — while logits only need one core."""
-    from mtbert_ray.input_rate import ASSUMED_MFU, H100_BF16_FLOPS, feed_rate, student_flops_per_row
+    from mtbert_ray.tools.input_rate import ASSUMED_MFU, H100_BF16_FLOPS, feed_rate, student_flops_per_row
 
     flops = student_flops_per_row(6 * 12 * 768 ** 2, 6, 768, 128, (768, 768, 768))
     assert flops == pytest.approx(6 * 6 * 12 * 768 ** 2 * 128 + 12 * 6 * 128 ** 2 * 768 + 6 * 128 * 6 * 2304 * 768)

@@ -1,10 +1,10 @@
-"""The one vocabulary of metric and split names (``mtbert_ray.metric_names``): the strings stored results already
+"""The one vocabulary of metric and split names (``mtbert_ray.common.metric_names``): the strings stored results already
 hold, and no module that builds them by hand."""
 from __future__ import annotations
 
 import re
 
-from mtbert_ray.metric_names import (
+from mtbert_ray.common.metric_names import (
     MEAN_HEAD,
     Split,
     best_key,
@@ -39,4 +39,4 @@ def test_no_module_builds_a_metric_name_by_hand():
     offenders = [f"{path.relative_to(REPO)}:{n}" for path in sorted((REPO / "mtbert_ray").rglob("*.py"))
                  if path.name != "metric_names.py"
                  for n, line in enumerate(path.read_text().splitlines(), start=1) if pattern.search(line)]
-    assert offenders == [], "build metric names with mtbert_ray.metric_names"
+    assert offenders == [], "build metric names with mtbert_ray.common.metric_names"

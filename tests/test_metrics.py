@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mtbert_ray.analysis import Study, comparison_table, mean_interval, study_table, t_critical
-from mtbert_ray.train.metrics import confusion_matrix, f1_positive, matthews_corrcoef, metrics_from_confusion
+from mtbert_ray.core.metrics import confusion_matrix, f1_positive, matthews_corrcoef, metrics_from_confusion
+from mtbert_ray.study.analysis import Study, comparison_table, mean_interval, study_table, t_critical
 
 
 def _reference_mcc_binary(y, p):
@@ -70,7 +70,7 @@ def _study(rows, row_key="variant", comparisons=None):
     for column in ("stopped_early", "errored"):
         if column not in trials:
             trials[column] = False
-    from mtbert_ray.sweep_record import SweepRecord
+    from mtbert_ray.study.record import SweepRecord
 
     record = SweepRecord(name="s", source="s.yaml", spec={"variants": {"MT-BERT": {}, "w/o": {}}}, base={}, row_key=row_key,
                          select={"metric": "accuracy", "mode": "max"}, metrics=["accuracy"],
@@ -99,7 +99,7 @@ def test_table_and_paired_comparison_over_seeds():
 
 
 def test_a_row_of_one_seed_says_so():
-    from mtbert_ray.analysis import table_markdown
+    from mtbert_ray.study.analysis import table_markdown
 
     study = _study([_trial("MT-BERT", 0, 0.8, 0.8)])
     markdown = table_markdown(study_table(study), study)
@@ -109,9 +109,9 @@ def test_a_row_of_one_seed_says_so():
 def test_selection_metric_defaults_to_the_tasks_main_metric_and_must_be_reported():
     from types import SimpleNamespace
 
+    from mtbert_ray.common.errors import ConfigError
     from mtbert_ray.config import validate_config
-    from mtbert_ray.context import resolve_select_metric, select_metric_name, task_metrics
-    from mtbert_ray.errors import ConfigError
+    from mtbert_ray.experiment.context import resolve_select_metric, select_metric_name, task_metrics
 
     def config(**data):
         return validate_config({"teachers": ["t"], "student": {"init_from": "t", "num_layers": 1}, "data": data})
@@ -130,7 +130,7 @@ def test_selection_metric_defaults_to_the_tasks_main_metric_and_must_be_reported
 
 
 def test_progress_lines_say_done_total_rate_and_eta_at_most_every_ten_seconds(monkeypatch, capsys):
-    import mtbert_ray.progress as progress
+    import mtbert_ray.common.progress as progress
 
     clock = iter([0.0, 1.0, 12.0, 13.0, 30.0])
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))

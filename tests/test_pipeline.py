@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mtbert_ray.config import validate_config
-from mtbert_ray.export import StudentClassifier
-from mtbert_ray.pipeline import run_experiment
-from mtbert_ray.train.history import HISTORY_FILE, read_history
+from mtbert_ray.core.history import HISTORY_FILE, read_history
+from mtbert_ray.deploy.classifier import StudentClassifier
+from mtbert_ray.experiment.pipeline import run_experiment
 from tests.conftest import REPO, RT_POLARITY, tiny_experiment
 
 pytestmark = pytest.mark.slow
@@ -82,7 +82,7 @@ def test_exported_student_reloads_and_predicts_the_reported_labels(first_run, tm
 
 
 def _planned(cfg, storage):
-    from mtbert_ray.dryrun import PlannedTrial, planned_stages
+    from mtbert_ray.study.dryrun import PlannedTrial, planned_stages
 
     return planned_stages([PlannedTrial({}, cfg, [])], storage / "stages")
 
@@ -156,7 +156,7 @@ def test_cofinetuning_resumes_from_its_checkpoint(ray_session, tiny_models, tmp_
     """A co-finetuning run stopped in epoch 2 continues from its epoch-1 checkpoint when run again."""
     import ray.train
 
-    from mtbert_ray.pipeline import Experiment
+    from mtbert_ray.experiment.pipeline import Experiment
 
     cfg = validate_config(tiny_experiment(tiny_models, tmp_path, teachers=[tiny_models["bert"]], cofinetune={"epochs": 2},
                                           resources={"num_workers": 1, "cpus_per_worker": 1, "execution": "trainer"}))
@@ -191,7 +191,7 @@ def test_single_teacher_on_two_workers(ray_session, tiny_models, tmp_path):
 def test_the_same_seed_gives_the_same_metrics(first_run, tiny_models, storage, tmp_path):
     """Single worker, CPU: stage 1 trained again under a private key, and stage 3 run again in a new run
     folder from the same stages, reproduce the first run's teacher and student metrics exactly."""
-    from mtbert_ray.pipeline import Experiment
+    from mtbert_ray.experiment.pipeline import Experiment
 
     cfg = validate_config(tiny_experiment(tiny_models, storage, cache={"enabled": True, "hidden": True}))
     again = run_experiment(cfg, storage=storage, run_dir=tmp_path / "rerun")
@@ -216,8 +216,8 @@ def test_altered_teacher_cache_is_detected_and_rebuilt(first_run, tiny_models, s
     training order, so the same seed trains the same student from either."""
     import pyarrow.parquet as pq
 
-    from mtbert_ray.pipeline import Experiment
-    from mtbert_ray.stage import read_stage
+    from mtbert_ray.experiment.pipeline import Experiment
+    from mtbert_ray.store.stage import read_stage
 
     def row_order(files) -> list[int]:
         return [i for f in files for i in pq.read_table(f, columns=["example_id"])["example_id"].to_pylist()]
@@ -254,8 +254,8 @@ def test_streamed_splits_give_the_same_student_in_process_and_on_a_train_worker(
                                                                                tmp_path, monkeypatch):
     """Every split streamed by read tasks (as a large one is) and the teacher cache in 16-row files, so the per-epoch
     file order matters: the in-process run and a 1-worker TorchTrainer see the same order and train the same student."""
-    import mtbert_ray.data.loader as loader
-    import mtbert_ray.train.cache as cache_module
+    import mtbert_ray.distributed.loader as loader
+    import mtbert_ray.distributed.teacher_cache as cache_module
 
     monkeypatch.setattr(loader, "fits_in_object_store", lambda *a, **k: False)
     monkeypatch.setattr(cache_module, "ROWS_PER_FILE", 16)
@@ -333,9 +333,9 @@ def test_the_export_is_a_transformers_model_with_a_card(first_run):
 def test_onnx_and_int8_exports_match_torch_and_are_measured(first_run):
     """``export onnx RUN --int8``: parity ≤ 1e-4 on the run's test rows, the test split re-scored with int8, the speed
     table in result.json and the card; ``predict --runtime onnx`` gives torch's labels; an empty row is refused."""
-    from mtbert_ray.errors import MTBertError
-    from mtbert_ray.export import main as export_main
-    from mtbert_ray.onnx_export import OnnxStudent
+    from mtbert_ray.cli.export import main as export_main
+    from mtbert_ray.common.errors import MTBertError
+    from mtbert_ray.deploy.onnx import OnnxStudent
 
     with pytest.raises(SystemExit) as exited:
         export_main(["onnx", str(first_run.run_dir), "--int8"])
@@ -401,11 +401,11 @@ def test_two_train_workers_stream_the_pool_built_interleaved_cache(first_run, ti
     2-worker stage 1 has a key of its own.)"""
     import math
 
-    import mtbert_ray.data.loader as loader
-    import mtbert_ray.stages as stages_module
-    import mtbert_ray.train.cache as cache_module
+    import mtbert_ray.distributed.loader as loader
+    import mtbert_ray.distributed.teacher_cache as cache_module
+    import mtbert_ray.experiment.stages as stages_module
     from mtbert_ray.config import micro_batch
-    from mtbert_ray.pipeline import Experiment
+    from mtbert_ray.experiment.pipeline import Experiment
 
     texts = pd.read_parquet(RT_POLARITY / "train.parquet")["sentence"].iloc[-300:]
     (tmp_path / "transfer.txt").write_text("\n".join(texts) + "\n")

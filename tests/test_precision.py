@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtbert_ray.config import DataConfig, DistillConfig, LossConfig
-from mtbert_ray.data.loader import PadCollate, inputs_for
+from mtbert_ray.config import DataConfig, LossConfig
+from mtbert_ray.core.collate import PadCollate, inputs_for
+from mtbert_ray.core.loop import LoopSpec, Optimization, build_and_resume
+from mtbert_ray.core.losses import SoftLabels, mt_distill_loss, task_loss
+from mtbert_ray.core.objective import HiddenStates, mt_bert_objective
+from mtbert_ray.core.targets import teacher_targets
+from mtbert_ray.core.training import autocast, save_training_state
 from mtbert_ray.data.shards import prepare_data
-from mtbert_ray.losses import mt_distill_loss, task_loss
 from mtbert_ray.models.student import build_student
 from mtbert_ray.models.teachers import TeacherEnsemble
-from mtbert_ray.targets import teacher_targets
-from mtbert_ray.train.common import autocast, save_training_state
-from mtbert_ray.train.loop import LoopSpec, Optimization, build_and_resume
-from mtbert_ray.train.objective import mt_bert_objective
 from tests.conftest import RT_POLARITY
 
 #: bf16 keeps 8 mantissa bits: each rounding in a matmul is off by ≤ 2^-9 ≈ 0.2 % relative; the losses themselves
@@ -55,8 +55,8 @@ def _loss(student, setup, batch, precision: str) -> torch.Tensor:
         for per in projections:
             for w in per:
                 torch.nn.init.eye_(w.weight) if w.weight.shape[0] == w.weight.shape[1] else torch.nn.init.constant_(w.weight, 0.02)
-        return mt_bert_objective(out.logits, batch["label"], logits, LossConfig(), DistillConfig(temperature=2.0),
-                                 out.hidden_states[1:], states, projections, s_in["attention_mask"])["loss"]
+        return mt_bert_objective(out.logits, batch["label"], logits, LossConfig(temperature=2.0),
+                                 HiddenStates(out.hidden_states[1:], states, projections, s_in["attention_mask"]))["loss"]
 
 
 def test_bf16_autocast_runs_on_cpu_within_tolerance_of_fp32(batch64, tiny_models):
@@ -86,7 +86,7 @@ class _Step:
     def loss(self, module, batch):
         logits = module.forward_batch(inputs_for(batch, self.setup["student"])).logits
         t_logits, _ = teacher_targets(self.setup["ensemble"], batch, self.setup["teachers"], self.setup["student"])
-        terms = {"task": task_loss(logits, batch["label"]), "distill": mt_distill_loss(logits, t_logits, batch["label"], 2.0)}
+        terms = {"task": task_loss(logits, batch["label"]), "distill": mt_distill_loss(logits, t_logits, batch["label"], SoftLabels(temperature=2.0))}
         terms["loss"] = terms["task"] + terms["distill"]
         return terms
 

@@ -1,10 +1,10 @@
-"""Each private Ray API of ``mtbert_ray.ray_compat`` still exists and behaves as the package relies on: a Ray upgrade
+"""Each private Ray API of ``mtbert_ray.distributed.compat`` still exists and behaves as the package relies on: a Ray upgrade
 that changes one fails here, by name, instead of deep inside a sweep."""
 from __future__ import annotations
 
 import json
 
-from mtbert_ray import ray_compat
+from mtbert_ray.distributed import compat as ray_compat
 
 
 def test_internal_kv_reads_nothing_when_not_connected():
@@ -12,7 +12,7 @@ def test_internal_kv_reads_nothing_when_not_connected():
     import subprocess
     import sys
 
-    code = ("from mtbert_ray import ray_compat\n"
+    code = ("from mtbert_ray.distributed import compat as ray_compat\n"
             "assert ray_compat.internal_kv_ready() is False and ray_compat.internal_kv_get('anything') is None\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -31,7 +31,7 @@ def test_outside_a_trial_there_is_no_tune_session():
 def test_train_data_config_resolves_options_and_locality():
     from ray.data import ExecutionOptions
 
-    from mtbert_ray.data.loader import split_config
+    from mtbert_ray.distributed.loader import split_config
 
     config = split_config()
     options = ray_compat.execution_options(config, "train")
@@ -53,7 +53,7 @@ def test_the_job_config_comes_from_rays_variable(monkeypatch):
 
     monkeypatch.setenv(RAY_JOB_CONFIG_JSON_ENV_VAR, json.dumps({"runtime_env": {"env_vars": {"A": "1"}}}))
     assert json.loads(ray_compat.job_config_json())["runtime_env"]["env_vars"] == {"A": "1"}
-    from mtbert_ray.ray_runtime import _job_runtime_env_vars
+    from mtbert_ray.distributed.runtime import _job_runtime_env_vars
 
     assert _job_runtime_env_vars() == {"A": "1"}
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 import yaml
 
-from mtbert_ray.analysis import load_study, write_report
 from mtbert_ray.config import validate_config
-from mtbert_ray.export import StudentClassifier
-from mtbert_ray.pipeline import run_experiment
-from mtbert_ray.sweep import run_sweep
-from mtbert_ray.train.history import HISTORY_FILE, read_history
-from mtbert_ray.train.metrics import confusion_matrix, macro_f1
+from mtbert_ray.core.history import HISTORY_FILE, read_history
+from mtbert_ray.core.metrics import confusion_matrix, macro_f1
+from mtbert_ray.deploy.classifier import StudentClassifier
+from mtbert_ray.experiment.pipeline import run_experiment
+from mtbert_ray.study.analysis import load_study, write_report
+from mtbert_ray.study.sweep import run_sweep
 from tests import data_fixtures as fx
 from tests.conftest import tiny_experiment
 
@@ -106,8 +106,8 @@ def test_a_sweep_ranked_on_macro_f1_exports_the_checkpoint_best_by_macro_f1(asha
 
 
 def test_a_teacher_below_its_student_is_said(capsys):
-    from mtbert_ray.pipeline import teachers_below_student
-    from mtbert_ray.results import ModelScores
+    from mtbert_ray.experiment.pipeline import teachers_below_student
+    from mtbert_ray.experiment.results import ModelScores
 
     class Result:
         select = {"metric": "accuracy", "mode": "max"}
@@ -124,7 +124,7 @@ def test_paired_bootstrap_counts_test_sampling_and_seeds():
     and covers the true difference of a known simulation."""
     import numpy as np
 
-    from mtbert_ray.analysis import paired_bootstrap
+    from mtbert_ray.study.analysis import paired_bootstrap
 
     rng = np.random.default_rng(0)
     # a is right on 80 % of sentences, b on 78 %: the true difference is +2 points

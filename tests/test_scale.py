@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mtbert_ray.common.errors import ConfigError
 from mtbert_ray.config import validate_config
-from mtbert_ray.errors import ConfigError
 from tests import data_fixtures as fx
 from tests.conftest import RT_POLARITY, tiny_experiment
 
@@ -26,9 +26,10 @@ def _label_sorted(folder: Path, train: int, validation: int) -> Path:
 
 @pytest.mark.slow
 def test_a_label_sorted_source_gives_mixed_batches_from_the_first_step_and_a_new_order_each_epoch(ray_session, tiny_models, tmp_path):
-    from mtbert_ray.data.loader import PadCollate, read_split, view_columns
+    from mtbert_ray.core.collate import PadCollate
+    from mtbert_ray.data.columns import view_columns
     from mtbert_ray.data.shards import prepare_data
-    from mtbert_ray.train.loop import batches_of
+    from mtbert_ray.distributed.loader import batches_of, read_split
 
     cfg = validate_config(tiny_experiment(tiny_models, tmp_path))
     data_cfg = cfg.data.model_copy(update={"path": str(_label_sorted(tmp_path / "sorted", 3000, 64)), "text_fields": ["text"],
@@ -53,26 +54,20 @@ def test_a_label_sorted_source_gives_mixed_batches_from_the_first_step_and_a_new
 
 
 def test_a_cache_larger_than_max_gb_is_refused_with_the_switches_that_shrink_it(tiny_models, tmp_path):
-    from mtbert_ray.context import StageContext
-    from mtbert_ray.data.shards import PreparedData
-    from mtbert_ray.train.cache import check_cache_size, estimate_cache_bytes
+    from mtbert_ray.experiment.cache_size import check_cache_size, estimate_cache
 
     cfg = validate_config(tiny_experiment(tiny_models, tmp_path, cache={"hidden": True, "max_gb": 1}))
-    stats = {"train": {"length_mean": 25.0}}
-    data = PreparedData("d", "", {}, {"train": 393_702}, ["a", "b", "c"], True, ["accuracy"], {},
-                        {cfg.teachers[0]: "a", cfg.teachers[1]: "b"}, summary={"tokenizers": {"a": stats, "b": stats}})
-    ctx = StageContext(cfg, data, teacher_widths=[768, 768, 768])
-    estimate = estimate_cache_bytes(ctx, ["train"], hidden=True, dtype="float16")
+    estimate = estimate_cache(cfg, {"train": 393_702}, {"train": 25.0}, [768, 768, 768], 3, hidden=True)
     # 393,702 rows × 25 tokens × (20 index bytes + 3 × 768 × 1 layer × 2 bytes) + 393,702 × 2 teachers × 3 classes × 4 bytes
     assert estimate.bytes == pytest.approx(393_702 * (25 * (20 + 3 * 768 * 2) + 2 * 3 * 4))
     with pytest.raises(ConfigError, match=r"cache: the teacher cache would take ~45.6 GB \(393,702 rows × 25.0 tokens .*"
                                           r"more than cache.max_gb=1; shrink it with cache.hidden: false"):
-        check_cache_size(ctx, estimate)
-    check_cache_size(ctx, estimate_cache_bytes(ctx, ["train"], hidden=False, dtype="float16"))  # logits only: 0.2 GB
+        check_cache_size(cfg, estimate)
+    check_cache_size(cfg, estimate_cache(cfg, {"train": 393_702}, {"train": 25.0}, [768, 768, 768], 3, hidden=False))  # 0.2 GB
 
 
 def test_a_changed_cofinetuning_key_is_reported(tmp_path, capsys):
-    from mtbert_ray.stage import Built, reuse_or_build
+    from mtbert_ray.store.stage import Built, reuse_or_build
 
     def build(folder: Path) -> Built:
         (folder / "a").mkdir(parents=True)
@@ -92,8 +87,8 @@ def test_a_changed_cofinetuning_key_is_reported(tmp_path, capsys):
 def test_the_cofinetuning_key_counts_the_global_batch_and_the_workers(tiny_models, tmp_path):
     from types import SimpleNamespace
 
-    from mtbert_ray.context import StageContext
-    from mtbert_ray.stages import cofinetune_key
+    from mtbert_ray.experiment.context import StageContext
+    from mtbert_ray.experiment.stages import cofinetune_key
 
     def key(**resources) -> str:
         cfg = validate_config(tiny_experiment(tiny_models, tmp_path, resources=resources))
@@ -115,9 +110,9 @@ def test_three_workers_on_an_odd_row_count_cover_every_row_and_export_what_they_
     import pyarrow.parquet as pq
     import torch
 
-    from mtbert_ray.export import StudentClassifier
-    from mtbert_ray.pipeline import run_experiment
-    from mtbert_ray.train.metrics import accuracy, confusion_matrix
+    from mtbert_ray.core.metrics import accuracy, confusion_matrix
+    from mtbert_ray.deploy.classifier import StudentClassifier
+    from mtbert_ray.experiment.pipeline import run_experiment
 
     raw = tiny_experiment(tiny_models, tmp_path, cache={"enabled": True, "hidden": True},
                           cofinetune={"batch_size": 33}, distill={"epochs": 1, "batch_size": 33},
@@ -156,10 +151,10 @@ def test_hidden_loss_alone_trains_on_two_workers(ray_session, tiny_models, two_w
     import torch
     from safetensors.torch import load_file
 
+    from mtbert_ray.core.history import HISTORY_FILE, read_history
+    from mtbert_ray.core.steps.distill import PROJECTIONS_FILE
+    from mtbert_ray.experiment.pipeline import run_experiment
     from mtbert_ray.models.projection import build_projections
-    from mtbert_ray.pipeline import run_experiment
-    from mtbert_ray.train.distill import PROJECTIONS_FILE
-    from mtbert_ray.train.history import HISTORY_FILE, read_history
 
     selection = "all" if hidden_teachers == "all" else [tiny_models[hidden_teachers]]
     loss = {"hidden": True, "distill": False, "task": False, "hidden_teachers": selection}

@@ -9,7 +9,8 @@ import warnings
 import pytest
 import torch
 
-from mtbert_ray.config import ConfigError, read_yaml
+from mtbert_ray.common.errors import ConfigError
+from mtbert_ray.config import read_yaml
 
 
 class _Payload:
@@ -39,7 +40,7 @@ def test_remote_code_is_off_unless_asked_and_then_warned(tiny_models, monkeypatc
 
 
 def test_optimizer_state_is_read_without_unpickling_objects(tmp_path):
-    from mtbert_ray.train.common import OPTIMIZER_FILE, TRAINING_STATE, load_training_state
+    from mtbert_ray.core.training import OPTIMIZER_FILE, TRAINING_STATE, load_training_state
 
     torch.save({"state": {}, "param_groups": [], "payload": _Payload()}, tmp_path / OPTIMIZER_FILE)
     (tmp_path / TRAINING_STATE).write_text('{"epoch": 0}')

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from mtbert_ray.errors import ConfigError
-from mtbert_ray.space import load_space
+from mtbert_ray.common.errors import ConfigError
+from mtbert_ray.config.space import load_space
 from tests.conftest import REPO
 
 SPACES = sorted(p for p in (REPO / "tune_spaces").glob("*.yaml") if not p.name.startswith("_"))
@@ -60,14 +60,14 @@ BAD = {
     "unknown search key": ("base: _rt_polarity_base.yaml\nsearch: {num_sample: 3}\n", r"search.num_sample: unknown key"),
     "low > high": ("base: _rt_polarity_base.yaml\nspace: {distill.lr: {loguniform: [1.0e-3, 1.0e-5]}}\nsearch: {searcher: optuna}\n",
                    r"space.distill.lr: .*low 0.001 must be < high 1e-05"),
-    "loguniform at zero": ("base: _rt_polarity_base.yaml\nspace: {distill.temperature: {loguniform: [0, 2]}}\nsearch: {searcher: optuna}\n",
+    "loguniform at zero": ("base: _rt_polarity_base.yaml\nspace: {loss.temperature: {loguniform: [0, 2]}}\nsearch: {searcher: optuna}\n",
                            r"loguniform: low 0.0 must be > 0"),
     "two distributions": ("base: _rt_polarity_base.yaml\nspace: {distill.lr: {uniform: [0.1, 1], choice: [1]}}\n",
                           r"expected exactly one of"),
     "not a config key": ("base: _rt_polarity_base.yaml\nspace: {distill.temprature: {grid: [1, 2]}}\n",
                          r"space.distill.temprature: distill.temprature: unknown key"),
-    "value out of the config's range": ("base: _rt_polarity_base.yaml\nspace: {distill.temperature: {grid: [1.0, -2.0]}}\n",
-                                        r"space.distill.temperature: distill.temperature: Input should be greater than 0"),
+    "value out of the config's range": ("base: _rt_polarity_base.yaml\nspace: {loss.temperature: {grid: [1.0, -2.0]}}\n",
+                                        r"space.loss.temperature: loss.temperature: Input should be greater than 0"),
     "grid in an optuna study": ("base: _rt_polarity_base.yaml\nspace: {distill.lr: {grid: [1.0e-4]}}\nsearch: {searcher: optuna}\n",
                                 r"grid values need search.searcher: grid"),
     "unknown teacher alias": ("base: _rt_polarity_base.yaml\nteacher_pool: {a: x}\nspace: {teachers: {grid: [a, b]}}\n",
@@ -104,7 +104,7 @@ def test_example_experiments_validate(path):
 def test_dry_run_prints_trials_shared_stages_cache_sizes_and_resources(capsys):
     """``--dry-run`` of the CPU Table 3 study: 9 trials, 9 co-finetuning runs (one per teacher subset and seed),
     a cache size per teacher set, what each trial asks for, and nothing written."""
-    from mtbert_ray.dryrun import plan, planned_trials
+    from mtbert_ray.study.dryrun import plan, planned_trials
 
     space = load_space(REPO / "tune_spaces" / "teachers.yaml")
     trials = planned_trials(space)
@@ -117,8 +117,8 @@ def test_dry_run_prints_trials_shared_stages_cache_sizes_and_resources(capsys):
             "peak 3 CPU; its stages run in the trial's own process (the teacher cache too)") in text
     assert "a cluster of at least 3 CPU runs them all at their peak" in text
     optuna = planned_trials(load_space(REPO / "tune_spaces" / "demo.yaml"))
-    assert len(optuna) == 6 and optuna[0].params["distill.temperature"] == "(sampled)"
-    from mtbert_ray.dryrun import planned_stages
+    assert len(optuna) == 6 and optuna[0].params["loss.temperature"] == "(sampled)"
+    from mtbert_ray.study.dryrun import planned_stages
 
     stages = planned_stages(optuna)  # sampled stage-3 settings: every trial shares one stage 1 and one cache, known now
     assert not stages.varying and not stages.caches_varying and len(stages.cofinetune) == 1 and len(stages.teacher_cache) == 1
@@ -129,8 +129,8 @@ def test_dry_run_prints_trials_shared_stages_cache_sizes_and_resources(capsys):
 def test_a_sweep_validates_its_base_once_and_each_trial_config_once(monkeypatch):
     """The sweep driver checks the space (and its base experiment) once; a trial rebuilds the space from the sweep
     record without checking it again and validates only its own config."""
-    import mtbert_ray.space as space_module
-    from mtbert_ray.dryrun import planned_trials
+    import mtbert_ray.config.space as space_module
+    from mtbert_ray.study.dryrun import planned_trials
 
     calls = []
     real = space_module.validate_config

@@ -1,4 +1,4 @@
-"""Stage keys declared once (``mtbert_ray.stage_keys``): every config field is in a key or opts out with its reason,
+"""Stage keys declared once (``mtbert_ray.config.keys``): every config field is in a key or opts out with its reason,
 a section's new field is in its key by default, and the keys of the published stages do not drift."""
 from __future__ import annotations
 
@@ -7,19 +7,10 @@ from types import SimpleNamespace
 import pytest
 from pydantic import BaseModel
 
+from mtbert_ray.common.hashing import stable_hash
 from mtbert_ray.config import CofinetuneConfig, ExperimentConfig, validate_config
-from mtbert_ray.hashing import stable_hash
-from mtbert_ray.stage_keys import (
-    COFINETUNE,
-    EVERY_STAGE,
-    SPECS,
-    KeyFacts,
-    cofinetune_inputs,
-    marker,
-    section_values,
-    teacher_cache_inputs,
-    uncovered_fields,
-)
+from mtbert_ray.config.keys import COFINETUNE, EVERY_STAGE, SPECS, marker, section_values, uncovered_fields
+from mtbert_ray.experiment.key_facts import KeyFacts, cofinetune_inputs, teacher_cache_inputs
 
 BASE = {"teachers": ["a", "b"], "student": {"init_from": "a", "num_layers": 2},
         "data": {"source": "files", "path": "/x", "text_fields": ["s"]}}
@@ -69,7 +60,7 @@ def test_the_published_keys_have_not_changed():
 def test_stage_one_key_follows_what_changes_the_teachers():
     base = stable_hash(cofinetune_inputs(_cfg(), FACTS))
     same = [_cfg(cofinetune={"grad_accum_steps": 2}), _cfg(cofinetune={"gradient_checkpointing": True}),
-            _cfg(resources={"cpus_per_worker": 2}), _cfg(name="other"), _cfg(distill={"temperature": 3}),
+            _cfg(resources={"cpus_per_worker": 2}), _cfg(name="other"), _cfg(loss={"temperature": 3}),
             _cfg(data={**BASE["data"], "path": "/elsewhere", "cache_dir": "/c", "unlabeled": "/u.txt"}),
             _cfg(select={"metric": "macro_f1"})]  # one epoch: nothing to select among
     assert {stable_hash(cofinetune_inputs(c, FACTS)) for c in same} == {base}
@@ -126,7 +117,7 @@ def _prefixes(path: str):
 
 
 def test_key_facts_of_a_context():
-    from mtbert_ray.context import StageContext
+    from mtbert_ray.experiment.context import StageContext
 
     data = SimpleNamespace(model_tokenization={"a": "tok_a", "b": "tok_b"}, dataset_key="d", unlabeled_key="u",
                            splits={"train": [], "unlabeled": []})

@@ -10,7 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mtbert_ray.export import StudentClassifier, convert_student, is_transformers_student
+from mtbert_ray.deploy.classifier import StudentClassifier
+from mtbert_ray.deploy.export import convert_student
+from mtbert_ray.models.student_io import is_transformers_student
 from tests.tiny_models import make_tiny_student
 
 TEXTS = ["a fine film", "dull", "the plot is thin but the actors carry it"]
@@ -42,8 +44,8 @@ def test_a_format1_folder_is_converted_with_its_predictions_and_kept(tiny_models
 def test_the_card_parses_and_says_what_the_student_is(tiny_models, tmp_path):
     from huggingface_hub import ModelCard
 
-    from mtbert_ray.export import read_student_meta
-    from mtbert_ray.model_card import write_model_card
+    from mtbert_ray.deploy.card import write_model_card
+    from mtbert_ray.models.student_io import read_student_meta
 
     folder = convert_student(make_tiny_student(tmp_path / "old", tiny_models["bert"]), tmp_path / "student")
     result = {"select": {"metric": "accuracy", "mode": "max"},
@@ -81,9 +83,9 @@ def test_serve_batches_a_burst_and_answers_as_predict(ray_session, tiny_models, 
     a health route; shut down afterwards."""
     from ray import serve
 
-    from mtbert_ray.export import main as export_main
-    from mtbert_ray.onnx_export import OnnxStudent
-    from mtbert_ray.serve import app
+    from mtbert_ray.cli.export import main as export_main
+    from mtbert_ray.deploy.onnx import OnnxStudent
+    from mtbert_ray.deploy.serve import app
 
     folder = convert_student(make_tiny_student(tmp_path / "old", tiny_models["bert"]), tmp_path / "student")
     with pytest.raises(SystemExit):
@@ -119,8 +121,8 @@ def test_the_best_students_card_carries_its_rows_seeds(tiny_models, tmp_path):
     import pandas as pd
     from huggingface_hub import ModelCard
 
-    from mtbert_ray.analysis import Report
-    from mtbert_ray.sweep import card_with_seeds
+    from mtbert_ray.study.analysis import Report
+    from mtbert_ray.study.sweep import card_with_seeds
 
     folder = convert_student(make_tiny_student(tmp_path / "old", tiny_models["bert"]), tmp_path / "run" / "student")
     table = pd.DataFrame([{"row": "MT-BERT", "n": 5, "stopped_early": 0, "test_accuracy_mean": 80.12, "test_accuracy_ci": 1.5,

@@ -1,4 +1,4 @@
-"""A sweep folder's results as an archive without models (``mtbert_ray.study_archive``): what it keeps, and bad archives."""
+"""A sweep folder's results as an archive without models (``mtbert_ray.study.archive``): what it keeps, and bad archives."""
 from __future__ import annotations
 
 import io
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mtbert_ray.errors import ResultsError
-from mtbert_ray.study_archive import archive_sweep, restore_archive
+from mtbert_ray.common.errors import ResultsError
+from mtbert_ray.study.archive import archive_sweep, restore_archive
 
 
 def _fake_sweep(root: Path) -> Path:

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from mtbert_ray.analysis import load_study, study_table, write_report
-from mtbert_ray.errors import ResultsError
-from mtbert_ray.sweep import run_sweep
+from mtbert_ray.common.errors import ResultsError
+from mtbert_ray.study.analysis import load_study, study_table, write_report
+from mtbert_ray.study.sweep import run_sweep
 from tests.conftest import REPO, tiny_experiment
 
 pytestmark = pytest.mark.slow
@@ -68,9 +68,9 @@ def test_grid_sweep_runs_every_trial_and_cofinetunes_once(grid_sweep):
 def test_the_dry_run_named_the_stage_the_sweep_published(grid_sweep):
     """``--dry-run`` of the same space file computes the stage-1 key the sweep's trials then published (and, with the
     results folder, says it is published and will be reused)."""
-    from mtbert_ray.dryrun import plan, planned_stages, planned_trials
-    from mtbert_ray.space import load_space
-    from mtbert_ray.sweep_record import read_sweep_record
+    from mtbert_ray.config.space import load_space
+    from mtbert_ray.study.dryrun import plan, planned_stages, planned_trials
+    from mtbert_ray.study.record import read_sweep_record
 
     grid, experiment_dir = grid_sweep
     record = read_sweep_record(Path(experiment_dir))
@@ -108,8 +108,8 @@ def test_an_archive_of_the_study_restored_elsewhere_gives_the_same_tables_and_bo
     """``python -m mtbert_ray.analysis … --archive`` (``archive_sweep``) without the models, ``restore_archive`` under
     another storage: the same table and the same paired bootstrap, read from the restored runs' predictions; a
     second restore leaves the folder alone."""
-    from mtbert_ray.analysis import main
-    from mtbert_ray.study_archive import restore_archive
+    from mtbert_ray.cli.analysis import main
+    from mtbert_ray.study.archive import restore_archive
 
     grid, experiment_dir = grid_sweep
     with pytest.raises(SystemExit) as exit_code:
@@ -154,7 +154,7 @@ def test_a_later_part_holding_other_rows_joins_the_table_and_its_comparisons(gri
     """A part whose rows the first sweep does not hold (rows added to the space file later): they follow the
     first part's rows in the table, and a comparison may pair a row of one part with a row of the other. The
     part here is the same folder read again with its rows renamed, so each new row equals its original."""
-    import mtbert_ray.analysis as analysis
+    import mtbert_ray.study.analysis as analysis
 
     grid, experiment_dir = grid_sweep
     load_one, loads = analysis._load_one, []
@@ -215,7 +215,7 @@ def _sweep_cmd(*args):
 def test_resume_after_the_driver_is_killed(ray_session, tiny_models, tmp_path, shared_storage):
     """SIGKILL the sweep driver after its first trial finished: --resume completes the others and
     reruns nothing that finished."""
-    space = _space_file(tmp_path, tiny_models, space={"distill.temperature": {"grid": [1.0, 2.0]}},
+    space = _space_file(tmp_path, tiny_models, space={"loss.temperature": {"grid": [1.0, 2.0]}},
                         search={"searcher": "grid", "seeds": [0]})
     storage = shared_storage
     env = {**os.environ, "RAY_ADDRESS": ""}
@@ -250,7 +250,7 @@ def test_resume_after_the_driver_is_killed(ray_session, tiny_models, tmp_path, s
     for trial, mtime in before.items():
         assert after[trial] == mtime, f"finished trial {trial} was rerun"
     study = load_study(storage / "sweeps" / "tiny-resume")
-    assert sorted(study.trials["param:distill.temperature"]) == [1.0, 2.0] and study.trials["finished"].all()
+    assert sorted(study.trials["param:loss.temperature"]) == [1.0, 2.0] and study.trials["finished"].all()
     assert len(study_table(study)) == 2
 
 
@@ -266,7 +266,8 @@ def test_a_stopped_sweep_counts_its_unfinished_trials():
     unfinished, so the sweep says "stopped before its end" with the resume command (exit 130), not "finished"."""
     from types import SimpleNamespace
 
-    from mtbert_ray.sweep import INTERRUPTED_EXIT, trial_counts
+    from mtbert_ray.cli.sweep import INTERRUPTED_EXIT
+    from mtbert_ray.study.sweep import trial_counts
 
     class Grid(list):
         num_terminated = 5

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mtbert_ray.errors import NonFiniteLossError
-from mtbert_ray.stage import MARKER, Built, build_dir, read_stage, reuse_or_build
+from mtbert_ray.common.errors import NonFiniteLossError
+from mtbert_ray.store.stage import MARKER, Built, build_dir, read_stage, reuse_or_build
 
 
 def _stage(root, labels=(0, 1, 1, 0)):
@@ -44,7 +44,7 @@ def test_a_file_altered_at_the_same_size_is_caught_without_verify(tmp_path):
 
 def test_an_untouched_stage_is_reused_without_hashing(tmp_path, monkeypatch):
     published, _ = _stage(tmp_path)
-    import mtbert_ray.storage as storage
+    import mtbert_ray.store.files as storage
 
     monkeypatch.setattr(storage, "file_sha256", lambda path: pytest.fail(f"{path} hashed although unchanged"))
     assert read_stage(published.folder) is not None
@@ -90,15 +90,15 @@ class _NaNAfter:
 
 
 def _spec():
-    from mtbert_ray.train.loop import LoopSpec
+    from mtbert_ray.core.loop import LoopSpec
 
     return LoopSpec(stage="distill", epochs=3, micro_batch=4, grad_accum_steps=1, seed=0, select="accuracy", mode="max",
                     precision="fp32", use_gpu=False, threads=None, train_rows=40, num_labels=2)
 
 
 def test_a_nan_loss_stops_the_epoch_with_the_stage_epoch_and_step():
-    from mtbert_ray.progress import Progress
-    from mtbert_ray.train.loop import _train_pass
+    from mtbert_ray.common.progress import Progress
+    from mtbert_ray.core.loop import _train_pass
 
     optimization = _NaNAfter(bad=2)
     with pytest.raises(NonFiniteLossError, match=r"^distill: the loss is nan at epoch 2, step 3; the stage stopped and keeps "
@@ -110,7 +110,7 @@ def test_a_nan_loss_stops_the_epoch_with_the_stage_epoch_and_step():
 def test_an_error_raised_on_a_train_worker_comes_back_as_itself():
     from ray.train import WorkerGroupError
 
-    from mtbert_ray.train.session import worker_user_error
+    from mtbert_ray.distributed.train import worker_user_error
 
     original = NonFiniteLossError("distill: the loss is nan at epoch 1, step 2")
     wrapped = WorkerGroupError("Training failed due to worker errors", {0: RuntimeError("x"), 1: original})
@@ -124,7 +124,7 @@ def test_a_run_whose_loss_explodes_exits_with_one_line_and_exports_nothing(ray_s
     line naming the stage, epoch and step (exit 2), exports no student and writes no result."""
     import yaml
 
-    from mtbert_ray.run import main
+    from mtbert_ray.cli.run import main
     from tests.conftest import tiny_experiment
 
     config = tmp_path / "exp.yaml"

@@ -1,12 +1,12 @@
-"""What a trial asks Ray for, and whether a cluster holds it (``mtbert_ray.trial_needs``): the arithmetic alone."""
+"""What a trial asks Ray for, and whether a cluster holds it (``mtbert_ray.distributed.needs``): the arithmetic alone."""
 from __future__ import annotations
 
 import pytest
 
+from mtbert_ray.common.errors import ConfigError, ResourcesError
 from mtbert_ray.config import validate_config
-from mtbert_ray.errors import ConfigError, ResourcesError
-from mtbert_ray.trial_needs import Capacity, autoscaler_headroom, fit_plan, trial_needs
-from mtbert_ray.waiting import patiently
+from mtbert_ray.distributed.needs import Capacity, autoscaler_headroom, fit_plan, trial_needs
+from mtbert_ray.distributed.waiting import patiently
 from tests.conftest import tiny_experiment
 
 
@@ -105,7 +105,7 @@ def test_a_fixed_cluster_is_told_apart_from_an_autoscaling_one(monkeypatch):
 
     import ray.experimental.internal_kv as kv
 
-    from mtbert_ray import trial_needs as tn
+    from mtbert_ray.distributed import needs as tn
 
     status = {}
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
@@ -124,7 +124,7 @@ def test_a_train_stage_whose_workers_wait_says_so(capfd):
     was pending before the stage started is not this stage's."""
     import time
 
-    from mtbert_ray.waiting import PendingPlacementNotice
+    from mtbert_ray.distributed.waiting import PendingPlacementNotice
 
     groups = {"old": {"state": "PENDING", "bundles": {0: {"CPU": 9.0}}}}
     with PendingPlacementNotice("stage distill", 900, notice_s=0.3, poll_s=0.05, table=lambda: groups,
@@ -141,7 +141,7 @@ def test_an_experiment_on_a_ray_already_running_too_small_is_refused_before_any_
     """The caller started Ray (the test session's 4 CPUs) and asks for 4 workers × 1 CPU + Ray Data's read CPU: one
     line naming the numbers at ``prepare``, where the cache's actor pool used to wait out its 900 s (seen in
     ``benchmarks/scale.py``, which starts its own Ray) — and no run folder or stage written."""
-    from mtbert_ray.pipeline import Experiment
+    from mtbert_ray.experiment.pipeline import Experiment
 
     raw = tiny_experiment(tiny_models, tmp_path, cache={"enabled": True},
                           resources={"num_workers": 4, "cpus_per_worker": 1, "execution": "trainer"})

@@ -91,9 +91,9 @@ def make_tiny_student(folder: Path, bert: str, labels: tuple[str, ...] = ("negat
 
     import torch
 
-    from mtbert_ray.export import save_student
     from mtbert_ray.models.hub import load_encoder, load_tokenizer
     from mtbert_ray.models.student import StudentModel
+    from mtbert_ray.models.student_io import save_student
 
     torch.manual_seed(seed)
     with contextlib.redirect_stderr(io.StringIO()):  # transformers' "Writing model shards" bar

@@ -5,7 +5,7 @@ named ``tok_<fingerprint>`` (two hub ids with identical tokenizer files share on
 are prefixed ``<tokenization>.`` in views and batches); a model's tokenization is
 ``PreparedData.model_tokenization[model]``.
 
-Layout under ``data.cache_dir`` (default ``~/.cache/mtbert_ray``), each a stage of ``mtbert_ray.stage``::
+Layout under ``data.cache_dir`` (default ``~/.cache/mtbert_ray``), each a stage of ``mtbert_ray.store.stage``::
 
     shards/<key>/…/<split>/part-*.parquet   key = hash(source content, options incl. data.seed, tokenizer files,
                                             max_length): example_id, label, input_ids, attention_mask,
@@ -21,6 +21,7 @@ trials reuse shards and views and never trust a half-written or altered one.
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -33,15 +34,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mtbert_ray.common.hashing import stable_hash
+from mtbert_ray.common.progress import format_progress
 from mtbert_ray.config import DataConfig
+from mtbert_ray.config.keys import DATASET
 from mtbert_ray.data.sources import RawDataset, load_source
 from mtbert_ray.data.tokenize import encode_arrow, uses_token_type_ids
-from mtbert_ray.hashing import stable_hash
 from mtbert_ray.models.hub import load_tokenizer
-from mtbert_ray.progress import format_progress
-from mtbert_ray.stage import Built, build_dir, reuse_or_build
-from mtbert_ray.stage_keys import DATASET
-from mtbert_ray.storage import default_cache_dir, file_entry, write_manifest
+from mtbert_ray.store.files import default_cache_dir, file_entry, write_manifest
+from mtbert_ray.store.stage import Built, build_dir, reuse_or_build
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class PreparedData:
 
 
 def dataset_key(raw: RawDataset, cfg: DataConfig) -> str:
-    """Content of the source + every option that changes which rows/labels are used (``stage_keys.DATASET``: the
+    """Content of the source + every option that changes which rows/labels are used (``config.keys.DATASET``: the
     data section but its fields marked ``not_in_key``)."""
     return DATASET.key(cfg, root="data", fingerprint=raw.fingerprint, labels=raw.label_names)
 
@@ -194,7 +195,6 @@ def release_arrow_memory() -> None:
     """Give the memory Arrow's allocator kept from reading and tokenizing back to the system. Its pool (mimalloc)
     keeps freed pages for reuse, so without this the driver carried data preparation's peak (the texts read,
     shuffled and tokenized: ~170 MiB at 1M unlabelled titles, benchmarks/README.md) through every later stage."""
-    import gc
 
     gc.collect()
     pa.default_memory_pool().release_unused()

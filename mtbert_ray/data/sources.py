@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mtbert_ray.common.errors import DataError
+from mtbert_ray.common.hashing import file_sha256, stable_hash
+from mtbert_ray.common.metric_names import NO_LABEL, UNLABELED
 from mtbert_ray.config import DataConfig
 from mtbert_ray.data.glue_tasks import GLUE_FOLDERS, GLUE_TASKS, GlueTask
-from mtbert_ray.errors import DataError
-from mtbert_ray.hashing import file_sha256, stable_hash
-from mtbert_ray.metric_names import NO_LABEL
 
 SPLITS = ("train", "validation", "test")
-UNLABELED = "unlabeled"  # the split of data.unlabeled: transfer text for distillation, label NO_LABEL (−1) throughout
 #: Example ids of unlabelled rows start here (row i → UNLABELED_ID_BASE + i), apart from every labelled split's ids.
 UNLABELED_ID_BASE = 1 << 40
 FILE_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl")
@@ -308,7 +308,6 @@ MAX_CLASSES = 100_000  # integer ids make 0..max classes: a stray id of 10^12 mu
 
 def _is_number(value) -> bool:
     """A number, or text that reads as one (CSV labels arrive as text)."""
-    import numbers
 
     if isinstance(value, str):
         try:

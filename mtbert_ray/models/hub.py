@@ -14,7 +14,7 @@ from typing import Any
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from mtbert_ray.errors import MTBertError
+from mtbert_ray.common.errors import MTBertError
 
 log = logging.getLogger(__name__)
 

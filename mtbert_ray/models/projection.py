@@ -9,11 +9,13 @@ least squares where they differ (docs/design.md, decision b: a random start made
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
-from mtbert_ray.losses import ProjectSide
+ProjectSide = Literal["teacher", "student"]  # the side of W_ij in the hidden loss (decision b)
+
 
 #: Rows whose states the least-squares W_ij are fitted to: the first training batches until this many (one 64-row batch
 #: gave a 384 × 768 map ~64 × 20 tokens for 300k unknowns, a fit to its noise).

@@ -1,0 +1,314 @@
+"""A study on Ray Tune (``run_sweep``); its command line is ``mtbert-ray sweep`` / ``python -m mtbert_ray.sweep``
+(``mtbert_ray.cli.sweep``).
+
+Tune-over-Train as Ray 2.60 supports it: every trial is a Tune *function* (the trial driver,
+``tune.with_resources``) that runs one experiment (``pipeline.run_experiment``). Its stages run in the
+trial's own process when they have one worker and no GPU (``resources.execution: auto``; each epoch is
+forwarded to Tune by the in-process session), else on a distillation ``TorchTrainer`` that reports each
+epoch to Tune through ``TuneReportCallback``; schedulers (ASHA, median stopping) act on those per-epoch reports.
+Co-finetuning and the teacher cache are
+keyed stages shared by all trials with the same key, so teachers are trained once per distinct
+(teacher set, data, co-finetune config, seed), not once per trial.
+
+Layout under ``--storage`` (default ``~/mtbert_results``)::
+
+    sweeps/<name>/                Tune's experiment folder (resumable with --resume)
+    sweeps/<name>/mtbert_sweep.json   the space, resolved base experiment and search settings
+    sweeps/<name>/runs/<trial id>/    each trial's run folder (result.json, student/)
+    sweeps/<name>/analysis/       tables (Markdown, CSV), plots (PNG), best trial
+    stages/                       co-finetuned teachers and teacher caches, shared across runs
+
+``--upload s3://BUCKET/PREFIX`` (or ``gs://``) copies ``sweeps/<name>/`` to object storage at the end.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mtbert_ray.common.errors import ConfigError, ResultsError
+from mtbert_ray.common.metric_names import Split, metric_key, teacher_mean_key
+from mtbert_ray.config import check_plain_name, head_teacher
+from mtbert_ray.config.space import Space, load_space
+from mtbert_ray.deploy.card import write_model_card
+from mtbert_ray.deploy.onnx import REPORT_FILE
+from mtbert_ray.distributed.needs import TrialNeeds, cluster_capacity, fit_plan, trial_needs
+from mtbert_ray.distributed.runtime import has_resource, init_ray
+from mtbert_ray.experiment.context import select_metric_name, task_metrics
+from mtbert_ray.experiment.pipeline import run_experiment
+from mtbert_ray.experiment.results import ExperimentResult
+from mtbert_ray.models.hub import check_models
+from mtbert_ray.models.student_io import read_student_meta
+from mtbert_ray.store.files import resolve_storage
+from mtbert_ray.study.analysis import seed_summary
+from mtbert_ray.study.dryrun import planned_trials
+from mtbert_ray.study.record import RUNS_DIR, SWEEP_FILE, SweepRecord, read_sweep_record, write_sweep_record
+
+log = logging.getLogger(__name__)
+
+
+
+def final_report(result: ExperimentResult, epochs: int) -> dict[str, Any]:
+    """A finished trial's last report: the selected checkpoint's validation and test scores, the export.
+
+    ``finished`` marks a trial that ran every epoch and exported its student; a trial a scheduler
+    stopped early never makes this report.
+    """
+    report: dict[str, Any] = {"epoch": epochs, "best_epoch": result.student.epoch}
+    for split in Split:
+        for name, value in ((result.student.validation if split is Split.VALIDATION else result.student.test) or {}).items():
+            report[metric_key(split, name)] = value
+        for name in result.data.get("metrics", []):
+            values = [s.metric(name, split) for s in result.teachers.values()]
+            if values and all(v is not None for v in values):
+                report[teacher_mean_key(split, name)] = sum(values) / len(values)
+    report.update(
+        student_params=result.student.params,
+        student_dir=str(result.student_dir),
+        run_dir=str(result.run_dir),
+        cofinetune_reused=result.cofinetune.reused,
+        finished=True,
+    )
+    return report
+
+
+def trial_driver(params: dict[str, Any], sweep: SweepRecord) -> None:
+    """One trial: the experiment for ``params``, its distillation epochs reported to Tune (all but the
+    last: ``train.session``), then, once the student is exported, the final report."""
+    from ray import tune
+
+
+    config = Space.from_record(sweep).trial_config(params)  # the one validation of this trial's config
+    trial_id = tune.get_context().get_trial_id()
+    run_dir = Path(sweep.experiment_dir) / RUNS_DIR / trial_id
+    result = run_experiment(config, storage=sweep.storage, run_dir=run_dir)
+    tune.report(final_report(result, config.distill.epochs))
+
+
+def tracking_callbacks(name: str, mlflow: str | None) -> list:
+    """Ray Tune's own loggers for experiment trackers: every trial's reports (its distillation epochs and the final
+    summary, co-finetuning scores included) as MLflow runs with the trial's parameters. TensorBoard needs none:
+    Tune writes each trial's event files into the sweep folder, the stages theirs into the trials' run folders."""
+    if not mlflow:
+        return []
+    try:
+        import mlflow as _  # noqa: F401 - the optional extra
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+    except ImportError:
+        raise ConfigError("--mlflow: MLflow is not installed; pip install 'mtbert-ray[mlflow]'") from None
+    return [MLflowLoggerCallback(tracking_uri=mlflow, experiment_name=name, save_artifact=False)]
+
+
+def _searcher(space: Space):
+    s = space.search
+    if s.searcher == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.optuna_seed))
+    return None  # grid / random: Tune's variant generator
+
+
+def _scheduler(space: Space, max_epochs: int):
+    s = space.search
+    if s.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(time_attr="epoch", max_t=max(max_epochs, 1), grace_period=min(s.grace_period, max_epochs),
+                             reduction_factor=s.reduction_factor)
+    if s.scheduler == "median":
+        from ray.tune.schedulers import MedianStoppingRule
+
+        return MedianStoppingRule(time_attr="epoch", grace_period=s.grace_period, min_samples_required=2)
+    return None
+
+
+def needs_of(space: Space, base_config, driver_resource: str | None = None) -> TrialNeeds:
+    """What one trial of the study asks Ray for (``trial_needs``): its reservation for Tune, each stage's asks, its peak."""
+    return trial_needs(base_config, space.search.trial_cpus, driver_resource)
+
+
+def concurrent_trials(space: Space, needs: TrialNeeds) -> int:
+    """``search.max_concurrent_trials`` capped to what the connected cluster holds at every trial's peak; a plan whose one
+    trial cannot fit is refused here, before any stage starts (``trial_needs.fit_plan``)."""
+
+    wanted = space.search.max_concurrent_trials
+    capacity = cluster_capacity(space.search.autoscaling_config)
+    if capacity is None:
+        print("[mtbert] an autoscaler runs on this cluster but its node types are unknown: the plan is not checked "
+              "against them (set search.autoscaling_config to its cluster YAML)", flush=True)
+        return wanted
+    allowed = fit_plan(needs, capacity, wanted)
+    if allowed < wanted:
+        print(f"[mtbert] search.max_concurrent_trials {wanted} → {allowed}: {capacity.source} has {capacity.cpus:g} CPU / "
+              f"{capacity.gpus:g} GPU, and each trial needs {needs.describe()}", flush=True)
+    return allowed
+
+
+def driver_resource(space: Space, base_config) -> str | None:
+    """``search.driver_resource`` if the cluster offers it (with a note when it does not), else None."""
+
+    name = space.search.driver_resource
+    if not name or base_config.resources.in_process:
+        return None
+    if has_resource(name):
+        return name
+    print(f"[mtbert] no node offers the resource {name!r} (search.driver_resource): trial drivers may run on any node, "
+          "spot capacity included — see cluster/README.md", flush=True)
+    return None
+
+
+def check_space_models(space: Space) -> None:
+    """Pre-flight before Tune starts: every model a trial can name (each planned trial's teachers and student,
+    every ``teacher_pool`` entry) loads its ``config.json``. A missing model is then one line here, not every
+    trial failing ``search.max_failures + 1`` times after the data is tokenized."""
+
+    pool = tuple((space.spec.teacher_pool or {}).values())
+    checked: set[tuple] = set()
+    for trial in planned_trials(space):
+        cfg = trial.config
+        models = tuple(dict.fromkeys((*cfg.teachers, *pool, *filter(None, [head_teacher(cfg)]))))
+        key = (models, cfg.student.init_from, cfg.student.num_layers, cfg.trust_remote_code,
+               cfg.data.max_length)
+        if key not in checked:
+            checked.add(key)
+            check_models(list(key[0]), key[1], key[2], key[3], key[4])
+
+
+def checked_name(name: str, where: str) -> str:
+    """A sweep name is one plain folder name under ``<storage>/sweeps`` (the dry run checks it as the run does)."""
+
+    try:
+        check_plain_name(name)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return name
+
+
+def _start_ray(space: Space, base_config) -> tuple[TrialNeeds, int]:
+    """Join (or start) Ray, then size the study to it: (one trial's needs, trials at once)."""
+
+    init_ray(required_cpus=space.search.max_concurrent_trials * needs_of(space, base_config).peak["CPU"])  # embedded: all fit
+    needs = needs_of(space, base_config, driver_resource(space, base_config))
+    max_concurrent = concurrent_trials(space, needs)
+    print(f"[mtbert] each trial {needs.describe()}; up to {max_concurrent} trial(s) at once", flush=True)
+    return needs, max_concurrent
+
+
+def run_sweep(
+    space_path: str,
+    overrides: list[str] = (),
+    storage: str | None = None,
+    name: str | None = None,
+    num_samples: int | None = None,
+    resume: bool = False,
+    mlflow: str | None = None,
+):
+    """Start (or ``resume``) a sweep; returns (ResultGrid, experiment folder)."""
+    from ray import tune
+
+
+    if name is not None:
+        checked_name(name, "--name")
+    root = resolve_storage(storage)
+    if resume:
+        if not name:
+            raise ConfigError("--resume needs --name (the sweep folder under <storage>/sweeps) or --space's default name")
+        experiment_dir = root / "sweeps" / name
+        saved = experiment_dir / SWEEP_FILE
+        if not saved.is_file():
+            raise ResultsError(f"--resume: {experiment_dir} holds no sweep to resume")
+        sweep = read_sweep_record(experiment_dir)  # damaged: one line naming the file
+        if not tune.Tuner.can_restore(str(experiment_dir)):
+            raise ResultsError(f"--resume: {experiment_dir} holds no sweep to resume")
+        space = Space.from_record(sweep, check=True)
+        base_config = space.base_config
+        needs, max_concurrent = _start_ray(space, base_config)
+    else:
+        space = load_space(space_path, overrides, absolute_paths=True)
+        if num_samples is not None:
+            space.spec.search.num_samples = num_samples
+        name = name or checked_name(space.spec.name, f"{space.source}: name")
+        experiment_dir = root / "sweeps" / name
+        if experiment_dir.exists() and any(experiment_dir.iterdir()):
+            raise ResultsError(
+                f"--name {name}: {experiment_dir} already holds a sweep; use --resume to continue it, or another --name"
+            )
+        base_config = space.base_config
+        check_space_models(space)
+        needs, max_concurrent = _start_ray(space, base_config)  # a plan that cannot fit is refused before anything is written
+        sweep = SweepRecord(
+            name=name, source=space.source, spec=space.spec.model_dump(mode="json"), base=space.base, row_key=space.row_key,
+            select={"metric": select_metric_name(base_config), "mode": base_config.select.mode},
+            metrics=task_metrics(base_config), comparisons=[tuple(c) for c in space.comparisons()], storage=str(root),
+            experiment_dir=str(experiment_dir), created=time.time(),
+        )
+        experiment_dir.mkdir(parents=True, exist_ok=True)
+        write_sweep_record(experiment_dir, sweep)
+
+    metric = metric_key(Split.VALIDATION, select_metric_name(base_config))
+    test_metric = metric_key(Split.TEST, select_metric_name(base_config))
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), needs.tune_resources())
+    # Tune's newer console output ignores a passed ProgressReporter; ask for the classic one so the trial table
+    # shows the metrics chosen here (RAY_AIR_NEW_OUTPUT=1 in the environment keeps Tune's own table).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if resume:
+        print(f"[mtbert] resuming sweep {experiment_dir}", flush=True)
+        tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        s = space.search
+        reporter = tune.CLIReporter(
+            metric_columns={"epoch": "epoch", metric: metric, "best_epoch": "best epoch",
+                            test_metric: test_metric},
+            parameter_columns=list(space.param_space()),
+            sort_by_metric=True,  # by TuneConfig's metric and mode
+            max_report_frequency=30,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space.param_space(),
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode=base_config.select.mode,
+                search_alg=_searcher(space),
+                scheduler=_scheduler(space, base_config.distill.epochs),
+                num_samples=s.num_samples,
+                max_concurrent_trials=max_concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(root / "sweeps"),
+                progress_reporter=reporter,
+                failure_config=tune.FailureConfig(max_failures=s.max_failures),
+                callbacks=tracking_callbacks(name, mlflow),
+            ),
+        )
+    grid = tuner.fit()
+    return grid, experiment_dir
+
+
+def card_with_seeds(report) -> None:
+    """The best student's model card rewritten with its row's scores over seeds (mean ± 95 % interval)."""
+
+    best = report.best
+    seeds = seed_summary(report)
+    if not seeds or not best.get("student_dir") or not Path(best["student_dir"]).is_dir():
+        return
+    student = Path(best["student_dir"])
+    result_file = student.parent / "result.json"
+    result = json.loads(result_file.read_text()) if result_file.is_file() else None
+    speed = json.loads((student / REPORT_FILE).read_text()).get("speed") if (student / REPORT_FILE).is_file() else None
+    write_model_card(student, read_student_meta(student), result, speed, seeds)
+
+
+
+
+def trial_counts(grid) -> tuple[int, int, int]:
+    """(finished, unfinished, errored) trials of a Tune ``ResultGrid``: unfinished ones were still pending or running
+    when the sweep was stopped (Tune catches Ctrl-C, saves its state and returns the grid as it stands)."""
+    errored = sum(1 for result in grid if result.error is not None)
+    finished = grid.num_terminated
+    return finished, len(grid) - finished - errored, errored
