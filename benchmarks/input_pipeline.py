@@ -143,7 +143,7 @@ def main() -> None:
     print(f"Ray Data streamed + PadCollate ({os.cpu_count()} cores): {rows / ray_s:,.0f} rows/s = {size / ray_s / 1e6:,.0f} MB/s")
     paper = paper_arithmetic()
     core_rate = size / core_s
-    print("the paper's student on one H100 (mtbert_ray/input_rate.py; FLOPs/row = 6·N·s + 12·K·s²·h + 6·s·K·Σw·h):")
+    print("the paper's student on one H100 (mtbert_ray/tools/input_rate.py; FLOPs/row = 6·N·s + 12·K·s²·h + 6·s·K·Σw·h):")
     cores = {}
     for kind, what in (("hidden", "hidden-state cache"), ("logits", "logits-only cache")):
         rate = paper[kind]

@@ -61,12 +61,13 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from mtbert_ray.deploy.serve import app, load_model
+    from mtbert_ray.deploy.runtimes import load_runtime
+    from mtbert_ray.deploy.serve import app
 
     folder = Path(args.student) if args.student else default_student(Path(tempfile.mkdtemp()))
     texts = [f"{TEXTS[i % len(TEXTS)]} ({i})" for i in range(args.requests)]
 
-    model = load_model(str(folder), args.runtime)
+    model = load_runtime(args.runtime, folder)
     if hasattr(model, "session"):  # one thread, as the replica's 1 CPU
         from mtbert_ray.deploy.onnx import OnnxStudent
 

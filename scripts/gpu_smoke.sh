@@ -33,5 +33,5 @@ RUN_DIR=$(tail -n 1 "$STORAGE/run.log")
 test -f "$FIRED" || { echo "the fault did not fire" >&2; exit 1; }
 
 # the throughput / memory table, and exit 1 on what matters: no resume after the fault, a non-finite loss, a student
-# at chance, an epoch with no GPU memory (a worker on the CPU), no test score (mtbert_ray/gpu_smoke.py)
+# at chance, an epoch with no GPU memory (a worker on the CPU), no test score (mtbert_ray/tools/gpu_smoke.py)
 exec "$PYTHON" -m mtbert_ray.tools.gpu_smoke "$RUN_DIR"

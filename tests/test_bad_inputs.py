@@ -193,7 +193,7 @@ CATALOGUE: dict[str, Case] = {
                                r"teachers: duplicated teacher"),
     "required key missing": Case("run", lambda ws: ["--config", str(ws.space("teachers: [x]\n", "partial.yaml"))],
                                  r"student: required key is missing"),
-    "unknown data source": Case("run", lambda ws: ws.run("data.source=csv"), r"data.source: Input should be"),
+    "unknown data source": Case("run", lambda ws: ws.run("data.source=csv"), r"data.source: expected one of glue, mind, files .*got .csv."),
     "unknown ensemble mode": Case("run", lambda ws: ws.run("loss.ensemble=median"), r"loss.ensemble: Input should be"),
     "every loss switched off": Case("run", lambda ws: ws.run("loss.hidden=false", "loss.distill=false", "loss.task=false"),
                                     r"loss: .*at least one"),

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mtbert_ray.common.errors import DataError
-from mtbert_ray.common.metric_names import NO_LABEL
+from mtbert_ray.common.metric_names import NO_LABEL, UNLABELED
 from mtbert_ray.config import DataConfig
 from mtbert_ray.data import shards as shards_module
 from mtbert_ray.data.shards import prepare_data
@@ -190,6 +190,14 @@ BAD_CASES = {
                   r"train.parquet row 2, column 'text': missing text \(null\)"),
     "null label": (lambda p: _bad(p.parent, p.name, "text,label\ngood film,1\nbad film,\n"), {},
                    r"train.csv row 2, column 'label': missing label"),
+    "the word None among class ids": (lambda p: _bad(p.parent, p.name, "text,label\ngood film,1\nbad film,None\nok film,0\n"), {},
+                                      r"train.csv row 2, column 'label': missing label \('None'\) in a column of class ids; "
+                                      r"label every row, or set data.missing_labels: unlabeled"),
+    "a name among class ids": (lambda p: _bad(p.parent, p.name, "text,label\ngood,1\nbad,0\nok,0\nmeh,pos\n"), {},
+                               r"train.csv row 4, column 'label': label 'pos' is not like the others — 3 of the 4 training "
+                               r"labels are integer class ids, 1 are not"),
+    "NaN in validation ids": (lambda p: _bad(p.parent, p.name, "text,label\ngood film,1\nbad film,NaN\n", split="validation"), {},
+                              r"validation.csv row 2, column 'label': missing label \('NaN'\); every validation and test row"),
     "unseen validation label": (lambda p: _bad(p.parent, p.name, "text,label\ngood film,1\nbad film,2\n", split="validation"), {},
                                 r"validation.csv row 2, column 'label': label '2' is never seen in training"),
     "label out of num_labels": (lambda p: _bad(p.parent, p.name, "text,label\ngood film,1\nbad film,0\n", split="validation"),
@@ -208,6 +216,23 @@ def test_bad_input_gives_one_clear_line(tmp_path, case):
         prepare_data(cfg, [MINILM_L6])
     assert "\n" not in str(info.value)
     assert not (tmp_path / "cache" / "shards").exists(), "nothing is written for bad input"
+
+
+def test_training_rows_without_a_label_can_be_transfer_text(tmp_path):
+    """``data.missing_labels: unlabeled``: rows with no label (empty, or None / NaN among class ids) leave the training
+    split and become the unlabelled split (ids from UNLABELED_ID_BASE, label −1), before data.unlabeled's own rows."""
+    folder = fx.write_files(tmp_path / "d", "csv")
+    (folder / "train.csv").write_text("text,label\ngood film,1\nsome film,\nbad film,0\nodd film,None\nfine film,1\n")
+    (tmp_path / "more.txt").write_text("another film\n")
+    raw = load_source(_files(folder, missing_labels="unlabeled", unlabeled=str(tmp_path / "more.txt")))
+    assert raw.splits["train"].frame["text_a"].tolist() == ["good film", "bad film", "fine film"]
+    transfer = raw.splits[UNLABELED].frame
+    assert transfer["text_a"].tolist() == ["some film", "odd film", "another film"]
+    assert transfer["example_id"].tolist() == [UNLABELED_ID_BASE + i for i in range(3)]
+    assert transfer["label"].tolist() == [NO_LABEL] * 3 and raw.label_names == ["0", "1"]
+    assert raw.unlabeled_fingerprint != load_source(_files(folder, missing_labels="unlabeled")).unlabeled_fingerprint
+    with pytest.raises(DataError, match=r"train.csv row 2, column 'label': missing label; data.missing_labels: unlabeled"):
+        load_source(_files(folder))
 
 
 def test_out_of_range_label_with_num_labels(tmp_path):

@@ -1,4 +1,4 @@
-"""The per-epoch metrics history a stage keeps beside its checkpoints (``train/history.py``)."""
+"""The per-epoch metrics history a stage keeps beside its checkpoints (``core/history.py``)."""
 from __future__ import annotations
 
 import pickle

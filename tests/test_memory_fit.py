@@ -62,7 +62,7 @@ def test_a_gpu_plan_prints_its_memory(tiny_models, tmp_path):
     assert "GPU memory (reasoned" in text
     assert "co-finetuning: ~1.0 GB per GPU worker" in text and "fits a 24 GB card" in text
     assert "peak 2.5 CPU + 1 GPU" in text  # driver 0.5 + a 1-CPU GPU worker + a read task; one GPU, not two
-    assert "stage-3 input (reasoned, mtbert_ray/input_rate.py): one H100" in text
+    assert "stage-3 input (reasoned, mtbert_ray/tools/input_rate.py): one H100" in text
 
 
 def test_the_paper_students_hidden_state_cache_is_input_bound_on_one_h100():

@@ -5,6 +5,7 @@ import pytest
 
 from mtbert_ray.common.errors import ConfigError
 from mtbert_ray.config.space import load_space
+from mtbert_ray.study.sweep import tune_param_space
 from tests.conftest import REPO
 
 SPACES = sorted(p for p in (REPO / "tune_spaces").glob("*.yaml") if not p.name.startswith("_"))
@@ -19,7 +20,7 @@ def test_the_paper_studies_are_all_there():
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
 def test_space_loads_and_every_trial_config_validates(path):
     space = load_space(path)
-    params = space.param_space()
+    params = tune_param_space(space)
     assert "seed" in params
     # One trial config per grid point / a sample of each distribution validates as an experiment.
     grid_keys = [k for k, d in space.spec.space.items() if d.kind == "grid"]

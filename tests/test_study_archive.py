@@ -86,3 +86,27 @@ def test_a_restore_never_overwrites_a_sweep_that_is_there(tmp_path):
     (there / "mine.txt").write_text("mine")
     assert restore_archive(archive, tmp_path / "b") is None
     assert [p.name for p in there.iterdir()] == ["mine.txt"]
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE])
+def test_a_link_member_is_refused_even_when_it_points_at_a_sibling_sweep(tmp_path, kind):
+    """``analysis -> ../other/analysis`` stays inside the storage folder, so a filter checking the staging folder kept
+    it, and the analysis then wrote into the other sweep: every link (and special file) is refused, nothing unpacked."""
+    other = tmp_path / "storage" / "sweeps" / "other" / "analysis"
+    other.mkdir(parents=True)
+    (other / "table.md").write_text("the other sweep's table")
+    archive = tmp_path / "study.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        data = b"{}"
+        info = tarfile.TarInfo("study/mtbert_sweep.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("study/analysis")
+        link.type = kind
+        link.linkname = "../other/analysis" if kind == tarfile.SYMTYPE else ("study/mtbert_sweep.json" if kind == tarfile.LNKTYPE else "")
+        tar.addfile(link)
+    with pytest.raises(ResultsError, match=r"study.tar.gz: member study/analysis is a (link|special file).*; a sweep archive "
+                                           r"holds only files and folders"):
+        restore_archive(archive, tmp_path / "storage")
+    assert not (tmp_path / "storage" / "sweeps" / "study").exists()
+    assert (other / "table.md").read_text() == "the other sweep's table"

@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from mtbert_ray.cli.common import add_debug_flag, command_main
-from mtbert_ray.config import experiment_models, load_config
+from mtbert_ray.config import experiment_models, head_teacher, load_config
 
 if TYPE_CHECKING:
     from mtbert_ray.data.shards import PreparedData
@@ -51,10 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtbert_ray.data.shards import prepare_data  # deferred: transformers' tokenizers (seconds); --help stays instant
+    # deferred: transformers' tokenizers take seconds to import; --help stays instant
+    from mtbert_ray.data.shards import prepare_data
+    from mtbert_ray.models.hub import check_models
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_config(args.config, args.set)
+    # the models' own checks, as the run makes them: a data.max_length beyond a model's positions is refused here too
+    check_models([*config.teachers, *filter(None, [head_teacher(config)])], config.student.init_from,
+                 config.student.num_layers, config.trust_remote_code, config.data.max_length)
     prepared = prepare_data(config.data, experiment_models(config), config.trust_remote_code)
     print(format_summary(prepared))
     return 0

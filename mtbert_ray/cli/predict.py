@@ -14,32 +14,28 @@ from mtbert_ray.common.errors import ConfigError
 
 NAME = "predict"
 HELP = "Classify text with an exported student (PyTorch, ONNX or int8)."
+RUNTIME_NAMES = ("torch", "onnx", "onnx-int8")  # deploy.runtimes.RUNTIMES (tests/test_layers.py keeps the two equal)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="exported student folder (a run's student/)")
     parser.add_argument("--pair", action="append", default=None, help="second text of a sentence pair (once per text)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--runtime", choices=["torch", "onnx", "onnx-int8"], default="torch",
+    parser.add_argument("--runtime", choices=RUNTIME_NAMES, default="torch",
                         help="PyTorch, or the folder's model.onnx / model.int8.onnx (mtbert-ray export onnx)")
     add_debug_flag(parser)
     parser.add_argument("texts", nargs="*")
 
 
 def run(args: argparse.Namespace) -> int:
-    # deferred: torch, transformers and onnxruntime take seconds to import; --help stays instant
-    from mtbert_ray.deploy.classifier import StudentClassifier
-    from mtbert_ray.deploy.onnx import OnnxStudent
+    from mtbert_ray.deploy.runtimes import load_runtime  # deferred: torch, transformers, onnxruntime (seconds)
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: expected a positive integer, got {args.batch_size}")
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if args.pair is not None and len(args.pair) != len(texts):
         raise ConfigError(f"--pair: given {len(args.pair)} times for {len(texts)} texts; expected one per text")
-    if args.runtime == "torch":
-        model = StudentClassifier.from_pretrained(args.model)
-    else:
-        model = OnnxStudent(args.model, int8=args.runtime == "onnx-int8")
+    model = load_runtime(args.runtime, args.model)
     for text, pred in zip(texts, model.predict(texts, args.pair, args.batch_size)):
         print(json.dumps({"text": text, "label": pred.label, "probabilities": pred.probabilities}))
     return 0

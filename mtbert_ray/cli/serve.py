@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from mtbert_ray.cli.common import add_debug_flag, command_main
+from mtbert_ray.cli.predict import RUNTIME_NAMES
 from mtbert_ray.common.errors import ConfigError
 
 NAME = "serve"
@@ -18,7 +19,7 @@ HELP = "Serve an exported student over HTTP with Ray Serve (batched; 127.0.0.1 b
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_dir", help="an exported student folder (a run's student/)")
-    parser.add_argument("--runtime", choices=["onnx", "onnx-int8", "torch"], default=None,
+    parser.add_argument("--runtime", choices=RUNTIME_NAMES, default=None,
                         help="default: onnx when the folder has model.onnx, else torch")
     parser.add_argument("--host", default="127.0.0.1", help="address Serve's HTTP proxy listens on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000)
@@ -32,7 +33,6 @@ def run(args: argparse.Namespace) -> int:
     from ray import serve
 
     from mtbert_ray.deploy.serve import app
-
 
     if not Path(args.model_dir).is_dir():
         raise ConfigError(f"model_dir: {args.model_dir} is not a folder; expected an exported student (a run's student/)")

@@ -63,20 +63,27 @@ def run(args: argparse.Namespace) -> int:
         name = load_space(args.space, args.set).spec.name
     if args.mlflow:
         tracking_callbacks("check", args.mlflow)  # installed? (one line, exit 2, before anything runs)
-    grid, experiment_dir = run_sweep(args.space, args.set, args.storage, name, args.num_samples, args.resume, args.mlflow)
-    report = write_report(experiment_dir, experiment_dir / ANALYSIS_DIR)
-    card_with_seeds(report)
+    _grid, experiment_dir = run_sweep(args.space, args.set, args.storage, name, args.num_samples, args.resume, args.mlflow)
+    finished, unfinished, errored = trial_counts(experiment_dir)  # what Tune recorded, not the grid it hands back
+    resume = f"python -m mtbert_ray.sweep --resume --name {experiment_dir.name}" + (
+        f" --storage {args.storage}" if args.storage else "")
+    try:
+        report = write_report(experiment_dir, experiment_dir / ANALYSIS_DIR)
+        card_with_seeds(report)
+    except KeyboardInterrupt:
+        what = (f"{finished} trials finished, {unfinished} unfinished ({errored} errored)")
+        print(f"[mtbert] sweep stopped during its analysis: {what}; results so far {experiment_dir}; "
+              + (f"continue it with: {resume}" if unfinished else f"write the tables with: mtbert-ray analysis {experiment_dir}"),
+              flush=True)
+        return INTERRUPTED_EXIT
     print(report.table_markdown)
-    finished, unfinished, errored = trial_counts(grid)
     best = report.best
     if unfinished:  # stopped (Ctrl-C, a signal): Tune saved its state; the finished trials are kept
-        resume = f"python -m mtbert_ray.sweep --resume --name {experiment_dir.name}" + (
-            f" --storage {args.storage}" if args.storage else "")
         print(f"[mtbert] sweep stopped before its end: {finished} trials finished, {unfinished} unfinished "
               f"({errored} errored); results so far {experiment_dir}; continue it with: {resume}", flush=True)
         return INTERRUPTED_EXIT
     print(
-        f"[mtbert] sweep finished: {len(grid)} trials ({errored} errored); results {experiment_dir}; "
+        f"[mtbert] sweep finished: {finished + errored} trials ({errored} errored); results {experiment_dir}; "
         f"tables and plots {report.out_dir}; best student {best.get('student_dir') if best else 'none'}",
         flush=True,
     )

@@ -30,7 +30,7 @@ class Split(str, Enum):
         return "val_" if self is Split.VALIDATION else "test_"
 
 
-#: What every evaluation computes from its confusion matrix (``train.metrics``); ``f1`` only for two classes.
+#: What every evaluation computes from its confusion matrix (``core.metrics``); ``f1`` only for two classes.
 METRICS = ("accuracy", "macro_f1", "mcc", "f1")
 BINARY_ONLY = ("f1",)
 #: What a files or MIND task reports (a GLUE task: its leaderboard's metrics, ``data.glue_tasks``), main one first.

@@ -85,7 +85,6 @@ def spaces_markdown() -> str:
 
 def _key_note(model: type[BaseModel], name: str) -> str:
     """A field's ``not_in_key`` marker (``config.keys``), said in the docs: which stage keys leave it out, and why."""
-
     mark = marker(model, name) if hasattr(model, "model_fields") else None
     if mark is None:
         return ""

@@ -26,11 +26,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+#: The data.* fields each source needs (``DataConfig`` refuses a config without them); their readers are registered
+#: by name in ``mtbert_ray.data.sources`` (``register_source``, which declares a new source's needs here too).
+DATA_SOURCES: dict[str, tuple[str, ...]] = {"glue": ("task",), "mind": ("path",), "files": ("path", "text_fields")}
+NEEDS_HELP = {"task": "e.g. sst2, rte", "path": "a local folder", "text_fields": "the text column, or two for pairs"}
+
+
+def declare_data_source(name: str, needs: tuple[str, ...]) -> None:
+    """Make ``data.source: NAME`` valid, requiring the fields ``needs`` (called by ``data.sources.register_source``)."""
+    known = DATA_SOURCES.get(name)
+    if known is not None and tuple(known) != tuple(needs):
+        raise ValueError(f"data source {name!r} is declared twice with other needs ({known} and {needs})")
+    DATA_SOURCES[name] = tuple(needs)
+
+
 class DataConfig(_Strict):
     """Where the labelled text comes from and how it is tokenized (see ``mtbert_ray.data``)."""
 
-    source: Literal["glue", "mind", "files"] = Field(
-        "files", description="Dataset kind: a GLUE task, a MIND news folder, or local train/validation/test files.")
+    source: str = Field(
+        "files", description="Dataset kind: glue (a GLUE task), mind (a MIND news folder), files (local "
+        "train/validation/test files), or a source registered with mtbert_ray.data.sources.register_source.")
     path: str | None = Field(
         None, description="Local folder: files → train/validation[/test] files; glue → the GLUE TSVs "
         "(or hub parquet layout); mind → MIND{small,large}_{train,dev,test}/ folders. glue without a path loads from the hub.",
@@ -45,6 +60,10 @@ class DataConfig(_Strict):
         "title", description="mind: classify the title alone (the paper) or title + abstract.")
     unseen_labels: Literal["error", "drop"] = Field(
         "error", description="Evaluation labels that never occur in training: an error, or drop those rows.")
+    missing_labels: Literal["error", "unlabeled"] = Field(
+        "error", description="Training rows without a label (an empty cell, null, NaN, or a word such as None / NaN in a "
+        "column of class ids): an error naming the row, or unlabeled = use them as transfer text for distillation (as "
+        "data.unlabeled; the teachers never train on them). Validation and test rows always need their label.")
     max_length: int = Field(default=128, ge=8, le=4096, description="Tokens per example (pairs truncated longest-first).",
         json_schema_extra=not_in_key('the shards key it, and so does every stage that reads them', stages=("dataset",)))
     limit_train: int | None = Field(
@@ -73,14 +92,19 @@ class DataConfig(_Strict):
             raise ValueError(f"expected one text column, or two for sentence pairs; got {len(value)}")
         return value
 
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if value not in DATA_SOURCES:
+            raise ValueError(f"expected one of {', '.join(DATA_SOURCES)} (or a source registered with "
+                             f"mtbert_ray.data.sources.register_source), got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _source_needs(self) -> "DataConfig":
-        if self.source == "glue" and not self.task:
-            raise ValueError("data.source 'glue' needs data.task (e.g. sst2, rte)")
-        if self.source in ("mind", "files") and not self.path:
-            raise ValueError(f"data.source '{self.source}' needs data.path (a local folder)")
-        if self.source == "files" and not self.text_fields:
-            raise ValueError("data.source 'files' needs data.text_fields (the text column, or two for pairs)")
+        for name in DATA_SOURCES.get(self.source, ()):
+            if not getattr(self, name):
+                raise ValueError(f"data.source '{self.source}' needs data.{name} ({NEEDS_HELP.get(name, 'see docs/config.md')})")
         return self
 
 

@@ -284,28 +284,6 @@ class Space:
             raise ConfigError(f"{self.source}: space.teachers: {unknown[0]!r} is not in teacher_pool ({', '.join(pool)})")
         return [pool[n] for n in names]
 
-    def param_space(self) -> dict[str, Any]:
-        """Ray Tune's ``param_space`` (grid_search / distributions), seeds included."""
-        from ray import tune
-
-        out: dict[str, Any] = {}
-        for key, dim in self.spec.space.items():
-            values = self.dimension_values(key, dim)
-            if dim.kind == "grid":
-                out[key] = tune.grid_search(values)
-            elif dim.kind == "choice":
-                out[key] = tune.choice(values)
-            elif dim.kind == "uniform":
-                out[key] = tune.uniform(*dim.uniform)
-            elif dim.kind == "loguniform":
-                out[key] = tune.loguniform(*dim.loguniform)
-            else:
-                out[key] = tune.randint(*dim.randint)
-        seeds = self.search.seeds
-        if "seed" not in out:
-            out["seed"] = tune.grid_search(seeds) if len(seeds) > 1 else seeds[0]
-        return out
-
     # ---- validation ----------------------------------------------------------------------
     def _check(self) -> None:
         spec, src = self.spec, self.source

@@ -55,7 +55,7 @@ class HistoryWriter:
 
 def tensorboard_writer(folder: str | os.PathLike):
     """tensorboardX's ``SummaryWriter`` for ``folder`` (None without tensorboardX, which Ray Tune installs)."""
-    try:
+    try:  # deferred: tensorboardX is optional (Ray Tune installs it)
         from tensorboardX import SummaryWriter
     except ImportError:
         return None

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 
 from mtbert_ray.common.errors import NonFiniteLossError
 from mtbert_ray.common.metric_names import MEAN_HEAD, METRICS, Split, best_key, metric_key
@@ -256,8 +257,6 @@ class Optimization:
 
 def average_gradients(optimizer: torch.optim.Optimizer, world_size: int) -> None:
     """g ← (Σ_ranks g) / world_size for every parameter's gradient (one all-reduce per tensor)."""
-    import torch.distributed as dist
-
     if world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
         return
     for group in optimizer.param_groups:

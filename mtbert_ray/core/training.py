@@ -55,8 +55,6 @@ def training_device(use_gpu: bool) -> torch.device:
     if not use_gpu:
         return torch.device("cpu")
     if not torch.cuda.is_available():
-
-
         raise ResourcesError(
             f"resources.use_gpu: no CUDA device is visible on node {socket.gethostname()} (torch {torch.__version__}, "
             f"CUDA build {torch.version.cuda or 'none'}); check the node's driver and CUDA_VISIBLE_DEVICES, "

@@ -195,7 +195,6 @@ def release_arrow_memory() -> None:
     """Give the memory Arrow's allocator kept from reading and tokenizing back to the system. Its pool (mimalloc)
     keeps freed pages for reuse, so without this the driver carried data preparation's peak (the texts read,
     shuffled and tokenized: ~170 MiB at 1M unlabelled titles, benchmarks/README.md) through every later stage."""
-
     gc.collect()
     pa.default_memory_pool().release_unused()
 

@@ -17,9 +17,11 @@ import csv
 import io
 import numbers
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,7 +30,7 @@ import pyarrow.parquet as pq
 from mtbert_ray.common.errors import DataError
 from mtbert_ray.common.hashing import file_sha256, stable_hash
 from mtbert_ray.common.metric_names import NO_LABEL, UNLABELED
-from mtbert_ray.config import DataConfig
+from mtbert_ray.config import DATA_SOURCES, DataConfig, declare_data_source
 from mtbert_ray.data.glue_tasks import GLUE_FOLDERS, GLUE_TASKS, GlueTask
 
 SPLITS = ("train", "validation", "test")
@@ -39,6 +41,8 @@ TEXT_SUFFIX = ".txt"
 SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "dev", "val"), "test": ("test",)}
 MIND_COLUMNS = ("NewsID", "Category", "SubCategory", "Title", "Abstract", "URL", "TitleEntities", "AbstractEntities")
 _INT = re.compile(r"^[+-]?\d+$")
+#: Texts that mean "no value" in a label column (pandas writes NaN / None / <NA> for a missing cell): a missing label.
+MISSING_TOKENS = frozenset({"nan", "none", "null", "na", "n/a", "<na>"})
 
 
 @dataclass
@@ -84,24 +88,56 @@ class _Table:
     label_column: str | None
 
 
+SourceReader = Callable[[DataConfig], RawDataset]
+#: The readers of ``data.source``, by name (``register_source``): built-ins below, a user's own from their code.
+SOURCES: dict[str, SourceReader] = {}
+
+
+def register_source(name: str, needs: tuple[str, ...] = ()) -> Callable[[SourceReader], SourceReader]:
+    """Register ``reader(cfg) -> RawDataset`` (its labelled splits, before subsampling and transfer text) as
+    ``data.source: NAME``; ``needs``: the ``data.*`` fields it requires (``config.DATA_SOURCES``, so a config that lacks
+    one is refused when it is read). A new source is one decorated function, in this file or the user's own."""
+    def register(reader: SourceReader) -> SourceReader:
+        declare_data_source(name, needs)
+        SOURCES[name] = reader
+        return reader
+
+    return register
+
+
+@register_source("files", needs=DATA_SOURCES["files"])
+def _files_source(cfg: DataConfig) -> RawDataset:
+    tables, fingerprint = _read_files(cfg)
+    dataset = _build(tables, cfg, known_labels=None, fingerprint=fingerprint)
+    dataset.name = f"files:{cfg.path}"
+    return dataset
+
+
+@register_source("glue", needs=DATA_SOURCES["glue"])
+def _glue_source(cfg: DataConfig) -> RawDataset:
+    task = _glue_task(cfg.task)
+    tables, fingerprint = _read_glue(cfg, task)
+    dataset = _build(tables, cfg, known_labels=list(task.labels), fingerprint=fingerprint)
+    dataset.name = f"glue/{task.name}"
+    dataset.metrics = task.metrics
+    dataset.submission_file = task.submission_file
+    dataset.submission_labels = task.submission_labels
+    return dataset
+
+
+@register_source("mind", needs=DATA_SOURCES["mind"])
+def _mind_source(cfg: DataConfig) -> RawDataset:
+    tables, fingerprint = _read_mind(cfg)
+    dataset = _build(tables, cfg, known_labels=None, fingerprint=fingerprint)
+    dataset.name = f"mind:{cfg.path}"
+    return dataset
+
+
 def load_source(cfg: DataConfig) -> RawDataset:
-    """Read, validate, label-map and subsample the configured source."""
-    if cfg.source == "files":
-        tables, fingerprint = _read_files(cfg)
-        dataset = _build(tables, cfg, known_labels=None, fingerprint=fingerprint)
-        dataset.name = f"files:{cfg.path}"
-    elif cfg.source == "glue":
-        task = _glue_task(cfg.task)
-        tables, fingerprint = _read_glue(cfg, task)
-        dataset = _build(tables, cfg, known_labels=list(task.labels), fingerprint=fingerprint)
-        dataset.name = f"glue/{task.name}"
-        dataset.metrics = task.metrics
-        dataset.submission_file = task.submission_file
-        dataset.submission_labels = task.submission_labels
-    else:
-        tables, fingerprint = _read_mind(cfg)
-        dataset = _build(tables, cfg, known_labels=None, fingerprint=fingerprint)
-        dataset.name = f"mind:{cfg.path}"
+    """Read, validate, label-map and subsample the configured source (``SOURCES[data.source]``), with its transfer text."""
+    if cfg.source not in SOURCES:
+        raise DataError(f"data.source: {cfg.source!r} has no reader; expected one of {', '.join(SOURCES)}")
+    dataset = SOURCES[cfg.source](cfg)
     if dataset.num_labels != 2 and "f1" in dataset.metrics:
         dataset.metrics = tuple(m for m in dataset.metrics if m != "f1")
     dataset = _subsample(dataset, cfg)
@@ -111,6 +147,12 @@ def load_source(cfg: DataConfig) -> RawDataset:
             raise DataError(f"data.unlabeled: the labelled data has {'sentence pairs' if dataset.pair else 'one text'} "
                             f"per row; set data.text_fields to its column(s) in {cfg.unlabeled}")
         split, fingerprint = load_unlabeled(cfg, text_columns)
+        own = dataset.splits.get(UNLABELED)  # the training rows without a label (data.missing_labels: unlabeled)
+        if own is not None:
+            shifted = split.frame.assign(example_id=split.frame["example_id"] + len(own.frame))
+            split = RawSplit(UNLABELED, f"{own.origin} + {split.origin}", pd.concat([own.frame, shifted], ignore_index=True),
+                             labelled=False)
+            fingerprint = stable_hash({"own": dataset.unlabeled_fingerprint, "files": fingerprint})
         dataset.splits[UNLABELED] = split
         dataset.unlabeled_fingerprint = fingerprint
     return dataset
@@ -222,7 +264,10 @@ def _build(tables: list[_Table], cfg: DataConfig, known_labels: list[str] | None
         if len(by_split[split].frame) == 0:
             raise DataError(f"{by_split[split].origin}: the {split} split has no rows; expected at least one labelled example")
     pair = len(by_split["train"].text_columns) == 2
-    train = by_split["train"]
+    train, unlabelled = _split_off_unlabelled(by_split["train"], cfg)
+    if len(train.frame) == 0:
+        raise DataError(f"{train.origin}: no training row has a label; expected at least one labelled example")
+    tables = [train if t.split == "train" else t for t in tables]
     raw_train_labels = _label_values(train)
     label_names, as_ids = _label_space(raw_train_labels, train, cfg, known_labels)
 
@@ -254,7 +299,18 @@ def _build(tables: list[_Table], cfg: DataConfig, known_labels: list[str] | None
             frame["text_b"] = [texts[1][i] for i in keep]
         frame["label"] = pd.Series(ids, dtype="int64")
         splits[table.split] = RawSplit(table.split, table.origin, frame)
-    return RawDataset(splits, label_names, pair, fingerprint, notes=notes)
+    dataset = RawDataset(splits, label_names, pair, fingerprint, notes=notes)
+    if unlabelled is not None:
+        texts = [_text_column(_Table("train", train.origin, unlabelled, train.text_columns, None), c) for c in train.text_columns]
+        frame = pd.DataFrame({"example_id": pd.Series(range(UNLABELED_ID_BASE, UNLABELED_ID_BASE + len(unlabelled)), dtype="int64"),
+                              "text_a": texts[0]})
+        if pair:
+            frame["text_b"] = texts[1]
+        frame["label"] = pd.Series(NO_LABEL, index=frame.index, dtype="int64")
+        dataset.splits[UNLABELED] = RawSplit(UNLABELED, f"{train.origin} (rows without a label)", frame, labelled=False)
+        dataset.unlabeled_fingerprint = stable_hash({"missing_labels_of": fingerprint})
+        notes.append(f"{train.origin}: {len(frame)} rows without a label are transfer text (data.missing_labels: unlabeled)")
+    return dataset
 
 
 def _text_column(table: _Table, column: str) -> list[str]:
@@ -274,14 +330,35 @@ def _check_texts(origin: str, column: str, values: list) -> None:
             raise DataError(f"{origin} row {row + 1}, column {column!r}: empty text")
 
 
+def _missing(value) -> bool:
+    """No label: null, NaN, an empty text."""
+    return value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value.strip())
+
+
 def _label_values(table: _Table) -> list:
     if table.label_column is None:
         raise DataError(f"{table.origin}: has no label column")
     values = table.frame[table.label_column].tolist()
     for row, value in enumerate(values):
-        if value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value.strip()):
-            raise DataError(f"{table.origin} row {row + 1}, column {table.label_column!r}: missing label")
+        if _missing(value):
+            raise DataError(f"{table.origin} row {row + 1}, column {table.label_column!r}: missing label"
+                            + ("; data.missing_labels: unlabeled makes such training rows transfer text" if table.split == "train" else ""))
     return values
+
+
+def _split_off_unlabelled(table: _Table, cfg: DataConfig) -> tuple[_Table, pd.DataFrame | None]:
+    """``data.missing_labels: unlabeled``: the training rows without a label (null, NaN, empty, or a missing-value word
+    such as ``None`` / ``NaN`` in a column of class ids) taken out of ``table``, as a frame of their texts."""
+    if cfg.missing_labels != "unlabeled" or table.split != "train" or table.label_column is None:
+        return table, None
+    values = table.frame[table.label_column]
+    words = values.map(lambda v: isinstance(v, str) and v.strip().lower() in MISSING_TOKENS)
+    ids = values.map(lambda v: _as_int(v) is not None)
+    missing = values.map(_missing) | (words & bool(ids.any()))  # a word like "None" is a missing label only among ids
+    if not bool(missing.any()):
+        return table, None
+    kept = _Table(table.split, table.origin, table.frame[~missing].reset_index(drop=True), table.text_columns, table.label_column)
+    return kept, table.frame[missing][table.text_columns].reset_index(drop=True)
 
 
 def _as_int(value) -> int | None:
@@ -294,8 +371,6 @@ def _as_int(value) -> int | None:
     if isinstance(value, str) and _INT.match(value.strip()):
         return int(value.strip())
     try:  # numpy integer scalars
-        import numpy as np
-
         if isinstance(value, np.integer):
             return int(value)
     except ImportError:  # pragma: no cover
@@ -308,7 +383,6 @@ MAX_CLASSES = 100_000  # integer ids make 0..max classes: a stray id of 10^12 mu
 
 def _is_number(value) -> bool:
     """A number, or text that reads as one (CSV labels arrive as text)."""
-
     if isinstance(value, str):
         try:
             float(value.strip())
@@ -332,6 +406,16 @@ def _label_space(train_labels: list, train: _Table, cfg: DataConfig, known: list
         row = ints.index(None)
         raise DataError(f"{train.origin} row {row + 1}, column {column!r}: label {train_labels[row]!r} is not a class id; "
                         "expected integer ids 0..C-1 or names")
+    whole = sum(i is not None for i in ints)
+    if known is None and 0 < whole < len(ints):  # class ids and other values in one column: never re-read as names
+        row = next(r for r, i in enumerate(ints) if (i is None) == (whole * 2 >= len(ints)))
+        value = train_labels[row]
+        if isinstance(value, str) and value.strip().lower() in MISSING_TOKENS:
+            raise DataError(f"{train.origin} row {row + 1}, column {column!r}: missing label ({value!r}) in a column of class "
+                            "ids; label every row, or set data.missing_labels: unlabeled to use such rows as transfer text")
+        raise DataError(f"{train.origin} row {row + 1}, column {column!r}: label {value!r} is not like the others — {whole} "
+                        f"of the {len(ints)} training labels are integer class ids, {len(ints) - whole} are not; expected "
+                        "integer ids 0..C-1 throughout, or names throughout")
     if known is not None:
         names, index = list(known), {name: i for i, name in enumerate(known)}
     elif all(i is not None for i in ints):
@@ -368,6 +452,9 @@ def _label_space(train_labels: list, train: _Table, cfg: DataConfig, known: list
             number = _as_int(value)
             if number is not None and 0 <= number < len(names):
                 label_id = number
+            elif number is None and index is None and isinstance(value, str) and value.strip().lower() in MISSING_TOKENS:
+                raise DataError(f"{table.origin} row {row + 1}, column {table.label_column!r}: missing label ({value!r}); "
+                                "every validation and test row needs its label")
             elif number is None and index is None:
                 raise DataError(
                     f"{table.origin} row {row + 1}, column {table.label_column!r}: label {value!r} is not a class id; "
@@ -547,7 +634,7 @@ def _read_glue_parquet(folder: Path, task: GlueTask) -> tuple[list[_Table], str]
 
 
 def _read_glue_hub(cfg: DataConfig, task: GlueTask) -> tuple[list[_Table], str]:
-    import datasets
+    import datasets  # deferred: only a GLUE task from the hub needs it, and it takes seconds to import
 
     try:
         ds = datasets.load_dataset("nyu-mll/glue", task.name, revision=cfg.revision)

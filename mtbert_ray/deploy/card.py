@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import ModelCard, ModelCardData, try_to_load_from_cache
+
 CARD_FILE = "README.md"
 
 
@@ -19,8 +21,6 @@ def model_licence(name: str) -> str | None:
     if Path(name).expanduser().exists():
         return None
     try:
-        from huggingface_hub import ModelCard, try_to_load_from_cache
-
         path = try_to_load_from_cache(name, "README.md")
         if isinstance(path, str):
             return ModelCard.load(path).data.to_dict().get("license")
@@ -114,8 +114,6 @@ def card_text(meta: Mapping[str, Any], result: Mapping[str, Any] | None = None, 
 def write_model_card(folder: Path, meta: Mapping[str, Any], result: Mapping[str, Any] | None = None,
                      speed: Mapping[str, Any] | None = None, seeds: Mapping[str, Any] | None = None) -> Path:
     """Write ``folder/README.md``; ``ModelCard.load`` parses it back."""
-    from huggingface_hub import ModelCard, ModelCardData
-
     data, body = card_text(meta, result, speed, seeds)
     card = ModelCard(f"---\n{ModelCardData(**data).to_yaml()}\n---\n\n{body}")
     card.save(str(folder / CARD_FILE))

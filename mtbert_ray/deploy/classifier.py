@@ -62,7 +62,7 @@ class StudentClassifier:
         ``check_student_weights``): a damaged folder is a one-line ``MTBertError``, never a model with random weights."""
         folder = Path(folder)
         meta = read_student_meta(folder)
-        check_student_weights(folder)
+        check_student_weights(folder, meta)
         if is_transformers_student(folder):
             model = MTBertStudentForSequenceClassification.from_pretrained(str(folder))
         else:

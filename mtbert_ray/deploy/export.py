@@ -8,7 +8,7 @@ Layout of an export (format 2; ``StudentClassifier.save_pretrained`` / ``from_pr
     hf_student.py         the model's code (torch + transformers only), for ``trust_remote_code=True`` without mtbert-ray
     tokenizer files       the student's tokenizer (``model_max_length`` = the run's max_length)
     mtbert_student.json   label names, query dim, max length, pairs (read by mtbert-ray's own tools)
-    README.md             the model card (``model_card.write_model_card``)
+    README.md             the model card (``deploy.card.write_model_card``)
     experiment.yaml       the resolved experiment config that produced it (when exported by a run)
 
 Format 1 (before): a plain encoder folder + ``head.safetensors`` + ``mtbert_student.json``. Plain transformers loads
@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
 from safetensors.torch import load_model
 
 from mtbert_ray.common.errors import MTBertError
@@ -46,6 +47,7 @@ from mtbert_ray.models.student_io import (
 )
 from mtbert_ray.models.teachers import HEADS_FILE
 from mtbert_ray.store.files import atomic_write_text
+from mtbert_ray.store.lock import FolderLock
 
 STUDENT_DIR = "student"  # a run folder's export (core.steps.distill.STUDENT_DIR)
 TEST_ACCURACY = metric_key(Split.TEST, "accuracy")  # the ONNX report: test accuracy per runtime
@@ -72,7 +74,6 @@ def export_student(checkpoint_student: Path, out: Path, *, init_from: str, max_l
 
 def convert_student(folder: Path, out: Path | None = None) -> Path:
     """A format-1 export rewritten as format 2: in place (the old files kept in ``<folder>.format1``) or into ``out``."""
-
     folder = Path(folder)
     if is_transformers_student(folder):
         raise MTBertError(f"{folder}: already a transformers student (format 2); nothing to convert")
@@ -97,8 +98,6 @@ def convert_student(folder: Path, out: Path | None = None) -> Path:
 
 
 def safetensors_params(path: Path) -> int:
-    from safetensors import safe_open
-
     total = 0
     with safe_open(str(path), framework="pt") as handle:
         for key in handle.keys():
@@ -111,7 +110,6 @@ def safetensors_params(path: Path) -> int:
 
 def parameter_counts(teachers_dir: Path, student_dir: Path, names: Sequence[str]) -> dict[str, Any]:
     """Parameters of each teacher encoder (+ the shared head once) and of the exported student (as in Table 2)."""
-
     teacher_params = {
         name: sum(safetensors_params(p) for p in (teachers_dir / f"teacher_{i}").glob("*.safetensors"))
         for i, name in enumerate(names)
@@ -126,7 +124,6 @@ def parameter_counts(teachers_dir: Path, student_dir: Path, names: Sequence[str]
 
 def _student_folder(path: Path) -> tuple[Path, Path | None]:
     """(student folder, run folder or None) of a run folder or a student folder."""
-
     if (path / STUDENT_DIR / META_FILE).is_file():
         return path / STUDENT_DIR, path
     if (path / META_FILE).is_file():
@@ -136,7 +133,6 @@ def _student_folder(path: Path) -> tuple[Path, Path | None]:
 
 def _test_rows(student: Path) -> tuple[list[str], list[str] | None, list[int], str]:
     """The run's test texts, pairs and labels from the student's ``experiment.yaml`` (empty when unreadable), and a note."""
-
     try:
         raw = load_source(load_experiment_config(student / "experiment.yaml").data)
     except (MTBertError, OSError) as exc:
@@ -150,9 +146,14 @@ def _test_rows(student: Path) -> tuple[list[str], list[str] | None, list[int], s
 
 
 def export_onnx(path: Path, int8: bool, speed: bool = True, reps: int = 30) -> dict:
-    """The ``onnx`` subcommand: files, parity, re-scoring, speed; the report (also in result.json and the card)."""
-
+    """The ``onnx`` subcommand: files, parity, re-scoring, speed; the report (also in result.json and the card). One
+    writer at a time: the run folder (or the student folder) is locked while the export writes into it."""
     student, run = _student_folder(path)
+    with FolderLock(run or student, "run folder" if run else "student folder"):
+        return _export_onnx(student, run, int8, speed, reps)
+
+
+def _export_onnx(student: Path, run: Path | None, int8: bool, speed: bool, reps: int) -> dict:
     classifier = StudentClassifier.from_pretrained(student)
     files = export_onnx_files(classifier, student, int8)
     texts, pairs, labels, note = _test_rows(student)

@@ -29,7 +29,7 @@ import torch
 from mtbert_ray.common.errors import ConfigError, MTBertError
 from mtbert_ray.deploy.classifier import Prediction, encoded_batches
 from mtbert_ray.models.hub import load_encoder, load_tokenizer
-from mtbert_ray.models.student_io import read_student_meta
+from mtbert_ray.models.student_io import META_FILE, read_student_meta
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -44,7 +44,7 @@ SAMPLE_TEXTS = (
 
 
 def _require_onnxruntime():
-    try:
+    try:  # deferred: onnx and onnxruntime are the optional [onnx] extra
         import onnx  # noqa: F401
         import onnxruntime
     except ImportError:
@@ -84,7 +84,7 @@ def export_onnx_files(classifier, folder: Path, int8: bool) -> list[Path]:
         torch.onnx.export(wrapper, args, str(path), input_names=names, output_names=["logits"], dynamic_axes=axes,
                           opset_version=OPSET, dynamo=False)
     written = [path]
-    if int8:
+    if int8:  # deferred: the optional [onnx] extra
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(str(path), str(folder / INT8_FILE), weight_type=QuantType.QInt8)
@@ -97,7 +97,6 @@ class OnnxStudent:
 
     def __init__(self, folder: str | Path, int8: bool = False, threads: int | None = None) -> None:
         ort = _require_onnxruntime()
-
         folder = Path(folder)
         path = folder / (INT8_FILE if int8 else ONNX_FILE)
         if not path.is_file():
@@ -111,6 +110,10 @@ class OnnxStudent:
             options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
+        classes = self.session.get_outputs()[0].shape[-1]
+        if isinstance(classes, int) and classes != len(self.label_names):
+            raise MTBertError(f"{path}: gives {classes} classes but {META_FILE} names {len(self.label_names)}; "
+                              f"export it again (mtbert-ray export onnx {folder})")
 
     def logits(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
         mask = encoded["attention_mask"]
@@ -184,7 +187,6 @@ def measure_speed(classifier, sessions: dict[str, OnnxStudent], texts: Sequence[
         for name, session in sessions.items():
             runtimes[name] = lambda enc, s=session: s.logits(dict(enc))
         if teacher:
-
             encoder = load_encoder(teacher).eval()
             tok = load_tokenizer(teacher)
             t_one = tok(rows32[:1], truncation=True, max_length=max_length, return_tensors="np")

@@ -22,22 +22,59 @@ from pathlib import Path
 from typing import Any
 
 from ray import serve
+from starlette.responses import JSONResponse
 
-from mtbert_ray.deploy.classifier import StudentClassifier
-from mtbert_ray.deploy.onnx import OnnxStudent
+from mtbert_ray.deploy.runtimes import default_runtime, load_runtime
 
 MAX_TEXTS_PER_REQUEST = 256
+MAX_BODY_BYTES = 1 << 20  # 256 texts of 4 kB: a larger body is a 413, refused before it is read whole
+MAX_DEPTH = 8  # the API's bodies nest 2 deep; deeper ones are refused before the JSON parser recurses into them
 
 
 class BadRequest(ValueError):
-    """A request body the API does not take (answered with 400 and this one line)."""
+    """A request body the API does not take (answered with 400 — or ``status`` — and this one line)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def nesting_depth(raw: bytes, limit: int) -> int:
+    """The deepest nesting of JSON arrays and objects in ``raw`` (strings skipped), counted up to ``limit + 1``: one
+    linear pass and no recursion, so a body of 100,000 ``[`` costs what its bytes cost."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # "
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
 
 
 def parse_body(raw: bytes, pair: bool) -> tuple[list[str], list[str] | None, bool]:
-    """(texts, pairs or None, whether the caller sent one text) of a request body; ``BadRequest`` otherwise."""
+    """(texts, pairs or None, whether the caller sent one text) of a request body; ``BadRequest`` otherwise (413 for a
+    body over ``MAX_BODY_BYTES``). Whatever the parser raises on a body it cannot read is a ``BadRequest``."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise BadRequest(f"the body is {len(raw):,} bytes; at most {MAX_BODY_BYTES:,}", status=413)
+    if nesting_depth(raw, MAX_DEPTH) > MAX_DEPTH:
+        raise BadRequest(f"the body nests deeper than {MAX_DEPTH} levels; expected {{\"text\": \"...\"}} or "
+                         "{\"texts\": [\"...\"]}")
     try:
         body = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except Exception:  # noqa: BLE001 - ValueError, UnicodeDecodeError, RecursionError, …: every unreadable body is a 400
         raise BadRequest("the body is not JSON; expected {\"text\": \"...\"} or {\"texts\": [\"...\"]}") from None
     if not isinstance(body, dict) or ("text" in body) == ("texts" in body):
         raise BadRequest("expected a JSON object with exactly one of \"text\" (a string) or \"texts\" (a list of strings)")
@@ -58,22 +95,25 @@ def parse_body(raw: bytes, pair: bool) -> tuple[list[str], list[str] | None, boo
     return texts, pairs, single
 
 
-def load_model(model_dir: str, runtime: str):
-    """``OnnxStudent`` (``onnx`` / ``onnx-int8``) or ``StudentClassifier`` (``torch``) of an exported folder."""
-    if runtime == "torch":
-
-        return StudentClassifier.from_pretrained(model_dir)
-    if runtime in ("onnx", "onnx-int8"):
-
-        return OnnxStudent(model_dir, int8=runtime == "onnx-int8")
-    raise ValueError(f"runtime: expected torch, onnx or onnx-int8, got {runtime!r}")
+async def read_body(request) -> bytes:
+    """The request's body, read only up to ``MAX_BODY_BYTES`` + 1 (a 413 is known from Content-Length or that byte)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BadRequest(f"the body is {int(declared):,} bytes; at most {MAX_BODY_BYTES:,}", status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            break
+    return b"".join(chunks)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=256)
 class StudentDeployment:
     def __init__(self, model_dir: str, runtime: str = "onnx", max_batch_size: int = 32, batch_wait_timeout_s: float = 0.01) -> None:
         self.runtime = runtime
-        self.model = load_model(model_dir, runtime)
+        self.model = load_runtime(runtime, model_dir)
         self.pair = bool(self.model.meta.get("pair"))
         self.batch_sizes: Counter[int] = Counter()
         self.classify.set_max_batch_size(max_batch_size)
@@ -89,8 +129,6 @@ class StudentDeployment:
         return [{"label": p.label, "probabilities": p.probabilities} for p in predictions]
 
     async def __call__(self, request) -> Any:
-        from starlette.responses import JSONResponse
-
         path = request.url.path.rstrip("/")
         if request.method == "GET" and path.endswith("/healthz"):
             return {"status": "ok", "runtime": self.runtime, "labels": self.model.label_names}
@@ -99,9 +137,9 @@ class StudentDeployment:
         if request.method != "POST":
             return JSONResponse({"error": "POST a JSON body to classify; GET /healthz or /stats"}, status_code=405)
         try:
-            texts, pairs, single = parse_body(await request.body(), self.pair)
+            texts, pairs, single = parse_body(await read_body(request), self.pair)
         except BadRequest as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
         answers = await asyncio.gather(*(self.classify((t, pairs[i] if pairs else None)) for i, t in enumerate(texts)))
         return answers[0] if single else answers
 
@@ -112,6 +150,6 @@ def app(args: dict[str, str]):
     if "model_dir" not in args:
         raise ValueError("serve run mtbert_ray.serve:app needs model_dir=FOLDER (an exported student)")
     folder = Path(args["model_dir"]).expanduser().resolve()
-    runtime = args.get("runtime") or ("onnx" if (folder / "model.onnx").is_file() else "torch")
+    runtime = args.get("runtime") or default_runtime(folder)
     return StudentDeployment.bind(str(folder), runtime, int(args.get("max_batch_size", 32)),
                                   float(args.get("batch_wait_timeout_s", 0.01)))

@@ -2,7 +2,9 @@
 (``tests/test_ray_compat.py``) that fails when Ray changes under it.
 
 Nothing else in the package imports a ``_``-prefixed Ray name or a ``ray._private`` / ``ray.data._internal``
-module: a Ray upgrade is checked by running that test file, and fixed here.
+module: a Ray upgrade is checked by running that test file, and fixed here. Each function imports its private name
+itself (deferred on purpose): a name Ray moves breaks the one feature that uses it, named by its test, not every import
+of the package.
 """
 from __future__ import annotations
 

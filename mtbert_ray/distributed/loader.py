@@ -30,7 +30,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import ray.data
 import torch
+from ray.data import FileShuffleConfig, RandomSeedConfig
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import DataConfig as _DataConfig
 
@@ -64,18 +69,13 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
     ``mix_seed``: the files hold rows of several splits (labelled and unlabelled training rows): a read split's rows
     are put in one seeded random order before they are cut into blocks, so every block holds both kinds in their
     proportion; a streamed split mixes them by its per-epoch file order and the local shuffle buffer only (the
-    teacher cache writes them interleaved into its files, ``train.cache.interleave``, so there every file holds both).
+    teacher cache writes them interleaved into its files, ``distributed.teacher_cache.interleave``, so there every file holds both).
     """
-    import pyarrow.parquet as pq
-    import ray.data
-
     available = set(pq.read_schema(files[0]).names)
     keep = [c for c in columns if c in available] if columns is not None else None
     if materialize == "auto":
         materialize = fits_in_object_store(files, max_bytes=max_bytes)
     if materialize:
-        import pyarrow as pa
-
         table = pq.read_table(list(files), columns=keep)
         if mix_seed is not None:
             table = table.take(np.random.default_rng(mix_seed).permutation(table.num_rows))
@@ -84,14 +84,10 @@ def read_split(files: Sequence[str], columns: Sequence[str] | None = None, mater
         del table, blocks
         pa.default_memory_pool().release_unused()  # the driver's copy goes back to the system
     else:
-        from ray.data import FileShuffleConfig
-
         shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True) if shuffle_seed is not None else None
         ds = ray.data.read_parquet(list(files), columns=keep, override_num_blocks=blocks, shuffle=shuffle)
         ds.context.target_max_block_size = STREAM_BLOCK_BYTES
     if shuffle_seed is not None and materialize:
-        from ray.data import RandomSeedConfig
-
         ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
     # The block (file) order of execution (epoch) e is seeded by (seed, e): Ray Data counts executions in the dataset's
     # context, which it copies from the process's current one — in a reused worker process that count is not 0.
@@ -104,8 +100,6 @@ def fits_in_object_store(files: Sequence[str], expansion: float = 4.0, share: fl
                          max_bytes: int | None = MATERIALIZE_MAX_BYTES) -> bool:
     """At most ``max_bytes`` of Parquet (None: no cap), whose bytes × ``expansion`` (decompressed) fit within
     ``share`` of the cluster's object store."""
-    import ray
-
     size = sum(os.path.getsize(f) for f in files if os.path.exists(f))
     capacity = ray.cluster_resources().get("object_store_memory", 0)
     return (max_bytes is None or size <= max_bytes) and size * expansion <= share * capacity

@@ -5,7 +5,7 @@ each asking for more beside it:
 
 - **in process** (one CPU worker, or ``resources.execution: in_process``): the trial reserves the worker's CPUs
   (and GPU) and every stage runs inside that reservation — co-finetuning, the teacher cache (built by the trial's
-  own process, ``train.cache``) and distillation. Beside it only Ray Data's read tasks of a split too large to be
+  own process, ``distributed.teacher_cache``) and distillation. Beside it only Ray Data's read tasks of a split too large to be
   read in the trial's process: ``DATA_READ_CPUS``.
 - **Ray Train workers**: the trial reserves its driver (``search.trial_cpus``); each stage then asks for its
   workers — the TorchTrainer's ``num_workers × (cpus_per_worker [+ gpus_per_worker])`` or the cache's actor pool of
@@ -26,6 +26,8 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import ray
 
 from mtbert_ray.common.errors import ConfigError
 from mtbert_ray.config import read_yaml, uses_cache
@@ -147,9 +149,6 @@ def cluster_capacity(autoscaling_config: str | None = None) -> Capacity | None:
     """The connected Ray cluster's capacity: its live nodes, plus the nodes an autoscaler may launch when its
     config is known (``autoscaling_config``, else ``~/ray_bootstrap_config.yaml`` on the head, where ``ray up`` puts it).
     None when an autoscaler runs whose node types cannot be read (nothing can be refused then)."""
-
-    import ray
-
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     live = [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0))) for n in nodes]
     cpus, gpus = sum(c for c, _ in live), sum(g for _, g in live)
@@ -190,8 +189,6 @@ def _autoscaler_running(wait_s: float = 15.0) -> bool:
     """Whether an autoscaler that launches nodes manages this cluster. Every head runs Ray's monitor, which writes its
     status to the GCS each update; on a fixed cluster (``ray start`` without ``--autoscaling-config``) its read-only
     provider names each node's type after the node itself, an autoscaler after its node types. An embedded Ray has none."""
-
-
     if not os.environ.get("RAY_ADDRESS") or not internal_kv_ready():
         return False
     deadline = time.monotonic() + wait_s  # the monitor's first status comes a few seconds after the head starts

@@ -17,6 +17,9 @@ import math
 import os
 from typing import Any
 
+import ray
+from ray.train import ScalingConfig
+
 from mtbert_ray.distributed.compat import create_ray_data_actors, job_config_json
 
 log = logging.getLogger(__name__)
@@ -51,8 +54,6 @@ def runtime_env_vars() -> dict[str, str]:
 
 def _job_runtime_env_vars() -> dict[str, str]:
     """``env_vars`` of the submitted job's runtime env (empty outside ``ray job submit``)."""
-
-
     raw = job_config_json()
     if not raw:
         return {}
@@ -68,13 +69,11 @@ LOCAL_DRIVER_SLOTS = 1000
 
 def has_resource(name: str) -> bool:
     """Whether any node of the connected cluster offers the custom resource ``name``."""
-    import ray
-
     return ray.cluster_resources().get(name, 0) > 0
 
 
 def local_cpu_count(required: float) -> int:
-    """Logical CPUs for an embedded Ray: at least the cores, and ``required`` (``trial_needs``: the stages' peak,
+    """Logical CPUs for an embedded Ray: at least the cores, and ``required`` (``distributed.needs``: the stages' peak,
     Ray Data's read CPU included)."""
     return max(os.cpu_count() or 1, math.ceil(required))
 
@@ -82,15 +81,11 @@ def local_cpu_count(required: float) -> int:
 def callers_ray_driver() -> bool:
     """Whether this process is a Ray driver the caller already connected (``ray.init`` before mtbert-ray's own):
     not a Ray worker or actor (a sweep's trial), and not a Ray that ``init_ray`` would start."""
-    import ray
-
     return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is None
 
 
 def init_ray(required_cpus: float = 1.0, **kwargs: Any) -> None:
     """Join the cluster named by ``RAY_ADDRESS``, or start an embedded one sized for ``required_cpus``."""
-    import ray
-
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -124,7 +119,6 @@ def pin_ray_data_actors_here() -> None:
     fake multi-node provider). Creating them from the driver first pins them to the head node.
     Private Ray Data helpers, so a best effort: a Ray without them only loses the pinning.
     """
-
     try:
         create_ray_data_actors()
     except Exception as exc:  # noqa: BLE001 - optional optimisation, never fatal
@@ -133,8 +127,6 @@ def pin_ray_data_actors_here() -> None:
 
 def scaling_config(resources) -> "ray.train.ScalingConfig":  # noqa: F821
     """``ScalingConfig`` from ``resources.*`` (GPU settings pass through unchanged)."""
-    from ray.train import ScalingConfig
-
     return ScalingConfig(
         num_workers=resources.num_workers,
         use_gpu=resources.use_gpu,

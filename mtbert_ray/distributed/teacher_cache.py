@@ -1,6 +1,6 @@
 """Stage 2 — the teacher-output cache, built in the stage's own process or by Ray Data batch inference.
 
-The cached splits (``stages.CACHE_SPLITS``: the labelled and unlabelled training rows) of the experiment's view stream through
+The cached splits (``experiment.stages.CACHE_SPLITS``: the labelled and unlabelled training rows) of the experiment's view stream through
 frozen teachers (run in ``resources.precision``), and this process writes the rows to Parquet in the
 view's order as they come (``write_in_order``): memory stays bounded by a few blocks whatever the
 number of rows, no row is dropped or repeated, and a cache built again holds its rows in the same

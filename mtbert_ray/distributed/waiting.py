@@ -14,6 +14,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
+import ray
+from ray.util import placement_group_table
+
 from mtbert_ray.common.errors import ResourcesError
 from mtbert_ray.common.progress import emit
 
@@ -26,8 +29,6 @@ _END = object()
 def cluster_free() -> str:
     """``"2/4 CPU, 0/0 GPU free"`` of the connected Ray cluster (best effort)."""
     try:
-        import ray
-
         total, free = ray.cluster_resources(), ray.available_resources()
         return ", ".join(f"{free.get(r, 0):g}/{total.get(r, 0):g} {r}" for r in ("CPU", "GPU")) + " free"
     except Exception:  # noqa: BLE001 - a notice must never fail the stage
@@ -126,6 +127,4 @@ class PendingPlacementNotice:
 
 
 def _placement_group_table() -> dict:
-    from ray.util import placement_group_table
-
     return placement_group_table()

@@ -35,6 +35,7 @@ from mtbert_ray.experiment.results import ExperimentResult, FinishedRun
 from mtbert_ray.models.hub import check_models
 from mtbert_ray.models.student_io import read_student_meta
 from mtbert_ray.store.files import atomic_write_text, ensure_writable_dir, resolve_storage
+from mtbert_ray.store.lock import LOCK_DIR, FolderLock
 from mtbert_ray.store.stage import Published
 
 RESULT_FILE = "result.json"
@@ -46,13 +47,14 @@ class Experiment:
     (data, models, selection metric) is checked by ``prepare`` before a run folder is written or Ray starts."""
 
     def __init__(self, config: ExperimentConfig, storage: str | os.PathLike | None = None,
-                 run_dir: str | os.PathLike | None = None, verify: bool = False) -> None:
+                 run_dir: str | os.PathLike | None = None, verify: bool = False, wait_for_writer_s: float | None = None) -> None:
         self.config = config
         self.root = resolve_storage(storage)
         if run_dir is None:
             run_dir = self.root / "runs" / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.run_dir = Path(run_dir).resolve()
         self.verify = verify
+        self.wait_for_writer_s = wait_for_writer_s  # None: a run folder another process writes is refused at once
         self.ctx: StageContext | None = None
         self.teachers: Published | None = None
         self.cache: Published | None = None
@@ -111,6 +113,16 @@ class Experiment:
             return finished
         self.prepare()
         ensure_writable_dir(self.run_dir, "run folder")
+        with FolderLock(self.run_dir, "run folder", wait=self.wait_for_writer_s is not None, timeout_s=self.wait_for_writer_s,
+                        on_wait=lambda holder: print(f"[mtbert] run folder {self.run_dir}: waiting for {holder}", flush=True)):
+            finished = finished_run(self.run_dir, self.config)  # another writer may have finished it meanwhile
+            if finished is not None:
+                print(f"[mtbert] {self.run_dir} already holds this finished run: reusing its results", flush=True)
+                return finished
+            return self._run_locked(started)
+
+    def _run_locked(self, started: float) -> ExperimentResult:
+        """Every stage, the export and ``result.json``, with the run folder's writer lock held."""
         atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(self.config))
         self.teacher_cache()
         # the co-finetuning curves beside the distillation ones, in the run folder (shared stages live elsewhere)
@@ -159,14 +171,17 @@ def teachers_below_student(result: ExperimentResult) -> list[str]:
 
 
 def run_experiment(config: ExperimentConfig, storage: str | os.PathLike | None = None,
-                   run_dir: str | os.PathLike | None = None, verify: bool = False) -> ExperimentResult:
+                   run_dir: str | os.PathLike | None = None, verify: bool = False,
+                   wait_for_writer_s: float | None = None) -> ExperimentResult:
     """Run (or reuse) every stage of one experiment and export the student selected on validation.
 
     ``run_dir`` fixes the run folder (a sweep trial passes one named after its trial id, so a
     restarted trial resumes its distillation); by default a new ``<storage>/runs/<name>-<time>``.
-    ``verify`` re-hashes every reused artefact (sizes and row counts are always checked).
+    ``verify`` re-hashes every reused artefact (sizes and row counts are always checked). The run folder has one writer
+    at a time (``store.lock``): another process writing it is refused in one line, or — ``wait_for_writer_s`` — waited
+    for that long (a sweep trial retried while its first attempt's lock is not yet known to be stale).
     """
-    return Experiment(config, storage, run_dir, verify).run()
+    return Experiment(config, storage, run_dir, verify, wait_for_writer_s).run()
 
 
 def check_adoptable(run_dir: Path) -> None:
@@ -174,7 +189,7 @@ def check_adoptable(run_dir: Path) -> None:
     first): files of the user's there (a ``result.json``, a ``student/``) would otherwise be overwritten or deleted."""
     if not run_dir.is_dir() or (run_dir / CONFIG_FILE).is_file():
         return
-    foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir())
+    foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir() if not p.name.startswith(LOCK_DIR))
     if foreign:
         shown = ", ".join(foreign[:4]) + (f" (+{len(foreign) - 4} more)" if len(foreign) > 4 else "")
         raise ResultsError(f"run folder {run_dir} holds files mtbert-ray did not write ({shown}); "

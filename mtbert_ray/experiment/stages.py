@@ -68,7 +68,7 @@ def _view(ctx: StageContext, tokenizations, split: str, offsets: bool, seed: int
 
 
 def _driver_read_cap(ctx: StageContext) -> int | None:
-    """Splits read in this process up to this size (``data.loader.read_split``): no cap when the stage runs here."""
+    """Splits read in this process up to this size (``distributed.loader.read_split``): no cap when the stage runs here."""
     return None if ctx.config.resources.in_process else MATERIALIZE_MAX_BYTES
 
 
@@ -233,7 +233,6 @@ def test_predictions(ctx: StageContext, teachers: Published, distilled: StageRun
     example (``folder/<file>``, ``folder/teacher<i>/<file>``): the benchmark's submission files for an unlabelled test
     split, ``test.tsv`` for a labelled one (for error analysis and paired comparisons over sentences);
     (the student's file, a note on missing test scores)."""
-
     data = ctx.data
     if "test" not in data.splits:
         return None, "no test split: test scores are missing"

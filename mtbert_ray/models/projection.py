@@ -2,7 +2,7 @@
 
 ``loss.projection_init``: identity (equal widths only), xavier (random), or least squares — W_ij and its bias
 fitted in closed form to the (teacher, student) states of the first training rows (``FIT_ROWS``, the student in eval
-mode; ``train.distill.DistillModule``), so the hidden loss starts
+mode; ``core.steps.distill.DistillModule``), so the hidden loss starts
 from the best linear map between the two spaces instead of from noise; auto = identity where the widths match,
 least squares where they differ (docs/design.md, decision b: a random start made the hidden loss hurt).
 """

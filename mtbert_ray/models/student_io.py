@@ -10,7 +10,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from safetensors.torch import load_model, save_model
+from safetensors import safe_open
+from safetensors.torch import load_file, load_model, save_model
 
 from mtbert_ray.common.errors import MTBertError
 from mtbert_ray.models.hf_student import MODEL_TYPE, MTBertStudentConfig, MTBertStudentForSequenceClassification
@@ -66,33 +67,46 @@ def read_student_meta(folder: Path) -> dict:
     return meta
 
 
-def check_student_weights(folder: Path) -> None:
+def check_student_weights(folder: Path, meta: dict | None = None) -> None:
     """The weights hold every tensor the config asks for (a config claiming more layers than the weights would
-    otherwise load with random layers), the head included, and every weights file is readable."""
-    from safetensors import safe_open
-
+    otherwise load with random layers), the head included, every weights file is readable, and the head has as many
+    classes as the config (and ``meta``, ``mtbert_student.json``) says — a damaged folder is one line, never a
+    transformers size-mismatch traceback."""
     weights = folder / "model.safetensors"
     native = is_transformers_student(folder)
     files = [weights] if native else [weights, folder / HEAD_FILE]
     keys: set[str] = set()
+    classes: int | None = None  # rows of the head's dense layer: the classes the weights were trained for
     for path in files:
         if not path.is_file():
             raise damaged(path, "missing")
         try:
             with safe_open(str(path), framework="pt") as handle:
-                keys |= set(handle.keys()) if path == weights else set()
+                names = set(handle.keys())
+                keys |= names if path == weights else set()
+                dense = "head.dense.weight" if path == weights else "dense.weight"
+                if dense in names:
+                    classes = int(handle.get_slice(dense).get_shape()[0])
         except Exception as exc:  # noqa: BLE001 - a truncated safetensors file raises SafetensorError
             raise damaged(path, f"unreadable weights ({first_line(exc)})") from None
     if native:
         try:
-            depth = int(json.loads((folder / "config.json").read_text())["encoder"]["num_hidden_layers"])
+            config = json.loads((folder / "config.json").read_text())
+            depth = int(config["encoder"]["num_hidden_layers"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise damaged(folder / "config.json", f"no encoder.num_hidden_layers ({first_line(exc)})") from None
         head = {"head.dense.weight", "head.pooling.proj.weight", "head.pooling.query.weight"}
         if not head <= keys:
             raise damaged(weights, f"no head weights ({', '.join(sorted(head - keys))})")
+        labels = len(config.get("id2label") or {}) or config.get("num_labels")
+        if classes is not None and labels is not None and int(labels) != classes:
+            raise damaged(folder / "config.json", f"says {labels} labels but {weights.name}'s head has {classes} classes "
+                                                  "(head.dense.weight)")
     else:
         depth = model_depth(load_config(str(folder)), str(folder))
+    if meta is not None and classes is not None and int(meta["num_labels"]) != classes:
+        source = weights.name if native else HEAD_FILE
+        raise damaged(folder / META_FILE, f"num_labels: says {meta['num_labels']} but {source}'s head has {classes} classes")
     layers = {int(part) for key in keys for _, part in _layer_indices(key)}
     missing = sorted(set(range(depth)) - layers)
     if layers and missing:
@@ -111,8 +125,6 @@ def _layer_indices(key: str):
 
 def load_student_weights(student: StudentModel, folder: Path) -> None:
     """Load a saved student's encoder and head weights into an existing ``StudentModel``."""
-    from safetensors.torch import load_file
-
     encoder_state = load_file(str(folder / "model.safetensors"))
     missing, unexpected = student.encoder.load_state_dict(encoder_state, strict=False)
     if unexpected or [m for m in missing if "position_ids" not in m]:

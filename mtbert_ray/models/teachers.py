@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -157,8 +157,6 @@ def read_ensemble_meta(folder: str | Path) -> dict:
 
 def load_head_states(folder: str | Path) -> list[dict[str, torch.Tensor]]:
     """The saved head state dict(s) of an ensemble, one per teacher (the same dict for a shared head)."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     meta = json.loads((folder / ENSEMBLE_FILE).read_text())
     state = load_file(str(folder / HEADS_FILE))

@@ -8,14 +8,14 @@ Each published artefact holds ``manifest.json`` listing its files with byte size
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pyarrow.parquet as pq
 
 from mtbert_ray.common.errors import ConfigError, ResultsError
 from mtbert_ray.common.hashing import file_sha256
@@ -63,18 +63,6 @@ def ensure_writable_dir(path: Path, what: str) -> Path:
     except OSError as exc:
         raise ResultsError(f"{what}: {path} is not writable ({exc.strerror or exc})") from None
     return path
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (``flock``) on ``path`` — serialises concurrent builders of one artefact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def file_entry(path: Path, rows: int | None = None) -> dict[str, Any]:
@@ -128,7 +116,6 @@ def parquet_rows(path: Path) -> int | None:
     """Row count of a Parquet file from its footer (``None`` for other files)."""
     if path.suffix != ".parquet":
         return None
-    import pyarrow.parquet as pq
 
     try:
         return int(pq.read_metadata(path).num_rows)

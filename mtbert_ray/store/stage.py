@@ -8,7 +8,8 @@ its files once into the artefact's ``manifest.json`` (sizes, sha256, Parquet row
 writes the marker ``mtbert_stage.json`` (atomically, last). A folder without a marker is never
 trusted. Reuse checks that every listed file is there with its size (and its row count for
 Parquet); ``verify=True`` (``--verify``) re-hashes every file. A published folder whose files no
-longer match is discarded and rebuilt. A file lock per key makes concurrent builders wait for one.
+longer match is discarded and rebuilt. A writer lock per key (``store.lock``: no ``flock``, so it holds on NFS and
+EFS too) makes concurrent builders wait for one, and a builder that died is taken over.
 """
 from __future__ import annotations
 
@@ -29,12 +30,12 @@ from mtbert_ray.store.files import (
     atomic_write_text,
     discard,
     file_entry,
-    file_lock,
     parquet_rows,
     read_manifest,
     verify_manifest,
     write_manifest,
 )
+from mtbert_ray.store.lock import FolderLock
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,9 @@ def reuse_or_build(
     folder = root / kind / key
     found = read_stage(folder, verify)
     if found is None:
-        with file_lock(root / "locks" / f"{kind}-{key}.lock"):
+        with FolderLock(root / "locks" / f"{kind}-{key}", f"stage {kind}/{key}", wait=True,
+                        on_wait=lambda holder: print(f"[mtbert] {what}: waiting for {holder}, which builds {kind}/{key}",
+                                                     flush=True)):
             found = read_stage(folder, verify)
             if found is None:
                 if (folder / MARKER).exists():  # published once, altered since: start over

@@ -21,10 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from ray.tune import ExperimentAnalysis
 
 from mtbert_ray.common.errors import ResultsError
 from mtbert_ray.common.metric_names import DEFAULT_METRICS, METRICS, Split, metric_key, stat_column, teacher_mean_key
+from mtbert_ray.store.lock import FolderLock
 from mtbert_ray.study.record import RUNS_DIR, SweepRecord, read_sweep_record
 
 SPLITS = (Split.TEST, Split.VALIDATION)
@@ -81,8 +84,6 @@ def paired_bootstrap(diffs: Any, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) ->
     sentence is kept) and averages D[seeds][:, sentences]; the interval is the 2.5 / 97.5 % quantiles × 100 (points).
     Unlike a t-interval over seed means, it counts the test set's sampling as well as the seeds' spread.
     """
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     s, m = diffs.shape
     means = np.empty(draws)
@@ -156,7 +157,6 @@ def load_study(source, *parts) -> Study:
 def _load_one(source) -> Study:
     path = Path(getattr(source, "experiment_path", source)).expanduser()
     record = read_sweep_record(path)
-    from ray.tune import ExperimentAnalysis
 
     try:
         analysis = ExperimentAnalysis(str(path))
@@ -296,8 +296,6 @@ def comparison_table(study: Study, comparisons: list[tuple[str, str]] | None = N
 def _bootstrap_accuracy(done: pd.DataFrame, a: str, b: str, key: str, seeds: list) -> tuple[float, float]:
     """``paired_bootstrap`` of test accuracy a − b over the seeds both rows finished, from the runs' per-example
     predictions (NaN when a run has none, or the rows were scored on different sentences)."""
-    import numpy as np
-
     rows = []
     for seed in seeds:
         pair = []
@@ -374,7 +372,7 @@ def _fmt_param(value: Any) -> str:
 
 def _bar_chart(table: pd.DataFrame, study: Study, metrics: list[str], path: Path) -> None:
     """Test metrics per row; error bars: the 95 % interval over seeds (none for a single seed)."""
-    import matplotlib
+    import matplotlib  # deferred: only plotting needs it (and its backend is chosen here, before pyplot)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -504,20 +502,21 @@ def write_report(source, out: str | Path | None = None, parts: tuple = (),
     text = f"# {name}\n\n{note}\n\n{markdown}\n"
     if compared:
         text += f"\n## Paired comparisons\n\n{compared}\n"
-    files = []
-    (out_dir / "table.md").write_text(text)
-    table.to_csv(out_dir / "table.csv", index=False)
-    comparisons.to_csv(out_dir / "comparisons.csv", index=False)
-    study.trials.to_csv(out_dir / "trials.csv", index=False)
-    files += [out_dir / "table.md", out_dir / "table.csv", out_dir / "comparisons.csv", out_dir / "trials.csv"]
-    if has_rows:
-        chart = out_dir / ("chart.png" if study.row_key != "trial" else "trials.png")
-        if study.row_key == "trial":
-            _scatter(study, select["metric"], chart)
-        else:
-            _bar_chart(table, study, metrics, chart)
-        files.append(chart)
-    best = best_trial(study)
-    (out_dir / "best.json").write_text(json.dumps(best, indent=2, default=str))
-    files.append(out_dir / "best.json")
+    with FolderLock(out_dir, "analysis folder"):  # one writer: a second analysis of the same sweep is refused
+        files = []
+        (out_dir / "table.md").write_text(text)
+        table.to_csv(out_dir / "table.csv", index=False)
+        comparisons.to_csv(out_dir / "comparisons.csv", index=False)
+        study.trials.to_csv(out_dir / "trials.csv", index=False)
+        files += [out_dir / "table.md", out_dir / "table.csv", out_dir / "comparisons.csv", out_dir / "trials.csv"]
+        if has_rows:
+            chart = out_dir / ("chart.png" if study.row_key != "trial" else "trials.png")
+            if study.row_key == "trial":
+                _scatter(study, select["metric"], chart)
+            else:
+                _bar_chart(table, study, metrics, chart)
+            files.append(chart)
+        best = best_trial(study)
+        (out_dir / "best.json").write_text(json.dumps(best, indent=2, default=str))
+        files.append(out_dir / "best.json")
     return Report(out_dir, table, markdown + (f"\n\n{compared}" if compared else ""), comparisons, files, best)

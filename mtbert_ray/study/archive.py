@@ -20,6 +20,7 @@ import tarfile
 from pathlib import Path
 
 from mtbert_ray.common.errors import ResultsError
+from mtbert_ray.store.lock import LOCK_DIR
 from mtbert_ray.study.record import SWEEP_FILE
 
 #: The files an archive keeps, by suffix: results, records, predictions and configs. Weights (.safetensors, .bin,
@@ -31,8 +32,8 @@ ARCHIVE_SUFFIX = ".tar.gz"
 
 def _kept(path: Path, sweep: Path) -> bool:
     relative = path.relative_to(sweep)
-    if any(part in SKIPPED_FOLDERS or part.startswith("checkpoint_") for part in relative.parts[:-1]):
-        return False
+    if any(part in SKIPPED_FOLDERS or part.startswith(("checkpoint_", LOCK_DIR)) for part in relative.parts[:-1]):
+        return False  # models, training checkpoints, and the writer locks of whatever was running when it was archived
     return path.is_file() and path.suffix in KEPT_SUFFIXES
 
 
@@ -75,6 +76,15 @@ def restore_archive(archive: str | Path, storage: str | Path) -> Path | None:
             members = tar.getmembers()
             if not members or any(Path(m.name).parts[0] != name for m in members):
                 raise ResultsError(f"{archive}: expected every member under {name}/ (an archive of sweep {name!r})")
+            # A results archive holds files and folders only (archive_sweep writes no link). A link member could point
+            # at a sibling of the restored sweep (``analysis -> ../other/analysis``), which the analysis would then write
+            # through: refused whole, whatever it points at, before anything is unpacked.
+            linked = next((m for m in members if not (m.isfile() or m.isdir())), None)
+            if linked is not None:
+                kind = "a link" if linked.issym() or linked.islnk() else "a special file"
+                target = f" to {linked.linkname}" if linked.linkname else ""
+                raise ResultsError(f"{archive}: member {linked.name} is {kind}{target}; a sweep archive holds only files "
+                                   "and folders")
             staging.mkdir(parents=True)
             tar.extractall(staging, filter="data")
         if not (staging / name / SWEEP_FILE).is_file():

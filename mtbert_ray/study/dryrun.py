@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import pyarrow as pa
+
 from mtbert_ray.common.hashing import stable_hash
 from mtbert_ray.config import ExperimentConfig, head_teacher, uses_cache
 from mtbert_ray.config.keys import COFINETUNE, TEACHER_CACHE, StageSpec
@@ -127,7 +130,6 @@ class _Facts:
 def planned_stages(trials: list[PlannedTrial], stages_root: Path | None = None) -> StagePlan:
     """The stage keys of every planned trial, computed as the stages compute them (``experiment.key_facts``). With
     ``stages_root`` (``<storage>/stages``), a logits-only trial counts the cache with hidden states it would reuse."""
-
     facts = _Facts()
     out = StagePlan()
     for i, trial in enumerate(trials, start=1):
@@ -166,10 +168,6 @@ def planned_stages(trials: list[PlannedTrial], stages_root: Path | None = None) 
 def _data_shape(cfg: ExperimentConfig) -> tuple[int, int, float]:
     """(labelled training rows, unlabelled rows, mean tokens per example with the student's tokenizer on a sample of up
     to SAMPLE_ROWS of both)."""
-    import pandas as pd
-    import pyarrow as pa
-
-
     raw = load_source(cfg.data)
     labelled = len(raw.splits["train"].frame)
     unlabeled = len(raw.splits[UNLABELED].frame) if UNLABELED in raw.splits else 0
@@ -186,7 +184,6 @@ def _data_shape(cfg: ExperimentConfig) -> tuple[int, int, float]:
 
 def _teacher_shape(cfg: ExperimentConfig, name: str) -> tuple[int, int]:
     """(width, depth) of a teacher from its config.json."""
-
     config = load_config(name, trust_remote_code=cfg.trust_remote_code)
     return int(config.hidden_size), model_depth(config, name)
 
@@ -200,7 +197,6 @@ def cache_bytes(cfg: ExperimentConfig, rows: int, tokens: float, widths: list[in
 def plan(space: Space, stages_root: Path | None = None) -> str:
     """The dry-run report of a loaded space; with ``stages_root`` (``<storage>/stages``), which stages are already
     published there (and reused) and which the study will build."""
-
     trials = planned_trials(space)
     base = space.trial_config(_first_params(space))
     lines = [f"study {space.spec.name} ({space.source}): {space.search.searcher} search, {len(trials)} trial(s)"
@@ -268,7 +264,6 @@ def plan(space: Space, stages_root: Path | None = None) -> str:
                  + " runs them all at their peak; the sweep caps the trials at once to what the cluster it joins holds, "
                  "and refuses a plan whose one trial cannot fit")
     if r.use_gpu:
-
         lines += memory_lines(base)
         lines += _feed_lines(base, tokens, [shapes[t][0] for t in base.teachers])
     return "\n".join(lines)
@@ -283,7 +278,7 @@ def _feed_lines(cfg: ExperimentConfig, tokens: float, widths: list[int]) -> list
     flops = student_flops_per_row(layers * 12 * shape.hidden ** 2, layers, shape.hidden, tokens, projected)
     row = cache_bytes(cfg, 1, tokens, widths) if uses_cache(cfg) else tokens * INDEX_BYTES_PER_TOKEN * (1 + len(widths))
     rate = feed_rate(flops, row)
-    lines = [f"stage-3 input (reasoned, mtbert_ray/input_rate.py): {rate.describe()}"]
+    lines = [f"stage-3 input (reasoned, mtbert_ray/tools/input_rate.py): {rate.describe()}"]
     if rate.cpus_per_gpu > cfg.resources.cpus_per_worker:
         lines.append(f"  warning: resources.cpus_per_worker {cfg.resources.cpus_per_worker:g} is short of the ~{rate.cpus_per_gpu} "
                      "CPUs that decode a GPU's rows: the GPU will wait for input"

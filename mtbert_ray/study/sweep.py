@@ -29,6 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
+from ray.tune.search.optuna import OptunaSearch
+
 from mtbert_ray.common.errors import ConfigError, ResultsError
 from mtbert_ray.common.metric_names import Split, metric_key, teacher_mean_key
 from mtbert_ray.config import check_plain_name, head_teacher
@@ -43,6 +48,7 @@ from mtbert_ray.experiment.results import ExperimentResult
 from mtbert_ray.models.hub import check_models
 from mtbert_ray.models.student_io import read_student_meta
 from mtbert_ray.store.files import resolve_storage
+from mtbert_ray.store.lock import HEARTBEAT_S, LOCK_DIR, STALE_AFTER_S, FolderLock
 from mtbert_ray.study.analysis import seed_summary
 from mtbert_ray.study.dryrun import planned_trials
 from mtbert_ray.study.record import RUNS_DIR, SWEEP_FILE, SweepRecord, read_sweep_record, write_sweep_record
@@ -77,15 +83,34 @@ def final_report(result: ExperimentResult, epochs: int) -> dict[str, Any]:
 
 def trial_driver(params: dict[str, Any], sweep: SweepRecord) -> None:
     """One trial: the experiment for ``params``, its distillation epochs reported to Tune (all but the
-    last: ``train.session``), then, once the student is exported, the final report."""
-    from ray import tune
-
-
+    last: ``distributed.train``), then, once the student is exported, the final report."""
     config = Space.from_record(sweep).trial_config(params)  # the one validation of this trial's config
     trial_id = tune.get_context().get_trial_id()
     run_dir = Path(sweep.experiment_dir) / RUNS_DIR / trial_id
-    result = run_experiment(config, storage=sweep.storage, run_dir=run_dir)
+    # a retried trial may find its first attempt's lock on the run folder, known stale once its heartbeat stops
+    result = run_experiment(config, storage=sweep.storage, run_dir=run_dir, wait_for_writer_s=STALE_AFTER_S + 2 * HEARTBEAT_S)
     tune.report(final_report(result, config.distill.epochs))
+
+
+def tune_param_space(space: Space) -> dict[str, Any]:
+    """Ray Tune's ``param_space`` of a study (grid_search / distributions of its dimensions), seeds included."""
+    out: dict[str, Any] = {}
+    for key, dim in space.spec.space.items():
+        values = space.dimension_values(key, dim)
+        if dim.kind == "grid":
+            out[key] = tune.grid_search(values)
+        elif dim.kind == "choice":
+            out[key] = tune.choice(values)
+        elif dim.kind == "uniform":
+            out[key] = tune.uniform(*dim.uniform)
+        elif dim.kind == "loguniform":
+            out[key] = tune.loguniform(*dim.loguniform)
+        else:
+            out[key] = tune.randint(*dim.randint)
+    seeds = space.search.seeds
+    if "seed" not in out:
+        out["seed"] = tune.grid_search(seeds) if len(seeds) > 1 else seeds[0]
+    return out
 
 
 def tracking_callbacks(name: str, mlflow: str | None) -> list:
@@ -94,8 +119,8 @@ def tracking_callbacks(name: str, mlflow: str | None) -> list:
     Tune writes each trial's event files into the sweep folder, the stages theirs into the trials' run folders."""
     if not mlflow:
         return []
-    try:
-        import mlflow as _  # noqa: F401 - the optional extra
+    try:  # deferred: MLflow is the optional [mlflow] extra
+        import mlflow as _  # noqa: F401
         from ray.air.integrations.mlflow import MLflowLoggerCallback
     except ImportError:
         raise ConfigError("--mlflow: MLflow is not installed; pip install 'mtbert-ray[mlflow]'") from None
@@ -105,9 +130,6 @@ def tracking_callbacks(name: str, mlflow: str | None) -> list:
 def _searcher(space: Space):
     s = space.search
     if s.searcher == "optuna":
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
         return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.optuna_seed))
     return None  # grid / random: Tune's variant generator
 
@@ -115,26 +137,21 @@ def _searcher(space: Space):
 def _scheduler(space: Space, max_epochs: int):
     s = space.search
     if s.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
         return ASHAScheduler(time_attr="epoch", max_t=max(max_epochs, 1), grace_period=min(s.grace_period, max_epochs),
                              reduction_factor=s.reduction_factor)
     if s.scheduler == "median":
-        from ray.tune.schedulers import MedianStoppingRule
-
         return MedianStoppingRule(time_attr="epoch", grace_period=s.grace_period, min_samples_required=2)
     return None
 
 
 def needs_of(space: Space, base_config, driver_resource: str | None = None) -> TrialNeeds:
-    """What one trial of the study asks Ray for (``trial_needs``): its reservation for Tune, each stage's asks, its peak."""
+    """What one trial of the study asks Ray for (``distributed.needs``): its reservation for Tune, each stage's asks, its peak."""
     return trial_needs(base_config, space.search.trial_cpus, driver_resource)
 
 
 def concurrent_trials(space: Space, needs: TrialNeeds) -> int:
     """``search.max_concurrent_trials`` capped to what the connected cluster holds at every trial's peak; a plan whose one
-    trial cannot fit is refused here, before any stage starts (``trial_needs.fit_plan``)."""
-
+    trial cannot fit is refused here, before any stage starts (``distributed.needs.fit_plan``)."""
     wanted = space.search.max_concurrent_trials
     capacity = cluster_capacity(space.search.autoscaling_config)
     if capacity is None:
@@ -150,7 +167,6 @@ def concurrent_trials(space: Space, needs: TrialNeeds) -> int:
 
 def driver_resource(space: Space, base_config) -> str | None:
     """``search.driver_resource`` if the cluster offers it (with a note when it does not), else None."""
-
     name = space.search.driver_resource
     if not name or base_config.resources.in_process:
         return None
@@ -165,7 +181,6 @@ def check_space_models(space: Space) -> None:
     """Pre-flight before Tune starts: every model a trial can name (each planned trial's teachers and student,
     every ``teacher_pool`` entry) loads its ``config.json``. A missing model is then one line here, not every
     trial failing ``search.max_failures + 1`` times after the data is tokenized."""
-
     pool = tuple((space.spec.teacher_pool or {}).values())
     checked: set[tuple] = set()
     for trial in planned_trials(space):
@@ -180,7 +195,6 @@ def check_space_models(space: Space) -> None:
 
 def checked_name(name: str, where: str) -> str:
     """A sweep name is one plain folder name under ``<storage>/sweeps`` (the dry run checks it as the run does)."""
-
     try:
         check_plain_name(name)
     except ValueError as exc:
@@ -190,7 +204,6 @@ def checked_name(name: str, where: str) -> str:
 
 def _start_ray(space: Space, base_config) -> tuple[TrialNeeds, int]:
     """Join (or start) Ray, then size the study to it: (one trial's needs, trials at once)."""
-
     init_ray(required_cpus=space.search.max_concurrent_trials * needs_of(space, base_config).peak["CPU"])  # embedded: all fit
     needs = needs_of(space, base_config, driver_resource(space, base_config))
     max_concurrent = concurrent_trials(space, needs)
@@ -208,32 +221,47 @@ def run_sweep(
     mlflow: str | None = None,
 ):
     """Start (or ``resume``) a sweep; returns (ResultGrid, experiment folder)."""
-    from ray import tune
-
-
     if name is not None:
         checked_name(name, "--name")
     root = resolve_storage(storage)
+    space = None
     if resume:
         if not name:
             raise ConfigError("--resume needs --name (the sweep folder under <storage>/sweeps) or --space's default name")
-        experiment_dir = root / "sweeps" / name
+    else:
+        space = load_space(space_path, overrides, absolute_paths=True)
+        if num_samples is not None:
+            space.spec.search.num_samples = num_samples
+        name = name or checked_name(space.spec.name, f"{space.source}: name")
+    experiment_dir = root / "sweeps" / name
+    created = not experiment_dir.exists()
+    lock = FolderLock(experiment_dir, "sweep folder").acquire()  # one writer: a second sweep or resume of it is refused
+    try:
+        grid = _fit(space, name, experiment_dir, root, resume, mlflow)
+    except BaseException:
+        lock.release()
+        if created and experiment_dir.is_dir() and not any(experiment_dir.iterdir()):
+            experiment_dir.rmdir()  # refused before anything was written: leave no empty sweep folder
+        raise
+    lock.release()
+    return grid, experiment_dir
+
+
+def _fit(space: Space | None, name: str, experiment_dir: Path, root: Path, resume: bool, mlflow: str | None):
+    """Tune's run of a new sweep (``space``) or of a resumed one (``space`` None), with the sweep folder's lock held."""
+    if resume:
         saved = experiment_dir / SWEEP_FILE
         if not saved.is_file():
             raise ResultsError(f"--resume: {experiment_dir} holds no sweep to resume")
         sweep = read_sweep_record(experiment_dir)  # damaged: one line naming the file
         if not tune.Tuner.can_restore(str(experiment_dir)):
             raise ResultsError(f"--resume: {experiment_dir} holds no sweep to resume")
+        sweep = rebased(sweep, experiment_dir, root)
         space = Space.from_record(sweep, check=True)
         base_config = space.base_config
         needs, max_concurrent = _start_ray(space, base_config)
     else:
-        space = load_space(space_path, overrides, absolute_paths=True)
-        if num_samples is not None:
-            space.spec.search.num_samples = num_samples
-        name = name or checked_name(space.spec.name, f"{space.source}: name")
-        experiment_dir = root / "sweeps" / name
-        if experiment_dir.exists() and any(experiment_dir.iterdir()):
+        if any(p.name != LOCK_DIR for p in experiment_dir.iterdir()):
             raise ResultsError(
                 f"--name {name}: {experiment_dir} already holds a sweep; use --resume to continue it, or another --name"
             )
@@ -246,7 +274,6 @@ def run_sweep(
             metrics=task_metrics(base_config), comparisons=[tuple(c) for c in space.comparisons()], storage=str(root),
             experiment_dir=str(experiment_dir), created=time.time(),
         )
-        experiment_dir.mkdir(parents=True, exist_ok=True)
         write_sweep_record(experiment_dir, sweep)
 
     metric = metric_key(Split.VALIDATION, select_metric_name(base_config))
@@ -263,13 +290,13 @@ def run_sweep(
         reporter = tune.CLIReporter(
             metric_columns={"epoch": "epoch", metric: metric, "best_epoch": "best epoch",
                             test_metric: test_metric},
-            parameter_columns=list(space.param_space()),
+            parameter_columns=list(tune_param_space(space)),
             sort_by_metric=True,  # by TuneConfig's metric and mode
             max_report_frequency=30,
         )
         tuner = tune.Tuner(
             trainable,
-            param_space=space.param_space(),
+            param_space=tune_param_space(space),
             tune_config=tune.TuneConfig(
                 metric=metric,
                 mode=base_config.select.mode,
@@ -286,13 +313,24 @@ def run_sweep(
                 callbacks=tracking_callbacks(name, mlflow),
             ),
         )
-    grid = tuner.fit()
-    return grid, experiment_dir
+    return tuner.fit()
+
+
+def rebased(sweep: SweepRecord, experiment_dir: Path, root: Path) -> SweepRecord:
+    """The record of a sweep resumed where it is now: a sweep folder moved (or its storage mounted elsewhere) records
+    its old place, and the resumed trials would write their run folders and students there. The record is rewritten
+    with the folder it was found in; the trials it already finished are read back relative to it (``study.analysis``)."""
+    if Path(sweep.experiment_dir) == experiment_dir and Path(sweep.storage) == root:
+        return sweep
+    print(f"[mtbert] sweep {sweep.name} was moved from {sweep.experiment_dir}: its trials now write under {experiment_dir}",
+          flush=True)
+    moved = sweep.model_copy(update={"experiment_dir": str(experiment_dir), "storage": str(root), "name": experiment_dir.name})
+    write_sweep_record(experiment_dir, moved)
+    return moved
 
 
 def card_with_seeds(report) -> None:
     """The best student's model card rewritten with its row's scores over seeds (mean ± 95 % interval)."""
-
     best = report.best
     seeds = seed_summary(report)
     if not seeds or not best.get("student_dir") or not Path(best["student_dir"]).is_dir():
@@ -306,9 +344,12 @@ def card_with_seeds(report) -> None:
 
 
 
-def trial_counts(grid) -> tuple[int, int, int]:
-    """(finished, unfinished, errored) trials of a Tune ``ResultGrid``: unfinished ones were still pending or running
-    when the sweep was stopped (Tune catches Ctrl-C, saves its state and returns the grid as it stands)."""
-    errored = sum(1 for result in grid if result.error is not None)
-    finished = grid.num_terminated
-    return finished, len(grid) - finished - errored, errored
+def trial_counts(experiment_dir: Path) -> tuple[int, int, int]:
+    """(finished, unfinished, errored) trials of a sweep, as Tune's saved experiment state records them: unfinished
+    ones were pending or running when the sweep stopped. After Ctrl-C Tune saves that state first and then stops the
+    running trials, which it then marks terminated in the grid it returns — so the grid would count a trial
+    interrupted in its first epoch as finished; the saved state does not."""
+    statuses = [trial.status for trial in tune.ExperimentAnalysis(str(experiment_dir)).trials]
+    finished = statuses.count("TERMINATED")
+    errored = statuses.count("ERROR")
+    return finished, len(statuses) - finished - errored, errored

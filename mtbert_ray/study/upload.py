@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pyarrow.fs as pafs
+
 from mtbert_ray.common.errors import ConfigError, ResultsError
 
 SCHEMES = ("s3", "gs", "gcs", "file", "hdfs", "abfs", "abfss")
@@ -29,8 +31,6 @@ def check_upload_uri(uri: str) -> str:
 
 def upload_tree(local: Path, uri: str) -> int:
     """Copy folder ``local`` to ``uri`` (created if needed); returns the number of files copied."""
-    import pyarrow.fs as pafs
-
     try:
         fs, dest = pafs.FileSystem.from_uri(uri)
         fs.create_dir(dest, recursive=True)

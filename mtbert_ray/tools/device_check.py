@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import BertConfig, BertModel
 
 from mtbert_ray.config import validate_config
 from mtbert_ray.core.loop import Optimization
@@ -71,8 +72,6 @@ class Shapes:
 
 def _random_models(root: Path, shapes: Shapes) -> list[str]:
     """Folders of randomly initialised BERT encoders (config.json + safetensors), one per teacher."""
-    from transformers import BertConfig, BertModel
-
     names = []
     for i in range(shapes.teachers):
         torch.manual_seed(i)
@@ -148,7 +147,6 @@ def _on_device(module: torch.nn.Module, optimizer: torch.optim.Optimizer, device
 def check_stage(stage: str, make_context: Callable[..., Any], shapes: Shapes, device: torch.device, precisions: list[str],
                 root: Path) -> tuple[dict[str, Any], list[str]]:
     """Every check of one stage; (its figures, failure lines). ``make_context(precision, accum=1)``: its StageContext."""
-
     failures: list[str] = []
     out: dict[str, Any] = {}
     batch = _batch(shapes, device)
@@ -243,7 +241,6 @@ def _estimates(names: list[str], shapes: Shapes, precision: str) -> dict[str, fl
 
 def run(tiny: bool, cpu: bool, precisions: list[str] | None = None) -> dict[str, Any]:
     """Every check on this machine's CUDA device (``cpu``: on the CPU); the report ``main`` prints."""
-
     quiet_transformers()
     failures: list[str] = []
     if cpu:

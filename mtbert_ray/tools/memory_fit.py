@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+from transformers import AutoModel
+
 from mtbert_ray.config import micro_batch, uses_cache
 from mtbert_ray.models.hub import load_config
 
@@ -51,9 +54,6 @@ class StageMemory:
 
 def encoder_shape(config) -> EncoderShape:
     """Parameters counted on the meta device (no memory, no download), layers, width and heads of a model config."""
-    import torch
-    from transformers import AutoModel
-
     with torch.device("meta"):
         model = AutoModel.from_config(config)
     params = sum(p.numel() for p in model.parameters())
@@ -113,7 +113,6 @@ def advice(estimate: StageMemory, section: str) -> str | None:
 
 def memory_lines(cfg) -> list[str]:
     """The dry run's lines for an ``ExperimentConfig`` on GPUs: each stage's estimate, and advice where one fits no card."""
-
     r, length = cfg.resources, cfg.data.max_length
     teachers = [encoder_shape(load_config(t, trust_remote_code=cfg.trust_remote_code)) for t in cfg.teachers]
     student = encoder_shape(load_config(cfg.student.init_from, trust_remote_code=cfg.trust_remote_code,
@@ -127,7 +126,7 @@ def memory_lines(cfg) -> list[str]:
         (distill_memory(student, cfg.student.num_layers, teachers, hidden, micro_batch(cfg, "distill"), length, r.precision,
                         uses_cache(cfg)), "distill"),
     ]
-    lines = ["GPU memory (reasoned, mtbert_ray/memory_fit.py; the run's real peak is in its history as gpu_memory_peak_gb):"]
+    lines = ["GPU memory (reasoned, mtbert_ray/tools/memory_fit.py; the run's real peak is in its history as gpu_memory_peak_gb):"]
     for estimate, section in estimates:
         lines.append("  " + estimate.describe())
         note = advice(estimate, section)

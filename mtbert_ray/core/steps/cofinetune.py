@@ -1,4 +1,4 @@
-"""Stage 1 — multi-teacher co-finetuning: the step the epoch loop (``train.loop``) runs.
+"""Stage 1 — multi-teacher co-finetuning: the step the epoch loop (``core.loop``) runs.
 
 N teachers and one shared attentive pooling + dense head; loss Σ_i CE(y, y_i) (summed, not
 averaged: docs/design.md, decision j); Adam with one learning rate for the teachers and one for
@@ -51,7 +51,7 @@ def cofinetune_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class CofinetuneStep:
-    """The co-finetuning model, optimizer groups and loss (``train.loop.Step``)."""
+    """The co-finetuning model, optimizer groups and loss (``core.loop.Step``)."""
 
     spec_class = CofinetuneSpec
 

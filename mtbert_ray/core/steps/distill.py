@@ -1,7 +1,7 @@
-"""Stage 3 — distillation of the K-layer student: the step the epoch loop (``train.loop``) runs.
+"""Stage 3 — distillation of the K-layer student: the step the epoch loop (``core.loop``) runs.
 
 Student = embeddings + first K layers of ``student.init_from`` (pretrained) with a head copied
-from the co-finetuned shared head; loss L_MT-Hid + L_MT-Dis + L_Task (``train.objective``);
+from the co-finetuned shared head; loss L_MT-Hid + L_MT-Dis + L_Task (``core.objective``);
 W_ij in their own Adam parameter group. The hidden loss — W_ij included — is computed inside
 the forward of ``DistillModule``, the module DDP wraps, so every trainable parameter takes part
 in the synchronised forward. Teacher outputs come from the stage-2 cache when present, from the
