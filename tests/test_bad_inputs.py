@@ -171,6 +171,42 @@ def _resume_of_a_damaged_sweep_record(ws: Workspace) -> list[str]:
     return ws.sweep("--resume", "--name", "cut")
 
 
+def _held_by_another_process(folder: Path) -> None:
+    """The writer lock of ``folder`` held by a live process (pid 1 on this host, its heartbeat fresh)."""
+    import socket
+    import time
+
+    from mtbert_ray.store.lock import HOLDER_FILE, LOCK_DIR
+
+    (folder / LOCK_DIR).mkdir(parents=True)
+    (folder / LOCK_DIR / HOLDER_FILE).write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "started": time.time(),
+                                                             "command": "mtbert-ray run", "token": "other"}))
+
+
+def _run_dir_being_written(ws: Workspace) -> list[str]:
+    _held_by_another_process(ws.tmp / "busy-run")
+    return [*ws.run(), "--run-dir", str(ws.tmp / "busy-run")]
+
+
+def _resume_of_a_sweep_being_run(ws: Workspace) -> list[str]:
+    _held_by_another_process(ws.storage / "sweeps" / "done")
+    return ws.sweep("--resume", "--name", "done")
+
+
+def _fewer_classes_than_config(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {"0": "negative", "1": "positive", "2": "neutral"}
+    config["label2id"] = {"negative": 0, "positive": 1, "neutral": 2}
+    (folder / "config.json").write_text(json.dumps(config))
+    _meta_with(num_labels=3, label_names=["negative", "positive", "neutral"])(folder)
+
+
+def _export_of_a_damaged_student(ws: Workspace) -> list[str]:
+    folder = _student(ws)
+    _fewer_classes_than_config(folder)
+    return [str(folder), "--no-speed"]
+
+
 def _twenty_teacher_grid(ws: Workspace) -> list[str]:
     pool = ", ".join(f"t{i}: {ws.models['bert']}" for i in range(20))
     return ws.sweep("--space", str(ws.space(f"base: _rt_polarity_base.yaml\nteacher_pool: {{{pool}}}\n"
@@ -334,6 +370,23 @@ CATALOGUE: dict[str, Case] = {
                                       r"--batch-size: expected a positive integer, got 0"),
     "predict with a negative batch size": Case("predict", lambda ws: ["--model", str(_student(ws)), "--batch-size", "-1", "x"],
                                                r"--batch-size: expected a positive integer, got -1"),
+    "the word None among class ids": Case("run", lambda ws: (ws.data_file("train", "text,label\ngood film,1\nbad film,None\nok film,0\n"),
+                                                           ws.run())[1], r"train.csv row 2, column 'label': missing label \('None'\) in a "
+                                                                         r"column of class ids"),
+    "a name among class ids": Case("run", lambda ws: (ws.data_file("train", "text,label\ngood,1\nbad,0\nok,0\nmeh,pos\n"), ws.run())[1],
+                                   r"train.csv row 4, column 'label': label 'pos' is not like the others"),
+    "two writers of one run folder": Case("run", _run_dir_being_written,
+                                          r"run folder .*busy-run is being written by pid 1 on .* since .* \(mtbert-ray run\)"),
+    "resume of a sweep another process runs": Case("sweep", _resume_of_a_sweep_being_run,
+                                                   r"sweep folder .*sweeps/done is being written by pid 1 on"),
+    "predict on a student whose config has more labels than its head": Case(
+        "predict", _predict_on_damaged_student(_fewer_classes_than_config),
+        r"student/config.json: says 3 labels but model.safetensors's head has 2 classes \(head.dense.weight\)"),
+    "export onnx of a student whose config has more labels than its head": Case(
+        "export", _export_of_a_damaged_student, r"student/config.json: says 3 labels but model.safetensors's head has 2 classes"),
+    "data prepare with max_length beyond the position embeddings": Case(
+        "prepare", lambda ws: ws.run("data.max_length=1000")[:2] + ["--set", "data.max_length=1000"],
+        r"data.max_length=1000 is longer than .*tiny-bert' takes \(128 positions\)"),
     # ---- analysis and prediction ----
     "analysis of a folder without a sweep": Case("analysis", lambda ws: [str(ws.storage / "runs")], r"runs.*no .*sweep"),
     "predict with a folder that is no student": Case("predict", _student_export_without_weights, r"not-a-student"),
@@ -351,6 +404,10 @@ def _main(cli: str) -> Callable[[list[str]], None]:
         from mtbert_ray.cli.sweep import main
     elif cli == "analysis":
         from mtbert_ray.cli.analysis import main
+    elif cli == "export":
+        from mtbert_ray.cli.export import main as export_main
+
+        return lambda argv: export_main(["onnx", *argv])
     else:
         from mtbert_ray.cli.predict import main
     return main

@@ -128,3 +128,54 @@ def test_cofinetune_reuse_false_gives_each_run_its_own_stage_key():
     assert cofinetune_key(_context(private)) == shared
     keys = {shared, cofinetune_key(_context(cfg), "/results/runs/r1"), cofinetune_key(_context(cfg), "/results/runs/r2")}
     assert len(keys) == 3
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_run_folder_one_writes_the_other_is_refused(tiny_models, tmp_path):
+    """Two ``run`` commands with different settings on the same --run-dir: the second meets the first's writer lock and
+    exits 2 naming it; the first finishes, and the folder holds its config, its student and only its epochs."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from mtbert_ray.store.lock import LOCK_DIR
+    from tests.conftest import REPO
+
+    run_dir, storage = tmp_path / "shared-run", tmp_path / "results"
+    configs = []
+    for temperature in (1.0, 3.0):
+        path = tmp_path / f"t{temperature:g}.yaml"
+        path.write_text(yaml.safe_dump(tiny_experiment(tiny_models, tmp_path, loss={"temperature": temperature, "hidden": False},
+                                                       cache={"enabled": False}, distill={"epochs": 12})))
+        configs.append(path)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+    def command(config):
+        return [sys.executable, "-m", "mtbert_ray.run", "--config", str(config), "--storage", str(storage), "--run-dir", str(run_dir)]
+
+    first = subprocess.Popen(command(configs[0]), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (run_dir / LOCK_DIR).exists():
+            assert first.poll() is None, first.stdout.read()[-3000:]
+            time.sleep(0.2)
+        second = subprocess.run(command(configs[1]), cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+                                start_new_session=True)
+        output, _ = first.communicate(timeout=600)
+    finally:
+        try:
+            os.killpg(first.pid, 9)  # the first run's own Ray processes, and nothing else
+        except ProcessLookupError:
+            pass
+    assert second.returncode == 2, second.stderr[-2000:]
+    refusal = second.stderr.strip().splitlines()[-1]
+    assert refusal.startswith(f"error: run folder {run_dir} is being written by pid {first.pid} on "), refusal
+    assert first.returncode == 0, output[-3000:]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["loss"]["temperature"] == 1.0
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "distill" / "history.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 13)), epochs
+    assert (run_dir / "student" / "config.json").is_file() and not (run_dir / LOCK_DIR).exists()

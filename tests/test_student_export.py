@@ -109,9 +109,13 @@ def test_serve_batches_a_burst_and_answers_as_predict(ray_session, tiny_models, 
         assert status == 200 and [m["label"] for m in many] == expected[:3]
         sizes = json.loads(urllib.request.urlopen(url + "stats", timeout=30).read())["batch_sizes"]
         assert max(int(k) for k in sizes) > 1, sizes
-        for bad in (b"not json", {"texts": []}, {"text": "x", "texts": ["y"]}, {"text": "x", "text_pair": "y"}):
+        for bad in (b"not json", {"texts": []}, {"text": "x", "texts": ["y"]}, {"text": "x", "text_pair": "y"},
+                    b"[" * 100_000, b'{"text": ' + b"[" * 50 + b'"x"' + b"]" * 50 + b"}", b"\xff\xfe{"):
             status, body = _post(url, bad)
             assert status == 400 and len(body["error"].splitlines()) == 1, body
+        status, body = _post(url, json.dumps({"texts": ["x" * 5000] * 250}).encode())  # 1.25 MB: over the size bound
+        assert status == 413 and "at most 1,048,576" in body["error"], body
+        assert _post(url, {"text": texts[0]}) == (200, answers[0][1])  # still up after the bad bodies
     finally:
         serve.shutdown()
 
@@ -134,3 +138,24 @@ def test_the_best_students_card_carries_its_rows_seeds(tiny_models, tmp_path):
     text = ModelCard.load(folder / "README.md").text
     assert "test accuracy 80.12 ± 1.50 % (95 % interval, 5 seeds of row 'MT-BERT')" in text
     assert "validation accuracy 81.00 ± 0.90 %" in text
+
+
+@pytest.mark.parametrize("raw,status,message", [
+    (b"[" * 100_000, 400, "nests deeper than 8 levels"),
+    (b'{"texts": [' + b"[" * 20 + b"]" * 20 + b"]}", 400, "nests deeper than 8 levels"),
+    (b'{"text": "[[[[[[[[[[[[[[[[[[[[ is text, not nesting"}', None, None),
+    (b"x" * ((1 << 20) + 1), 413, "the body is 1,048,577 bytes; at most 1,048,576"),
+    (b"\xff\xfe", 400, "the body is not JSON"),
+    (b'{"text": 1e999999}', 400, '"text" must be a non-empty string'),
+])
+def test_a_body_is_bounded_before_it_is_parsed(raw, status, message):
+    """``parse_body``: size and depth are checked on the bytes, without recursion; whatever the parser raises is a 400."""
+    from mtbert_ray.deploy.serve import BadRequest, nesting_depth, parse_body
+
+    if status is None:
+        assert parse_body(raw, pair=False)[0][0].startswith("[[[[")
+        return
+    with pytest.raises(BadRequest, match=message) as info:
+        parse_body(raw, pair=False)
+    assert info.value.status == status and "\n" not in str(info.value)
+    assert nesting_depth(b'{"a": ["\\"[[["]}', 10) == 2

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,9 +214,10 @@ def _sweep_cmd(*args):
     return [sys.executable, "-m", "mtbert_ray.sweep", *args]
 
 
-def test_resume_after_the_driver_is_killed(ray_session, tiny_models, tmp_path, shared_storage):
-    """SIGKILL the sweep driver after its first trial finished: --resume completes the others and
-    reruns nothing that finished."""
+def test_resume_after_the_driver_is_killed_and_the_sweep_moved(ray_session, tiny_models, tmp_path, shared_storage):
+    """SIGKILL the sweep driver after its first trial finished, move the sweep folder: --resume completes the others
+    in the folder where it now is (the old one is never recreated), reruns nothing that finished, and the best student
+    it prints exists."""
     space = _space_file(tmp_path, tiny_models, space={"loss.temperature": {"grid": [1.0, 2.0]}},
                         search={"searcher": "grid", "seeds": [0]})
     storage = shared_storage
@@ -238,20 +241,60 @@ def test_resume_after_the_driver_is_killed(ray_session, tiny_models, tmp_path, s
             os.killpg(proc.pid, signal.SIGKILL)  # the killed driver's own Ray processes, and nothing else
         except ProcessLookupError:
             pass
+    old = storage / "sweeps" / "tiny-resume"
+    moved = storage / "sweeps" / "tiny-moved"
+    shutil.move(old, moved)
+    runs = moved / "runs"
     before = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/result.json")}
     assert len(before) == 1
 
-    out = subprocess.run(_sweep_cmd("--resume", "--name", "tiny-resume", "--storage", str(storage)), cwd=REPO, env=env,
+    out = subprocess.run(_sweep_cmd("--resume", "--name", "tiny-moved", "--storage", str(storage)), cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600, start_new_session=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "sweep finished: 2 trials (0 errored)" in out.stdout
+    assert f"was moved from {old}" in out.stdout and "sweep finished: 2 trials (0 errored)" in out.stdout
+    assert not old.exists(), "the resumed trial recreated the sweep's old folder"
+    best = re.search(r"best student (\S+)", out.stdout).group(1)
+    assert Path(best).is_dir() and Path(best).is_relative_to(moved), best
     after = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/result.json")}
     assert len(after) == 2, "every requested trial completed, none duplicated"
     for trial, mtime in before.items():
         assert after[trial] == mtime, f"finished trial {trial} was rerun"
-    study = load_study(storage / "sweeps" / "tiny-resume")
+    study = load_study(moved)
     assert sorted(study.trials["param:loss.temperature"]) == [1.0, 2.0] and study.trials["finished"].all()
     assert len(study_table(study)) == 2
+
+
+def test_ctrl_c_in_the_first_trial_is_a_stop_not_a_success(ray_session, tiny_models, tmp_path, shared_storage):
+    """Ctrl-C (SIGINT to the driver's process group, as a terminal sends it) while the first trial runs: the sweep says
+    it stopped, names the --resume command and exits 130 — counted from Tune's saved state, not the grid it returns."""
+    space = _space_file(tmp_path, tiny_models, space={"loss.temperature": {"grid": [1.0, 3.0]}},
+                        search={"searcher": "grid", "seeds": [0], "max_concurrent_trials": 1})
+    spec = yaml.safe_load(space.read_text())
+    spec["experiment"]["distill"]["epochs"] = 4  # a first trial long enough to be interrupted in
+    space.write_text(yaml.safe_dump(spec, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(_sweep_cmd("--space", str(space), "--storage", str(shared_storage), "--name", "tiny-ctrl-c"), cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    runs = shared_storage / "sweeps" / "tiny-ctrl-c" / "runs"
+    try:
+        deadline = time.time() + 420
+        while time.time() < deadline and not list(runs.glob("*/distill/history.jsonl")):
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.5)
+        assert list(runs.glob("*/distill")), "no trial started in time"
+        assert not list(runs.glob("*/result.json")), "the first trial finished before the interrupt; make it longer"
+        os.killpg(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver's own Ray processes, and nothing else
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 130, output[-3000:]
+    # Tune had made one trial of the two (one at a time): it was running, so it is unfinished — not "1 trials (0 errored)"
+    assert "sweep stopped before its end: 0 trials finished, 1 unfinished (0 errored)" in output, output[-3000:]
+    assert "continue it with: python -m mtbert_ray.sweep --resume --name tiny-ctrl-c" in output
+    assert "sweep finished" not in output
 
 
 def test_resume_of_a_path_without_a_sweep_is_exit_2(tmp_path):

@@ -106,6 +106,9 @@ class Experiment:
     def run(self) -> ExperimentResult:
         """Every stage (reusing what exists), the export and ``result.json``."""
         started = time.time()
+        lock = FolderLock(self.run_dir, "run folder", wait=self.wait_for_writer_s is not None, timeout_s=self.wait_for_writer_s,
+                          on_wait=lambda holder: print(f"[mtbert] run folder {self.run_dir}: waiting for {holder}", flush=True))
+        lock.check_free()  # a folder another process is writing is refused first, before anything is read or Ray starts
         finished = finished_run(self.run_dir, self.config)
         check_adoptable(self.run_dir)
         if finished is not None:
@@ -113,8 +116,7 @@ class Experiment:
             return finished
         self.prepare()
         ensure_writable_dir(self.run_dir, "run folder")
-        with FolderLock(self.run_dir, "run folder", wait=self.wait_for_writer_s is not None, timeout_s=self.wait_for_writer_s,
-                        on_wait=lambda holder: print(f"[mtbert] run folder {self.run_dir}: waiting for {holder}", flush=True)):
+        with lock:
             finished = finished_run(self.run_dir, self.config)  # another writer may have finished it meanwhile
             if finished is not None:
                 print(f"[mtbert] {self.run_dir} already holds this finished run: reusing its results", flush=True)

@@ -89,9 +89,7 @@ class FolderLock:
                 continue
             described = describe_holder(holder) if holder else "another process (starting up)"
             if not self.wait:
-                raise ResultsError(f"{self.what} {self.folder} is being written by {described}; wait for it to finish or "
-                                   f"stop it (a writer that died leaves no lock behind: {self.path} is taken over "
-                                   f"{STALE_AFTER_S:.0f} s after its last heartbeat)")
+                raise self._refusal(described)
             waited = time.monotonic() - started
             if self.timeout_s is not None and waited > self.timeout_s:
                 raise ResultsError(f"{self.what} {self.folder}: waited {waited:.0f} s for {described}, which still writes it")
@@ -99,6 +97,18 @@ class FolderLock:
                 self.on_wait(described)
                 noticed = time.monotonic()
             time.sleep(self.poll_s)
+
+    def check_free(self) -> None:
+        """Refuse now (the same one line as ``acquire``) when another live writer holds the lock — a check before
+        slow work that writes nothing; ``acquire`` takes the lock afterwards. A waiting lock never refuses here."""
+        holder = self.holder()
+        if not self.wait and holder is not None and not self._stale(holder):
+            raise self._refusal(describe_holder(holder))
+
+    def _refusal(self, described: str) -> ResultsError:
+        return ResultsError(f"{self.what} {self.folder} is being written by {described}; wait for it to finish or stop it "
+                            f"(a writer that died leaves no lock behind: {self.path} is taken over {STALE_AFTER_S:.0f} s "
+                            "after its last heartbeat)")
 
     def release(self) -> None:
         self._stop.set()

@@ -235,7 +235,9 @@ def run_sweep(
         name = name or checked_name(space.spec.name, f"{space.source}: name")
     experiment_dir = root / "sweeps" / name
     created = not experiment_dir.exists()
-    lock = FolderLock(experiment_dir, "sweep folder").acquire()  # one writer: a second sweep or resume of it is refused
+    lock = FolderLock(experiment_dir, "sweep folder")
+    lock.check_free()
+    lock.acquire()  # one writer: a second sweep or a resume of a running one is refused
     try:
         grid = _fit(space, name, experiment_dir, root, resume, mlflow)
     except BaseException:
