@@ -30,3 +30,55 @@ def forget_cluster_address(address: str) -> None:
             marker.unlink()
     except OSError:
         pass
+
+
+MULTI_NODE = """
+import sys, time
+from ray.cluster_utils import Cluster
+cpus, nodes, dashboard = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus, "include_dashboard": True,
+                                                        "dashboard_host": "127.0.0.1", "dashboard_port": dashboard,
+                                                        "object_store_memory": 200 * 2**20})
+for _ in range(nodes - 1):
+    cluster.add_node(num_cpus=cpus, object_store_memory=200 * 2**20)
+cluster.wait_for_nodes()
+print("ready", cluster.address, flush=True)
+try:
+    sys.stdin.read()  # until the test closes our stdin
+finally:
+    cluster.shutdown()
+"""
+
+
+def multi_node_cluster(nodes: int, cpus: float, env: dict):
+    """A loopback cluster of ``nodes`` raylets of ``cpus`` CPUs each (Ray's own ``ray.cluster_utils.Cluster``, in a
+    process of its own, with the head's dashboard / job server on 127.0.0.1). A context manager yielding (the dashboard
+    URL, the GCS address); the cluster is shut down by its own process (``Cluster.shutdown``), then killed by its process group."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    @contextlib.contextmanager
+    def running():
+        (dashboard,) = free_ports(1)
+        proc = subprocess.Popen([sys.executable, "-c", MULTI_NODE, str(cpus), str(nodes), str(dashboard)], env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                start_new_session=True, cwd=tempfile.gettempdir())
+        try:
+            line = proc.stdout.readline()
+            assert line.startswith("ready"), f"the cluster did not start: {line!r}"
+            yield f"http://127.0.0.1:{dashboard}", line.split()[1]
+        finally:
+            try:
+                proc.stdin.close()
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever of this cluster is left, and nothing else
+            except ProcessLookupError:
+                pass
+
+    return running()

@@ -85,7 +85,7 @@ def test_broken_copy_fails_validation(path, breakage):
 def test_gpu_settings_reach_the_scaling_config_and_trial_resources(tiny_models, tmp_path):
     from mtbert_ray.config import micro_batch
     from mtbert_ray.config.space import load_space
-    from mtbert_ray.study.sweep import needs_of
+    from mtbert_ray.study.dryrun import trial_kinds
 
     sc = scaling_config(ResourcesConfig(num_workers=2, use_gpu=True, cpus_per_worker=4, gpus_per_worker=1))
     assert sc.use_gpu and sc.num_workers == 2
@@ -100,7 +100,7 @@ def test_gpu_settings_reach_the_scaling_config_and_trial_resources(tiny_models, 
     base = validate_config(space.base)
     assert base.resources.use_gpu and base.resources.gpus_per_worker == 1
     assert not base.resources.in_process, "GPU stages run on Ray Train workers"
-    needs = needs_of(space, base)
+    (needs, _), = trial_kinds(space).values()  # one kind: the study varies nothing that changes the ask
     assert needs.tune_resources() == {"cpu": 1}  # the trial driver; its stages' workers reserve their own
     assert needs.peak == {"CPU": 1 + 4 + 1, "GPU": 1}  # driver + a 4-CPU GPU worker (or cache actor) + a read task
     sc = scaling_config(base.resources)

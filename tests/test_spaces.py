@@ -114,9 +114,12 @@ def test_dry_run_prints_trials_shared_stages_cache_sizes_and_resources(capsys):
     assert "grid search, 9 trial(s)" in text and "co-finetuning runs: 9 distinct" in text
     assert "teacher caches: 9 distinct (1,500 labelled training rows" in text and "all caches: ~" in text
     # the same figure the sweep reserves and sizes its cluster by (trial_needs): in-process, the cache built in the trial
-    assert ("resources per trial: reserves 2 CPU for the trial; beside it, data reads: Ray Data read tasks 1 CPU; "
+    assert ("resources of each trial: reserves 2 CPU for the trial; beside it, data reads: Ray Data read tasks 1 CPU; "
             "peak 3 CPU; its stages run in the trial's own process (the teacher cache too)") in text
-    assert "a cluster of at least 3 CPU runs them all at their peak" in text
+    # placed as Ray would place it, on this machine's embedded Ray (no cluster named): the trial and its read task
+    assert "packing on this machine's embedded Ray" in text
+    assert "  each trial, data reads: node 1: trial (2 CPU), Ray Data read tasks (1 CPU)" in text
+    assert "at most 1 trial(s) at once pack together there (of 1 asked: search.max_concurrent_trials 1, 9 trial(s) planned)" in text
     optuna = planned_trials(load_space(REPO / "tune_spaces" / "demo.yaml"))
     assert len(optuna) == 6 and optuna[0].params["loss.temperature"] == "(sampled)"
     from mtbert_ray.study.dryrun import planned_stages

@@ -5,7 +5,7 @@ import pytest
 
 from mtbert_ray.common.errors import ConfigError, ResourcesError
 from mtbert_ray.config import validate_config
-from mtbert_ray.distributed.needs import Capacity, autoscaler_headroom, fit_plan, trial_needs
+from mtbert_ray.distributed.needs import Cluster, autoscaler_headroom, fit_plan, trial_needs
 from mtbert_ray.distributed.waiting import patiently
 from tests.conftest import tiny_experiment
 
@@ -14,8 +14,8 @@ def _config(tiny_models, tmp_path, **resources):
     return validate_config(tiny_experiment(tiny_models, tmp_path, resources=resources))
 
 
-def _cluster(*nodes: tuple[float, float]) -> Capacity:
-    return Capacity(sum(c for c, _ in nodes), sum(g for _, g in nodes), tuple(nodes), "the test cluster")
+def _cluster(*nodes: tuple[float, float]) -> Cluster:
+    return Cluster.of_nodes(*({"CPU": c, "GPU": g} for c, g in nodes), source="the test cluster")
 
 
 def test_an_in_process_trial_builds_everything_inside_its_reservation(tiny_models, tmp_path):
@@ -27,7 +27,8 @@ def test_an_in_process_trial_builds_everything_inside_its_reservation(tiny_model
     assert needs.peak == {"CPU": 3, "GPU": 0}
     assert fit_plan(needs, _cluster((4, 0)), wanted=2) == 1  # two trials at once would need 6
     assert fit_plan(needs, _cluster((3, 0)), wanted=1) == 1
-    with pytest.raises(ConfigError, match=r"one trial needs 3 CPU .* has 2 CPU / 0 GPU; lower resources.num_workers"):
+    with pytest.raises(ConfigError, match=r"the trial can never start on the test cluster: Ray Data read tasks \(1 CPU\) finds "
+                                          r"no node with room in its data reads stage .* the closest is node 1 \(0 CPU free\)"):
         fit_plan(needs, _cluster((2, 0)), wanted=1)
 
 
@@ -38,7 +39,7 @@ def test_an_in_process_gpu_trial_needs_its_one_gpu_not_two(tiny_models, tmp_path
     assert needs.tune_resources() == {"cpu": 1, "gpu": 1}
     assert needs.peak == {"CPU": 2, "GPU": 1}
     assert fit_plan(needs, _cluster((8, 2)), wanted=4) == 2
-    with pytest.raises(ConfigError, match="one trial needs 1 GPU"):
+    with pytest.raises(ConfigError, match=r"trial \(1 CPU \+ 1 GPU\) finds no node with room"):
         fit_plan(needs, _cluster((8, 0)), wanted=1)
 
 
@@ -51,7 +52,7 @@ def test_trainer_trials_add_their_largest_stage_to_the_driver(tiny_models, tmp_p
     assert needs.peak == {"CPU": 3.5, "GPU": 0}
     assert fit_plan(needs, _cluster((4, 0), (4, 0)), wanted=3) == 2
     big = trial_needs(_config(tiny_models, tmp_path, num_workers=2, cpus_per_worker=3), trial_cpus=0.5)
-    with pytest.raises(ConfigError, match="Ray Train workers 2 × 3 CPU must fit on one node, but the largest node"):
+    with pytest.raises(ConfigError, match=r"Ray Train worker \(3 CPU\) finds no node with room in its co-finetuning stage"):
         fit_plan(big, _cluster((2, 0), (2, 0), (2, 0), (2, 0)), wanted=1)
 
 
@@ -64,9 +65,10 @@ def test_an_autoscalers_worker_types_count_up_to_its_max_workers():
             "cpu4": {"resources": {"CPU": 4}, "max_workers": 5},
         },
     }
-    cpus, gpus, shapes = autoscaler_headroom(cluster)
-    assert (cpus, gpus) == (2 * 8 + 1 * 4, 2)  # both GPU nodes first, then one CPU node: 3 workers in all
-    assert set(shapes) == {(8.0, 1.0), (4.0, 0.0)}
+    launchable, budget = autoscaler_headroom(cluster)
+    reachable = Cluster((), launchable, budget).reachable()
+    # both GPU nodes first, then one CPU node: 3 workers in all
+    assert [n.free for n in reachable] == [{"CPU": 8, "GPU": 1}, {"CPU": 8, "GPU": 1}, {"CPU": 4}]
 
 
 def test_a_stream_that_yields_nothing_is_reported_then_given_up(capfd):
@@ -146,7 +148,8 @@ def test_an_experiment_on_a_ray_already_running_too_small_is_refused_before_any_
     raw = tiny_experiment(tiny_models, tmp_path, cache={"enabled": True},
                           resources={"num_workers": 4, "cpus_per_worker": 1, "execution": "trainer"})
     experiment = Experiment(validate_config(raw), storage=tmp_path / "results")
-    with pytest.raises(ConfigError, match=r"^resources: one trial needs 5 CPU at its peak \(.*\), but this cluster's "
-                                          r"1 node\(s\) has 4 CPU / 0 GPU; lower resources.num_workers"):
+    with pytest.raises(ConfigError, match=r"^resources: the experiment can never start on this cluster's 1 node\(s\): Ray Data "
+                                          r"read tasks \(1 CPU\) finds no node with room in its co-finetuning stage .*; "
+                                          r"with resources.num_workers: 3 \(from 4\) it would pack"):
         experiment.prepare()
     assert not (tmp_path / "results" / "stages").exists() and not experiment.run_dir.exists()

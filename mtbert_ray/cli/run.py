@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (dotted), repeatable")
     parser.add_argument("--storage", default=None, help="results root (default $MTBERT_RAY_STORAGE or ~/mtbert_results)")
     parser.add_argument("--run-dir", default=None, help="run folder (default <storage>/runs/<name>-<time>); an existing one resumes")
+    parser.add_argument("--wait-for-resources", action="store_true",
+                        help="on a cluster: check the plan against the whole cluster, not what other work leaves free, and wait")
     parser.add_argument("--list-keys", action="store_true", help="print every key --set takes, with its type and default, and exit")
     add_stage_flags(parser)
 
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from mtbert_ray.experiment.pipeline import run_experiment  # deferred: it loads Ray and torch (seconds); --help stays instant
 
     config = load_config(args.config, args.set)
-    result = run_experiment(config, storage=args.storage, run_dir=args.run_dir, verify=args.verify)
+    result = run_experiment(config, storage=args.storage, run_dir=args.run_dir, verify=args.verify,
+                            wait_for_resources=args.wait_for_resources)
     print(format_result(result, config.student.num_layers))
     print(result.run_dir)
     return 0

@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="when the sweep ends, copy its folder and best student to URI/<name> (s3://, gs://, file://)")
     parser.add_argument("--mlflow", default=None, metavar="URI",
                         help="also log every trial's parameters and metrics to MLflow at URI (e.g. sqlite:///mlflow.db, http://host:5000)")
+    parser.add_argument("--wait-for-resources", action="store_true",
+                        help="place the plan on the whole cluster, not on what other work leaves free, and let trials wait "
+                             "for that work (a notice every minute while they do)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the trials, shared co-finetuning runs and caches (with sizes) and resources; run nothing")
     add_stage_flags(parser)
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         name = load_space(args.space, args.set).spec.name
     if args.mlflow:
         tracking_callbacks("check", args.mlflow)  # installed? (one line, exit 2, before anything runs)
-    _grid, experiment_dir = run_sweep(args.space, args.set, args.storage, name, args.num_samples, args.resume, args.mlflow)
+    _grid, experiment_dir = run_sweep(args.space, args.set, args.storage, name, args.num_samples, args.resume, args.mlflow,
+                                      args.wait_for_resources)
     finished, unfinished, errored = trial_counts(experiment_dir)  # what Tune recorded, not the grid it hands back
     resume = f"python -m mtbert_ray.sweep --resume --name {experiment_dir.name}" + (
         f" --storage {args.storage}" if args.storage else "")

@@ -66,3 +66,10 @@ def create_ray_data_actors() -> None:
 
     get_or_create_stats_actor()
     get_or_create_autoscaling_coordinator()
+
+
+def free_resources_per_node() -> dict[str, dict[str, float]]:
+    """Node id → the resources free on it now (what other work does not hold): the GCS's per-node availability."""
+    from ray._private.state import available_resources_per_node
+
+    return {node: {k: float(v) for k, v in res.items()} for node, res in available_resources_per_node().items()}

@@ -27,7 +27,7 @@ from mtbert_ray.core.training import read_training_state
 from mtbert_ray.data.shards import prepare_data
 from mtbert_ray.deploy.card import write_model_card
 from mtbert_ray.deploy.export import export_student, parameter_counts
-from mtbert_ray.distributed.needs import cluster_capacity, fit_plan, trial_needs
+from mtbert_ray.distributed.needs import cluster_state, fit_plan, nearby_settings, trial_needs
 from mtbert_ray.distributed.runtime import callers_ray_driver, init_ray
 from mtbert_ray.experiment import stages
 from mtbert_ray.experiment.context import StageContext
@@ -47,7 +47,8 @@ class Experiment:
     (data, models, selection metric) is checked by ``prepare`` before a run folder is written or Ray starts."""
 
     def __init__(self, config: ExperimentConfig, storage: str | os.PathLike | None = None,
-                 run_dir: str | os.PathLike | None = None, verify: bool = False, wait_for_writer_s: float | None = None) -> None:
+                 run_dir: str | os.PathLike | None = None, verify: bool = False, wait_for_writer_s: float | None = None,
+                 wait_for_resources: bool = False) -> None:
         self.config = config
         self.root = resolve_storage(storage)
         if run_dir is None:
@@ -55,6 +56,7 @@ class Experiment:
         self.run_dir = Path(run_dir).resolve()
         self.verify = verify
         self.wait_for_writer_s = wait_for_writer_s  # None: a run folder another process writes is refused at once
+        self.wait_for_resources = wait_for_resources  # on a cluster: check the plan against all of it, and wait
         self.ctx: StageContext | None = None
         self.teachers: Published | None = None
         self.cache: Published | None = None
@@ -77,9 +79,8 @@ class Experiment:
         # A joined cluster, or a Ray the caller started in this driver (ray.init in a notebook), is checked, so a stage
         # that cannot start is refused now, not after a long wait. (A sweep's trial: the sweep checked its plan.)
         if os.environ.get("RAY_ADDRESS") or callers_ray:
-            capacity = cluster_capacity()
-            if capacity is not None:
-                fit_plan(needs, capacity, 1)
+            cluster = cluster_state(wait_for_resources=self.wait_for_resources)
+            fit_plan({"the experiment": needs}, cluster, 1, lambda _: nearby_settings(cfg, 0.0, None, cluster))
         return self.ctx
 
     def cofinetune(self) -> Published:
@@ -174,7 +175,7 @@ def teachers_below_student(result: ExperimentResult) -> list[str]:
 
 def run_experiment(config: ExperimentConfig, storage: str | os.PathLike | None = None,
                    run_dir: str | os.PathLike | None = None, verify: bool = False,
-                   wait_for_writer_s: float | None = None) -> ExperimentResult:
+                   wait_for_writer_s: float | None = None, wait_for_resources: bool = False) -> ExperimentResult:
     """Run (or reuse) every stage of one experiment and export the student selected on validation.
 
     ``run_dir`` fixes the run folder (a sweep trial passes one named after its trial id, so a
@@ -183,7 +184,7 @@ def run_experiment(config: ExperimentConfig, storage: str | os.PathLike | None =
     at a time (``store.lock``): another process writing it is refused in one line, or — ``wait_for_writer_s`` — waited
     for that long (a sweep trial retried while its first attempt's lock is not yet known to be stale).
     """
-    return Experiment(config, storage, run_dir, verify, wait_for_writer_s).run()
+    return Experiment(config, storage, run_dir, verify, wait_for_writer_s, wait_for_resources).run()
 
 
 def check_adoptable(run_dir: Path) -> None:

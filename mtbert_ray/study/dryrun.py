@@ -9,6 +9,8 @@ tokenizer) and the models' ``config.json`` files; it trains nothing and writes n
 from __future__ import annotations
 
 import itertools
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,14 +18,17 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from mtbert_ray.common.errors import ConfigError
 from mtbert_ray.common.hashing import stable_hash
-from mtbert_ray.config import ExperimentConfig, head_teacher, uses_cache
+from mtbert_ray.config import ExperimentConfig, head_teacher, read_yaml, uses_cache
 from mtbert_ray.config.keys import COFINETUNE, TEACHER_CACHE, StageSpec
 from mtbert_ray.config.space import Space
 from mtbert_ray.data.shards import dataset_key, tokenizer_spec
 from mtbert_ray.data.sources import UNLABELED, load_source
 from mtbert_ray.data.tokenize import encode_arrow
-from mtbert_ray.distributed.needs import trial_needs
+from mtbert_ray.distributed.needs import Cluster, TrialNeeds, autoscaler_headroom, fit_plan, node_type_resources, trial_needs
+from mtbert_ray.distributed.packing import Node, place_trial
+from mtbert_ray.distributed.runtime import local_cpu_count
 from mtbert_ray.experiment.cache_size import INDEX_BYTES_PER_TOKEN, cache_row_bytes
 from mtbert_ray.experiment.key_facts import KeyFacts, cofinetune_inputs, teacher_cache_inputs
 from mtbert_ray.experiment.stages import CACHE_SPLITS, alone_config
@@ -42,6 +47,36 @@ class PlannedTrial:
     config: ExperimentConfig
     sampled: list[str]  # space keys whose value Tune samples
     varies: list[str] = field(default_factory=list)  # config keys a sampled value can change (a variant: the keys it sets)
+
+
+#: The space keys whose values can change what a trial asks Ray for (``distributed.needs.trial_needs``; a variant may
+#: set any of them): every ``resources.*`` key, and the switches that decide whether the teacher cache's stage runs.
+SIZING_PREFIX = "resources."
+SIZING_KEYS = ("variant", "cache.enabled", "cache.hidden", "loss.hidden", "loss.distill")
+MAX_SIZED = 256  # trial kinds sized one by one; beyond, each dimension's values are varied alone around the base
+
+
+def trial_kinds(space: Space, driver: str | None = None) -> dict[str, tuple[TrialNeeds, ExperimentConfig]]:
+    """Every distinct kind of trial the study can start, by what it asks Ray for: the base experiment and each value of
+    each variant and of each dimension that can change the ask (``resources.*``, ``cache.*``, ``loss.*``; a sampled
+    range by its ends) — label → (needs, config). Before any trial starts, each of them is placed on the cluster."""
+    dims = {k: d for k, d in space.spec.space.items() if k in SIZING_KEYS or k.startswith(SIZING_PREFIX)}
+    values = {k: space.dimension_values(k, d) or d.examples() for k, d in dims.items()}
+    combos: list[dict[str, Any]] = [{}]  # the base experiment first: trials that ask what it asks are "each trial"
+    if math.prod(len(v) for v in values.values()) <= MAX_SIZED:
+        combos += [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+    else:
+        combos += [{key: value} for key, options in values.items() for value in options]
+    kinds: dict[str, tuple[TrialNeeds, ExperimentConfig]] = {}
+    for params in combos:
+        config = space.trial_config(params) if params else space.base_config
+        needs = trial_needs(config, space.search.trial_cpus, driver)
+        if any(needs == known for known, _ in kinds.values()):
+            continue
+        label = ("each trial" if not params else "the trial of " + ", ".join(
+            f"variant {v!r}" if k == "variant" else f"{k}={v}" for k, v in params.items()))
+        kinds[label] = (needs, config)
+    return kinds
 
 
 def planned_trials(space: Space) -> list[PlannedTrial]:
@@ -254,19 +289,48 @@ def plan(space: Space, stages_root: Path | None = None) -> str:
         lines.append(f"  all caches: ~{total / 1e9:,.2f} GB on disk (cache.max_gb {base.cache.max_gb:g} refuses a larger one)")
 
     r = base.resources
-    needs = trial_needs(base, space.search.trial_cpus, space.search.driver_resource)
     where = "in the trial's own process (the teacher cache too)" if r.in_process else f"on {r.num_workers} Ray Train worker(s)"
-    lines.append(f"resources per trial: {needs.describe()}; its stages run {where}")
-    concurrent = min(space.search.max_concurrent_trials, len(trials))
-    peak = needs.peak
-    lines.append(f"at most {concurrent} trial(s) at once (search.max_concurrent_trials): a cluster of at least "
-                 f"{concurrent * peak['CPU']:g} CPU" + (f" and {concurrent * peak['GPU']:g} GPU" if peak["GPU"] else "")
-                 + " runs them all at their peak; the sweep caps the trials at once to what the cluster it joins holds, "
-                 "and refuses a plan whose one trial cannot fit")
+    lines += packing_lines(space, len(trials), where)
     if r.use_gpu:
         lines += memory_lines(base)
         lines += _feed_lines(base, tokens, [shapes[t][0] for t in base.teachers])
     return "\n".join(lines)
+
+
+def packing_lines(space: Space, planned: int, where: str) -> list[str]:
+    """Each kind of trial placed as Ray would place it (``distributed.packing``): on the node types of
+    ``search.autoscaling_config`` when the study names one (the largest cluster it can reach), else on this machine's
+    embedded Ray; which bundle lands on which node type at each stage, and how many trials pack together."""
+    kinds = trial_kinds(space, space.search.driver_resource)
+    wanted = min(space.search.max_concurrent_trials, planned)
+    path = space.search.autoscaling_config or os.environ.get("MTBERT_AUTOSCALING_CONFIG")
+    if path:
+        cluster_file = read_yaml(path)
+        head_type = cluster_file.get("head_node_type")
+        head = (cluster_file.get("available_node_types") or {}).get(head_type, {})
+        launchable, budget = autoscaler_headroom(cluster_file)
+        live = (Node(f"{head_type} (the head)", str(head_type), node_type_resources(str(head_type), head)),) if head else ()
+        cluster = Cluster(live, launchable, budget, f"the cluster of {path} fully scaled up")
+    else:
+        peak = max(needs.peak["CPU"] for needs, _ in kinds.values())
+        cluster = Cluster.of_nodes({"CPU": float(local_cpu_count(wanted * peak))},
+                                   source="this machine's embedded Ray (give search.autoscaling_config to plan for a cluster)")
+    lines = []
+    for label, (needs, _) in kinds.items():
+        lines.append(f"resources of {label}: {needs.describe()}; its stages run {where}")
+    try:
+        allowed = fit_plan({label: needs for label, (needs, _) in kinds.items()}, cluster, wanted)
+    except ConfigError as exc:
+        return [*lines, f"packing on {cluster.source}: refused — {exc}"]
+    lines.append(f"packing on {cluster.source} (first-fit, as Ray places bundles):")
+    for label, (needs, _) in kinds.items():
+        for stage, placement in place_trial(needs.shape(label), cluster.reachable()).items():
+            spots = "; ".join(f"{kind}: {', '.join(bundles)}" for kind, bundles in placement.by_kind().items())
+            lines.append(f"  {label}, {stage}: {spots}")
+    lines.append(f"at most {allowed} trial(s) at once pack together there (of {wanted} asked: search.max_concurrent_trials "
+                 f"{space.search.max_concurrent_trials}, {planned} trial(s) planned); the sweep places the plan again on "
+                 "the cluster it joins, on what is free there, and refuses a plan one of whose trials can never start")
+    return lines
 
 
 def _feed_lines(cfg: ExperimentConfig, tokens: float, widths: list[int]) -> list[str]:

@@ -36,11 +36,11 @@ from ray.tune.search.optuna import OptunaSearch
 
 from mtbert_ray.common.errors import ConfigError, ResultsError
 from mtbert_ray.common.metric_names import Split, metric_key, teacher_mean_key
-from mtbert_ray.config import check_plain_name, head_teacher
+from mtbert_ray.config import ExperimentConfig, check_plain_name, head_teacher
 from mtbert_ray.config.space import Space, load_space
 from mtbert_ray.deploy.card import write_model_card
 from mtbert_ray.deploy.onnx import REPORT_FILE
-from mtbert_ray.distributed.needs import TrialNeeds, cluster_capacity, fit_plan, trial_needs
+from mtbert_ray.distributed.needs import TrialNeeds, cluster_state, fit_plan, nearby_settings, trial_needs
 from mtbert_ray.distributed.runtime import has_resource, init_ray
 from mtbert_ray.experiment.context import select_metric_name, task_metrics
 from mtbert_ray.experiment.pipeline import run_experiment
@@ -50,7 +50,7 @@ from mtbert_ray.models.student_io import read_student_meta
 from mtbert_ray.store.files import resolve_storage
 from mtbert_ray.store.lock import HEARTBEAT_S, LOCK_DIR, STALE_AFTER_S, FolderLock
 from mtbert_ray.study.analysis import seed_summary
-from mtbert_ray.study.dryrun import planned_trials
+from mtbert_ray.study.dryrun import planned_trials, trial_kinds
 from mtbert_ray.study.record import RUNS_DIR, SWEEP_FILE, SweepRecord, read_sweep_record, write_sweep_record
 
 log = logging.getLogger(__name__)
@@ -144,24 +144,38 @@ def _scheduler(space: Space, max_epochs: int):
     return None
 
 
-def needs_of(space: Space, base_config, driver_resource: str | None = None) -> TrialNeeds:
-    """What one trial of the study asks Ray for (``distributed.needs``): its reservation for Tune, each stage's asks, its peak."""
-    return trial_needs(base_config, space.search.trial_cpus, driver_resource)
+class TrialReservation:
+    """What each trial reserves (``tune.with_resources``): its own experiment's reservation, not the base
+    experiment's — a variant or a searched ``resources.*`` value of another size reserves its own."""
+
+    def __init__(self, sweep: SweepRecord, driver: str | None) -> None:
+        self.sweep, self.driver = sweep, driver
+
+    def __call__(self, params: dict[str, Any]) -> tune.PlacementGroupFactory:
+        space = Space.from_record(self.sweep)
+        needs = trial_needs(space.trial_config(params), space.search.trial_cpus, self.driver)
+        bundle = {k.upper() if k in ("cpu", "gpu") else k: v for k, v in needs.tune_resources().items()}
+        return tune.PlacementGroupFactory([bundle])
 
 
-def concurrent_trials(space: Space, needs: TrialNeeds) -> int:
-    """``search.max_concurrent_trials`` capped to what the connected cluster holds at every trial's peak; a plan whose one
-    trial cannot fit is refused here, before any stage starts (``distributed.needs.fit_plan``)."""
+def concurrent_trials(space: Space, kinds: dict[str, tuple[TrialNeeds, ExperimentConfig]], driver: str | None,
+                      wait_for_resources: bool = False) -> int:
+    """``search.max_concurrent_trials`` capped to how many trials pack together on the cluster (every kind of trial of
+    the study); a plan one of whose trials can never start is refused here, before any stage starts, with the setting
+    that would make it pack (``distributed.needs.fit_plan``)."""
     wanted = space.search.max_concurrent_trials
-    capacity = cluster_capacity(space.search.autoscaling_config)
-    if capacity is None:
-        print("[mtbert] an autoscaler runs on this cluster but its node types are unknown: the plan is not checked "
-              "against them (set search.autoscaling_config to its cluster YAML)", flush=True)
-        return wanted
-    allowed = fit_plan(needs, capacity, wanted)
+    cluster = cluster_state(space.search.autoscaling_config, wait_for_resources)
+    if cluster.held:
+        print(f"[mtbert] {cluster.held}: the plan is placed on what is free"
+              + ("" if wait_for_resources else " (--wait-for-resources places it on the whole cluster and waits)"), flush=True)
+
+    def advise(label: str) -> str | None:
+        return nearby_settings(kinds[label][1], space.search.trial_cpus, driver, cluster)
+
+    allowed = fit_plan({label: needs for label, (needs, _) in kinds.items()}, cluster, wanted, advise)
     if allowed < wanted:
-        print(f"[mtbert] search.max_concurrent_trials {wanted} → {allowed}: {capacity.source} has {capacity.cpus:g} CPU / "
-              f"{capacity.gpus:g} GPU, and each trial needs {needs.describe()}", flush=True)
+        print(f"[mtbert] search.max_concurrent_trials {wanted} → {allowed}: at most {allowed} trial(s) pack together on "
+              f"{cluster.source}", flush=True)
     return allowed
 
 
@@ -202,13 +216,17 @@ def checked_name(name: str, where: str) -> str:
     return name
 
 
-def _start_ray(space: Space, base_config) -> tuple[TrialNeeds, int]:
-    """Join (or start) Ray, then size the study to it: (one trial's needs, trials at once)."""
-    init_ray(required_cpus=space.search.max_concurrent_trials * needs_of(space, base_config).peak["CPU"])  # embedded: all fit
-    needs = needs_of(space, base_config, driver_resource(space, base_config))
-    max_concurrent = concurrent_trials(space, needs)
-    print(f"[mtbert] each trial {needs.describe()}; up to {max_concurrent} trial(s) at once", flush=True)
-    return needs, max_concurrent
+def _start_ray(space: Space, base_config, wait_for_resources: bool = False) -> tuple[str | None, int]:
+    """Join (or start) Ray, then size the study to it: (the driver resource trials reserve, trials at once)."""
+    peak = max(needs.peak["CPU"] for needs, _ in trial_kinds(space).values())
+    init_ray(required_cpus=space.search.max_concurrent_trials * peak)  # embedded: sized so that every trial fits
+    driver = driver_resource(space, base_config)
+    kinds = trial_kinds(space, driver)
+    max_concurrent = concurrent_trials(space, kinds, driver, wait_for_resources)
+    for label, (needs, _) in kinds.items():
+        print(f"[mtbert] {label} {needs.describe()}", flush=True)
+    print(f"[mtbert] up to {max_concurrent} trial(s) at once", flush=True)
+    return driver, max_concurrent
 
 
 def run_sweep(
@@ -219,8 +237,10 @@ def run_sweep(
     num_samples: int | None = None,
     resume: bool = False,
     mlflow: str | None = None,
+    wait_for_resources: bool = False,
 ):
-    """Start (or ``resume``) a sweep; returns (ResultGrid, experiment folder)."""
+    """Start (or ``resume``) a sweep; returns (ResultGrid, experiment folder). ``wait_for_resources``: place the plan on
+    the whole cluster rather than on what other work leaves free, and let its trials wait for that work."""
     if name is not None:
         checked_name(name, "--name")
     root = resolve_storage(storage)
@@ -239,7 +259,7 @@ def run_sweep(
     lock.check_free()
     lock.acquire()  # one writer: a second sweep or a resume of a running one is refused
     try:
-        grid = _fit(space, name, experiment_dir, root, resume, mlflow)
+        grid = _fit(space, name, experiment_dir, root, resume, mlflow, wait_for_resources)
     except BaseException:
         lock.release()
         if created and experiment_dir.is_dir() and not any(experiment_dir.iterdir()):
@@ -249,7 +269,8 @@ def run_sweep(
     return grid, experiment_dir
 
 
-def _fit(space: Space | None, name: str, experiment_dir: Path, root: Path, resume: bool, mlflow: str | None):
+def _fit(space: Space | None, name: str, experiment_dir: Path, root: Path, resume: bool, mlflow: str | None,
+         wait_for_resources: bool):
     """Tune's run of a new sweep (``space``) or of a resumed one (``space`` None), with the sweep folder's lock held."""
     if resume:
         saved = experiment_dir / SWEEP_FILE
@@ -261,7 +282,7 @@ def _fit(space: Space | None, name: str, experiment_dir: Path, root: Path, resum
         sweep = rebased(sweep, experiment_dir, root)
         space = Space.from_record(sweep, check=True)
         base_config = space.base_config
-        needs, max_concurrent = _start_ray(space, base_config)
+        driver, max_concurrent = _start_ray(space, base_config, wait_for_resources)
     else:
         if any(p.name != LOCK_DIR for p in experiment_dir.iterdir()):
             raise ResultsError(
@@ -269,7 +290,7 @@ def _fit(space: Space | None, name: str, experiment_dir: Path, root: Path, resum
             )
         base_config = space.base_config
         check_space_models(space)
-        needs, max_concurrent = _start_ray(space, base_config)  # a plan that cannot fit is refused before anything is written
+        driver, max_concurrent = _start_ray(space, base_config, wait_for_resources)  # a plan that cannot pack is refused before anything is written
         sweep = SweepRecord(
             name=name, source=space.source, spec=space.spec.model_dump(mode="json"), base=space.base, row_key=space.row_key,
             select={"metric": select_metric_name(base_config), "mode": base_config.select.mode},
@@ -280,7 +301,7 @@ def _fit(space: Space | None, name: str, experiment_dir: Path, root: Path, resum
 
     metric = metric_key(Split.VALIDATION, select_metric_name(base_config))
     test_metric = metric_key(Split.TEST, select_metric_name(base_config))
-    trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), needs.tune_resources())
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), TrialReservation(sweep, driver))
     # Tune's newer console output ignores a passed ProgressReporter; ask for the classic one so the trial table
     # shows the metrics chosen here (RAY_AIR_NEW_OUTPUT=1 in the environment keeps Tune's own table).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
