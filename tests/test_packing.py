@@ -169,3 +169,24 @@ def test_each_trial_reserves_its_own_size_not_the_base_experiments(tiny_models, 
     reserve = TrialReservation(record, None)
     assert reserve({"variant": "small", "loss.temperature": 1, "seed": 0}).bundles == [{"CPU": 1.0}]
     assert reserve({"variant": "big", "loss.temperature": 2, "seed": 0}).bundles == [{"CPU": 2.0}]
+
+
+def test_the_budget_picker_chooses_on_validation_never_on_test():
+    """Three rows inside the budget: the pick is the best *validation* row, although another has the best test; a
+    row outside the budget or not kept by the gate is never picked; a budget nobody meets names the fastest row."""
+    import pandas as pd
+
+    from mtbert_ray.common.errors import ResultsError
+    from mtbert_ray.study.frontier import pareto, pick
+
+    table = pd.DataFrame([
+        {"trial_id": "a", "runtime": "onnx", "kept": True, "p50_ms": 2.0, "val_accuracy": 0.80, "test_accuracy": 0.90, "val_retention": 0.95},
+        {"trial_id": "b", "runtime": "onnx", "kept": True, "p50_ms": 3.0, "val_accuracy": 0.84, "test_accuracy": 0.79, "val_retention": 0.99},
+        {"trial_id": "c", "runtime": "onnx-int8", "kept": False, "p50_ms": 1.0, "val_accuracy": 0.90, "test_accuracy": 0.91, "val_retention": 1.0},
+        {"trial_id": "d", "runtime": "torch", "kept": True, "p50_ms": 9.0, "val_accuracy": 0.95, "test_accuracy": 0.95, "val_retention": 1.0},
+    ])
+    assert pick(table, latency_budget_ms=5)["trial_id"] == "b"  # not a (best test), not c (gate), not d (too slow)
+    assert pick(table, min_retention=0.96)["trial_id"] == "d"
+    with pytest.raises(ResultsError, match="no student is inside; the fastest is trial a on onnx at 2.00 ms"):
+        pick(table, latency_budget_ms=1.5)
+    assert list(pareto(table)) == [True, True, False, True]  # c is not kept; a, b, d trade accuracy for speed

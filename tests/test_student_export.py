@@ -159,3 +159,50 @@ def test_a_body_is_bounded_before_it_is_parsed(raw, status, message):
         parse_body(raw, pair=False)
     assert info.value.status == status and "\n" not in str(info.value)
     assert nesting_depth(b'{"a": ["\\"[[["]}', 10) == 2
+
+
+def test_the_deploy_gate_removes_an_int8_that_flips_a_class(tiny_models, tmp_path, monkeypatch, capsys):
+    """An int8 model whose head was broken after quantisation (+50 on one class's bias: every row that class) is not
+    kept: the gate compares it with PyTorch on the run's validation split, removes model.int8.onnx, keeps model.onnx,
+    says why in one line, in onnx_report.json and in the card; ``predict --runtime onnx-int8`` then says it is missing."""
+    import onnx
+    import yaml
+    from onnx import numpy_helper
+
+    from mtbert_ray.cli.export import main as export_main
+    from mtbert_ray.deploy import export as export_module
+    from tests import data_fixtures as fx
+    from tests.conftest import tiny_experiment
+
+    folder = convert_student(make_tiny_student(tmp_path / "old", tiny_models["bert"]), tmp_path / "student")
+    data = fx.write_files(tmp_path / "data", "csv")
+    experiment = tiny_experiment(tiny_models, tmp_path)
+    experiment["data"].update(path=str(data), text_fields=["text"], limit_train=None, limit_eval=None)
+    (folder / "experiment.yaml").write_text(yaml.safe_dump(experiment))
+    real = export_module.export_onnx_files
+
+    def broken_int8(classifier, target, int8):
+        written = real(classifier, target, int8)
+        texts = __import__("pandas").read_csv(data / "validation.csv")["text"].tolist()
+        predicted = classifier.predict_proba(texts).argmax(-1).tolist()
+        rare = min(range(2), key=predicted.count)  # the class PyTorch predicts least: make int8 predict it always
+        model = onnx.load(str(target / "model.int8.onnx"))
+        bias = next(t for t in model.graph.initializer if t.name.endswith("head.dense.bias"))
+        values = numpy_helper.to_array(bias).copy()
+        values[rare] += 50.0
+        bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+        onnx.save(model, str(target / "model.int8.onnx"))
+        return written
+
+    monkeypatch.setattr(export_module, "export_onnx_files", broken_int8)
+    with pytest.raises(SystemExit) as done:
+        export_main(["onnx", str(folder), "--int8", "--no-speed"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "[mtbert] onnx-int8 export not kept: " in out and "recall" in out
+    report = json.loads((folder / "onnx_report.json").read_text())
+    assert report["gate"]["onnx-int8"]["kept"] is False and report["gate"]["onnx"]["kept"] is True
+    assert report["gate"]["onnx-int8"]["rows"] == 6 and min(report["gate"]["onnx-int8"]["class_deltas"].values()) < -3
+    assert not (folder / "model.int8.onnx").exists() and (folder / "model.onnx").is_file()
+    card = (folder / "README.md").read_text()
+    assert "## Deploy gate" in card and "- onnx-int8: not kept" in card and "- onnx: kept" in card

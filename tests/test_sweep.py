@@ -319,3 +319,31 @@ def test_a_stopped_sweep_counts_its_unfinished_trials():
     assert trial_counts(grid) == (5, 1, 1)
     grid.num_terminated = 6
     assert trial_counts(grid) == (6, 0, 1) and INTERRUPTED_EXIT == 130
+
+
+def test_the_frontier_of_two_depths_on_two_runtimes_and_the_budget_picker(ray_session, tiny_models, tmp_path, shared_storage):
+    """A study of 1- and 2-layer students, then ``analysis --frontier --runtimes torch onnx``: every (student, runtime) and
+    the best teacher timed side by side, the Pareto front marked, the plot written; a latency budget picks the row with
+    the best validation accuracy inside it and exports it with why it won."""
+    import pandas as pd
+
+    from mtbert_ray.cli.analysis import main as analysis_main
+
+    space = _space_file(tmp_path, tiny_models, space={"student.num_layers": {"grid": [1, 2]}},
+                        search={"searcher": "grid", "seeds": [0]}, analysis={"rows": "trial"})
+    _, experiment_dir = run_sweep(str(space), storage=str(shared_storage), name="tiny-frontier")
+    with pytest.raises(SystemExit) as done:
+        analysis_main([str(experiment_dir), "--runtimes", "torch", "onnx", "--latency-budget-ms", "1000", "--threads", "1"])
+    assert done.value.code == 0
+    out = experiment_dir / "analysis" / "frontier"
+    table = pd.read_csv(out / "frontier.csv")
+    assert len(table) == 4 and set(table["runtime"]) == {"torch", "onnx"} and sorted(set(table["layers"])) == [1, 2]
+    assert table["kept"].all() and (table["p50_ms"] > 0).all() and (table["batch32_rows_per_s"] > 0).all()
+    assert table["pareto"].any() and table["retention"].between(0, 2).all() and (table["speedup"] > 0).all()
+    teachers = pd.read_csv(out / "teachers.csv")
+    assert len(teachers) >= 1 and (teachers["p50_ms"] > 0).all()
+    assert (out / "frontier.png").stat().st_size > 10_000 and "★" in (out / "frontier.md").read_text()
+    chosen = out / "chosen"
+    best = table.sort_values(["val_accuracy", "p50_ms"], ascending=[False, True]).iloc[0]
+    assert (chosen / "CHOSEN.md").read_text().startswith(f"# Chosen student\n\ntrial {best['trial_id']} ")
+    assert (chosen / "config.json").is_file() and (chosen / "model.onnx").is_file()

@@ -20,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     onnx.add_argument("path", help="a run folder or an exported student folder")
     onnx.add_argument("--int8", action="store_true", help="also write the dynamically quantised int8 model")
     onnx.add_argument("--no-speed", action="store_true", help="skip the latency / throughput measurement")
+    onnx.add_argument("--tolerance", type=float, default=1.0,
+                      help="deploy gate: keep a runtime whose validation accuracy is at most this many points below PyTorch's")
+    onnx.add_argument("--class-tolerance", type=float, default=3.0,
+                      help="deploy gate: … and each class's recall at most this many points below")
     convert = sub.add_parser("convert", help="rewrite a format-1 export as a transformers student (format 2)")
     convert.add_argument("path")
     convert.add_argument("--out", default=None, help="write here instead of in place (in place keeps <path>.format1)")
@@ -33,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "convert":
         print(f"[mtbert] converted: {convert_student(Path(args.path), Path(args.out) if args.out else None)}")
         return 0
-    report = export_onnx(Path(args.path), args.int8, speed=not args.no_speed)
+    report = export_onnx(Path(args.path), args.int8, speed=not args.no_speed, tolerance=args.tolerance,
+                         class_tolerance=args.class_tolerance)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -74,6 +74,32 @@ class SearchSettings(_Strict):
     reduction_factor: float = Field(default=2, gt=1, description="ASHA: the fraction 1/reduction_factor of trials "
                                     "kept at each rung.")
     optuna_seed: int = Field(0, description="Seed of Optuna's sampler.")
+    objectives: list[str] | None = Field(
+        None, description="Optuna multi-objective search: reported metrics with their direction, e.g. "
+        "[val_accuracy:max, student_params:min] (the frontier study: accuracy against a cheap proxy of latency; the "
+        "latency itself is measured after the trials, `mtbert-ray analysis --frontier`). Validation metrics and "
+        "student_params only — a test score never steers a search. Needs searcher: optuna and no scheduler.")
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if len(value) < 2:
+            raise ValueError("expected two objectives or more (one is select.metric, the ordinary search)")
+        for item in value:
+            name, _, mode = str(item).partition(":")
+            if mode not in ("max", "min"):
+                raise ValueError(f"{item!r}: expected metric:max or metric:min")
+            if not (name.startswith("val_") or name == "student_params"):
+                raise ValueError(f"{item!r}: expected a validation metric (val_…) or student_params; never a test score")
+        return value
+
+    @model_validator(mode="after")
+    def _objectives_need_optuna(self) -> "SearchSettings":
+        if self.objectives and (self.searcher != "optuna" or self.scheduler != "none"):
+            raise ValueError("objectives: a multi-objective search needs searcher: optuna and scheduler: none")
+        return self
 
     @field_validator("seeds")
     @classmethod

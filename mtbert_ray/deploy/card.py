@@ -36,7 +36,7 @@ def _scores(scores: Mapping[str, float] | None) -> str:
 
 
 def card_text(meta: Mapping[str, Any], result: Mapping[str, Any] | None = None, speed: Mapping[str, Any] | None = None,
-              seeds: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str]:
+              seeds: Mapping[str, Any] | None = None, gates: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str]:
     """(card metadata, Markdown body) of a student from its ``mtbert_student.json`` meta, the run's ``result.json``
     (optional), the measured speed (optional) and a sweep's seed summary (optional: {metric: "mean ± half-width (n)"})."""
     labels = list(meta.get("label_names") or [])
@@ -85,12 +85,27 @@ def card_text(meta: Mapping[str, Any], result: Mapping[str, Any] | None = None, 
         "",
     ]
     if speed:
-        lines += ["## Speed (measured on the exporting machine, side by side in one process)", "",
-                  "| runtime | batch-1 p50 ms | batch-1 p95 ms | batch-32 rows/s |", "|---|---|---|---|"]
+        lines += ["## Speed (measured on the exporting machine, side by side in one process, one thread)", "",
+                  "| runtime | batch 1 p50 ms | batch 1 p95 ms | batch 8 rows/s | batch 32 rows/s |", "|---|---|---|---|---|"]
         for runtime, row in speed.items():
             if isinstance(row, Mapping):
                 lines.append(f"| {runtime} | {row.get('p50_ms', float('nan')):.2f} | {row.get('p95_ms', float('nan')):.2f} | "
-                             f"{row.get('batch32_rows_per_s', float('nan')):,.0f} |")
+                             f"{row.get('batch8_rows_per_s', float('nan')):,.0f} | {row.get('batch32_rows_per_s', float('nan')):,.0f} |")
+        lines.append("")
+    served = (result or {}).get("served") if isinstance(result, Mapping) else None
+    if isinstance(served, Mapping) and served:
+        lines += ["## Speed served (Ray Serve on the exporting machine; a client in another process)", "",
+                  "| request | rows/s | p50 ms | p99 ms |", "|---|---|---|---|"]
+        for kind, row in served.items():
+            if isinstance(row, Mapping):
+                lines.append(f"| {kind} | {row.get('rows_per_s', float('nan')):,.0f} | {row.get('p50_ms', float('nan')):.2f} | "
+                             f"{row.get('p99_ms', float('nan')):.2f} |")
+        lines.append("")
+    if gates:
+        lines += ["## Deploy gate (each runtime against PyTorch on the validation split)", ""]
+        for runtime, verdict in gates.items():
+            if isinstance(verdict, Mapping):
+                lines.append(f"- {runtime}: {'kept' if verdict.get('kept') else 'not kept'} — {verdict.get('reason', '')}")
         lines.append("")
     lines += [
         "## Licences of what it was made from",
@@ -106,15 +121,16 @@ def card_text(meta: Mapping[str, Any], result: Mapping[str, Any] | None = None, 
         "```",
         "Without mtbert-ray installed, the folder's own model code (`hf_student.py`, torch and transformers only) runs "
         "if you allow it: read that file, then pass `trust_remote_code=True` to `pipeline`. ONNX: `python -m "
-        "mtbert_ray.deploy.export onnx FOLDER --int8`; Ray Serve: `serve run mtbert_ray.serve:app model_dir=FOLDER`.",
+        "mtbert_ray.export onnx FOLDER --int8`; Ray Serve: `serve run mtbert_ray.serve:app model_dir=FOLDER`.",
     ]
     return data, "\n".join(lines) + "\n"
 
 
 def write_model_card(folder: Path, meta: Mapping[str, Any], result: Mapping[str, Any] | None = None,
-                     speed: Mapping[str, Any] | None = None, seeds: Mapping[str, Any] | None = None) -> Path:
+                     speed: Mapping[str, Any] | None = None, seeds: Mapping[str, Any] | None = None,
+                     gates: Mapping[str, Any] | None = None) -> Path:
     """Write ``folder/README.md``; ``ModelCard.load`` parses it back."""
-    data, body = card_text(meta, result, speed, seeds)
+    data, body = card_text(meta, result, speed, seeds, gates)
     card = ModelCard(f"---\n{ModelCardData(**data).to_yaml()}\n---\n\n{body}")
     card.save(str(folder / CARD_FILE))
     return folder / CARD_FILE

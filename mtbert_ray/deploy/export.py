@@ -22,9 +22,11 @@ import os
 import shutil
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from safetensors import safe_open
 from safetensors.torch import load_model
 
@@ -34,7 +36,19 @@ from mtbert_ray.config import load_config as load_experiment_config
 from mtbert_ray.data.sources import load_source
 from mtbert_ray.deploy.card import write_model_card
 from mtbert_ray.deploy.classifier import StudentClassifier
-from mtbert_ray.deploy.onnx import PARITY_ATOL, REPORT_FILE, SAMPLE_TEXTS, OnnxStudent, accuracy, export_onnx_files, measure_speed, parity
+from mtbert_ray.deploy.gate import CLASS_TOLERANCE_POINTS, TOLERANCE_POINTS, GateResult, gate
+from mtbert_ray.deploy.onnx import (
+    INT8_FILE,
+    ONNX_FILE,
+    PARITY_ATOL,
+    REPORT_FILE,
+    SAMPLE_TEXTS,
+    OnnxStudent,
+    accuracy,
+    export_onnx_files,
+    measure_speed,
+    parity,
+)
 from mtbert_ray.models.hub import load_config, load_encoder, load_tokenizer
 from mtbert_ray.models.student import StudentModel
 from mtbert_ray.models.student_io import (
@@ -131,32 +145,58 @@ def _student_folder(path: Path) -> tuple[Path, Path | None]:
     raise MTBertError(f"{path}: neither a run folder (with {STUDENT_DIR}/) nor an exported student (no {META_FILE})")
 
 
-def _test_rows(student: Path) -> tuple[list[str], list[str] | None, list[int], str]:
-    """The run's test texts, pairs and labels from the student's ``experiment.yaml`` (empty when unreadable), and a note."""
+@dataclass
+class Rows:
+    """A labelled split of the run's data: texts, pairs (or None), labels; empty when it cannot be read, with why."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[int]
+    note: str
+
+
+def _split_rows(student: Path, split_name: str) -> Rows:
+    """The run's ``split_name`` rows from the student's ``experiment.yaml`` (empty when unreadable), and a note."""
     try:
         raw = load_source(load_experiment_config(student / "experiment.yaml").data)
     except (MTBertError, OSError) as exc:
-        return [], None, [], f"test split not readable ({exc}); parity on fixed sentences, no re-scoring"
-    split = raw.splits.get("test")
+        return Rows([], None, [], f"{split_name} split not readable ({exc})")
+    split = raw.splits.get(split_name)
     if split is None or not split.labelled:
-        return [], None, [], "no labelled test split: parity on fixed sentences, no re-scoring"
+        return Rows([], None, [], f"no labelled {split_name} split")
     frame = split.frame
     pairs = frame["text_b"].tolist() if "text_b" in frame else None
-    return frame["text_a"].tolist(), pairs, frame["label"].astype(int).tolist(), f"test split: {len(frame)} rows"
+    return Rows(frame["text_a"].tolist(), pairs, frame["label"].astype(int).tolist(), f"{split_name} split: {len(frame)} rows")
 
 
-def export_onnx(path: Path, int8: bool, speed: bool = True, reps: int = 30) -> dict:
-    """The ``onnx`` subcommand: files, parity, re-scoring, speed; the report (also in result.json and the card). One
-    writer at a time: the run folder (or the student folder) is locked while the export writes into it."""
+def gate_runtimes(classifier: StudentClassifier, sessions: dict[str, OnnxStudent], rows: Rows, tolerance: float,
+                  class_tolerance: float) -> dict[str, GateResult]:
+    """Each ONNX session against PyTorch on the validation rows (``deploy.gate``)."""
+    reference = np.asarray(classifier.predict_proba(rows.texts, rows.pairs, 32)).argmax(-1)
+    return {RUNTIME_OF[name]: gate(RUNTIME_OF[name], reference, session.predict_proba(rows.texts, rows.pairs, 32).argmax(-1),
+                                   rows.labels, classifier.label_names, tolerance, class_tolerance)
+            for name, session in sessions.items()}
+
+
+RUNTIME_OF = {"onnxruntime fp32": "onnx", "onnxruntime int8": "onnx-int8"}  # session label → deploy.runtimes name
+
+
+def export_onnx(path: Path, int8: bool, speed: bool = True, reps: int = 30, tolerance: float = TOLERANCE_POINTS,
+                class_tolerance: float = CLASS_TOLERANCE_POINTS) -> dict:
+    """The ``onnx`` subcommand: files, parity, the deploy gate on validation, re-scoring, speed; the report (also in
+    result.json and the card). One writer at a time: the run folder (or the student folder) is locked meanwhile."""
     student, run = _student_folder(path)
     with FolderLock(run or student, "run folder" if run else "student folder"):
-        return _export_onnx(student, run, int8, speed, reps)
+        return _export_onnx(student, run, int8, speed, reps, tolerance, class_tolerance)
 
 
-def _export_onnx(student: Path, run: Path | None, int8: bool, speed: bool, reps: int) -> dict:
+def _export_onnx(student: Path, run: Path | None, int8: bool, speed: bool, reps: int, tolerance: float,
+                 class_tolerance: float) -> dict:
     classifier = StudentClassifier.from_pretrained(student)
     files = export_onnx_files(classifier, student, int8)
-    texts, pairs, labels, note = _test_rows(student)
+    test = _split_rows(student, "test")
+    texts, pairs, labels = test.texts, test.pairs, test.labels
+    note = test.note if labels else f"{test.note}: parity on fixed sentences, no re-scoring"
     sessions = {"onnxruntime fp32": OnnxStudent(student, threads=1)}
     if int8:
         sessions["onnxruntime int8"] = OnnxStudent(student, int8=True, threads=1)
@@ -165,11 +205,25 @@ def _export_onnx(student: Path, run: Path | None, int8: bool, speed: bool, reps:
     if check["max_abs_logit_diff"] > PARITY_ATOL:
         raise MTBertError(f"{files[0]}: ONNX logits differ from PyTorch by {check['max_abs_logit_diff']:.2e} (> {PARITY_ATOL:g})")
     report: dict[str, Any] = {"files": [str(f) for f in files], "parity": check, "data": note}
+    validation = _split_rows(student, "validation")
+    if validation.labels:  # the deploy gate: a runtime that classifies validation worse than PyTorch is not kept
+        gates = gate_runtimes(classifier, sessions, validation, tolerance, class_tolerance)
+        report["gate"] = {runtime: result.to_json() for runtime, result in gates.items()}
+        for name in list(sessions):
+            result = gates[RUNTIME_OF[name]]
+            if not result.kept:
+                path = student / (INT8_FILE if RUNTIME_OF[name] == "onnx-int8" else ONNX_FILE)
+                sessions.pop(name)
+                path.unlink(missing_ok=True)
+                report["files"] = [f for f in report["files"] if f != str(path)]
+                print(f"[mtbert] {RUNTIME_OF[name]} export not kept: {result.reason}; the PyTorch student stays", flush=True)
+    else:
+        report["gate"] = {RUNTIME_OF[name]: {"kept": True, "reason": f"not gated: {validation.note}"} for name in sessions}
     if labels:
         report[TEST_ACCURACY] = {"torch fp32": accuracy(classifier.predict_proba, texts, pairs, labels)}
         for name, session in sessions.items():
             report[TEST_ACCURACY][name] = accuracy(session.predict_proba, texts, pairs, labels)
-        if int8:
+        if "onnxruntime int8" in sessions:
             report["int8_accuracy_change"] = report[TEST_ACCURACY]["onnxruntime int8"] - report[TEST_ACCURACY]["torch fp32"]
     if speed:
         teacher = _deepest(classifier.meta.get("teachers") or [])
@@ -181,7 +235,7 @@ def _export_onnx(student: Path, run: Path | None, int8: bool, speed: bool, reps:
         result["export"] = report
 
         atomic_write_text(run / "result.json", json.dumps(result, indent=2))
-    write_model_card(student, read_student_meta(student), result, report.get("speed"))
+    write_model_card(student, read_student_meta(student), result, report.get("speed"), gates=report.get("gate"))
     return report
 
 

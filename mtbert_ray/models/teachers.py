@@ -111,6 +111,13 @@ class TeacherEnsemble(nn.Module):
                 states.append([out.hidden_states[layer] for layer in hidden_layers[i]])
         return TeacherOutput(torch.stack(logits), states if want_hidden else None)
 
+    def teacher_logits(self, i: int, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Teacher i alone as a classifier: its encoder and its (shared) head → logits [B, C]."""
+        feed = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+        out = self.encoders[i](**feed, return_dict=True)
+        head, source = self.head_for(i)
+        return head(out.last_hidden_state, batch["attention_mask"], source=source)
+
     # ---- Hugging Face-style persistence -------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> None:
         """``teacher_<i>/`` (each encoder's ``save_pretrained``), the head(s) in safetensors, ``ensemble.json``."""

@@ -129,6 +129,9 @@ def tracking_callbacks(name: str, mlflow: str | None) -> list:
 
 def _searcher(space: Space):
     s = space.search
+    if s.searcher == "optuna" and s.objectives:  # several objectives: Optuna's own, Tune's metric left unset
+        names, modes = zip(*(item.split(":") for item in s.objectives))
+        return OptunaSearch(metric=list(names), mode=list(modes), sampler=optuna.samplers.TPESampler(seed=s.optuna_seed))
     if s.searcher == "optuna":
         return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.optuna_seed))
     return None  # grid / random: Tune's variant generator
@@ -314,15 +317,15 @@ def _fit(space: Space | None, name: str, experiment_dir: Path, root: Path, resum
             metric_columns={"epoch": "epoch", metric: metric, "best_epoch": "best epoch",
                             test_metric: test_metric},
             parameter_columns=list(tune_param_space(space)),
-            sort_by_metric=True,  # by TuneConfig's metric and mode
+            sort_by_metric=not s.objectives,  # by TuneConfig's metric and mode
             max_report_frequency=30,
         )
         tuner = tune.Tuner(
             trainable,
             param_space=tune_param_space(space),
             tune_config=tune.TuneConfig(
-                metric=metric,
-                mode=base_config.select.mode,
+                metric=None if s.objectives else metric,  # several objectives: the searcher's
+                mode=None if s.objectives else base_config.select.mode,
                 search_alg=_searcher(space),
                 scheduler=_scheduler(space, base_config.distill.epochs),
                 num_samples=s.num_samples,
