@@ -304,7 +304,8 @@ def test_sweep_scales_an_autoscaling_cluster_up_and_back_down(tiny_models, tmp_p
                              env=env, capture_output=True, text=True, timeout=60).stdout
         assert status == "SUCCEEDED", f"job {status}: {log[-4000:]}"
         assert "sweep finished: 2 trials (0 errored)" in log
-        assert "search.max_concurrent_trials 2 → 1: this cluster's 1 node(s) + the autoscaler's worker nodes" in log
+        assert ("search.max_concurrent_trials 2 → 1: at most 1 trial(s) pack together on this cluster's 1 node(s) + what the "
+                "autoscaler can still launch") in log
         uploaded = tmp_path / "bucket" / "studies" / "fake-cluster"
         assert (uploaded / "analysis" / "table.md").is_file() and (uploaded / "mtbert_sweep.json").is_file()
         assert peak >= 1, f"the cluster never scaled up (peak {peak} one-CPU workers)"
