@@ -52,6 +52,15 @@ def test_the_published_keys_have_not_changed():
     """Keys of stages users already published (the project's cached teachers stay valid): a change of what goes into
     a key must be deliberate, and bump the spec's version when it changes what the key means."""
     assert stable_hash(cofinetune_inputs(_cfg(), FACTS)) == "5d24266491d33186"
+    # the dataset key (the shards, and through them every stage) as every release computed it: a new data field that
+    # is not marked not_in_key would change these, and with them every published artefact's key
+    from mtbert_ray.config import DataConfig
+    from mtbert_ray.config.keys import DATASET
+
+    plain = DataConfig(source="files", path="/x", text_fields=["s"])
+    assert DATASET.key(plain, root="data", fingerprint="f", labels=["0", "1"]) == "82fb9438ed9a8f79"
+    full = DataConfig(source="files", path="/x", text_fields=["s"], limit_train=100, max_length=64, unlabeled="/t.txt")
+    assert DATASET.key(full, root="data", fingerprint="f", labels=["0", "1"]) == "2bcb7f3172986a02"
     assert stable_hash(cofinetune_inputs(_cfg(resources={"num_workers": 2}), FACTS)) == "ecc492cbe8ae4eff"
     assert stable_hash(teacher_cache_inputs(_cfg(), FACTS, "5d24266491d33186", ["train"], True)) == \
         stable_hash(teacher_cache_inputs(_cfg(cache={"max_gb": 3}), FACTS, "5d24266491d33186", ["train"], True))

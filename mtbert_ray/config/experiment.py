@@ -63,7 +63,10 @@ class DataConfig(_Strict):
     missing_labels: Literal["error", "unlabeled"] = Field(
         "error", description="Training rows without a label (an empty cell, null, NaN, or a word such as None / NaN in a "
         "column of class ids): an error naming the row, or unlabeled = use them as transfer text for distillation (as "
-        "data.unlabeled; the teachers never train on them). Validation and test rows always need their label.")
+        "data.unlabeled; the teachers never train on them). Validation and test rows always need their label.",
+        json_schema_extra=not_in_key("with error, data that has such rows is never prepared; where it has none, both settings "
+                                     "give the same rows; the rows it moves are keyed as unlabelled text (data.unlabeled_key)",
+                                     stages=("dataset",)))
     max_length: int = Field(default=128, ge=8, le=4096, description="Tokens per example (pairs truncated longest-first).",
         json_schema_extra=not_in_key('the shards key it, and so does every stage that reads them', stages=("dataset",)))
     limit_train: int | None = Field(

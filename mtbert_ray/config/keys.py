@@ -134,7 +134,7 @@ TEACHER_CACHE = StageSpec(
         "layer_maps": ("student.num_layers", "loss.layer_map", "loss.hidden", "cache.hidden"),  # None: logits only
         "dtype": ("cache.dtype",),  # None: logits only
         "splits": ("data.unlabeled",),
-        "unlabeled": ("data.unlabeled", "data.limit_unlabeled"),  # the unlabelled text's content hash
+        "unlabeled": ("data.unlabeled", "data.limit_unlabeled", "data.missing_labels"),  # the unlabelled text's content hash
         "layout": ("data.unlabeled",),  # "interleaved": both kinds of rows in one folder (None: one split)
     },
 )
