@@ -341,3 +341,63 @@ def test_unlabeled_parquet_reads_only_its_text_columns_and_names_a_missing_or_da
     with pytest.raises(DataError, match=r"bad.parquet: cannot parse it as parquet \(") as info:
         load_unlabeled(_unlabeled(tmp_path / "bad.parquet"), ["text"])
     assert "\n" not in str(info.value)
+
+
+# ---- data.augment: transfer-set augmentation ------------------------------------------------------------------------
+
+def test_augmentation_is_seeded_deduplicated_and_kept_out_of_the_labelled_data():
+    from mtbert_ray.data.augment import generate, normalized
+
+    texts = ["a gorgeous witty seductive movie", "the acting is terrible and far too long", "one of the best films of the year"]
+    cfg = DataConfig(source="files", path="x", text_fields=["t"], augment={"copies": 8, "seed": 3})
+    exclude = {normalized(t) for t in texts} | {normalized("the acting")}
+    first = generate(texts, cfg, exclude)
+    assert first == generate(texts, cfg, exclude), "the same seed makes the same sentences"
+    assert first != generate(texts, cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"seed": 4})}), exclude)
+    assert len({normalized(t) for t in first}) == len(first), "no duplicates"
+    assert not {normalized(t) for t in first} & exclude, "no labelled sentence (nor an excluded one) comes back"
+    assert 0 < len(first) <= 8 * len(texts)
+    vocabulary = {w for t in texts for w in t.split()}
+    assert all(set(t.split()) <= vocabulary for t in first), "unigram replacement draws from the training text"
+    short = generate(texts, cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"ngram": 1.0, "word_dropout": 0.0,
+                                                                                              "replace": 0.0})}), set())
+    assert all(1 <= len(t.split()) <= 5 for t in short), "n-gram sampling keeps a window of 1–5 words"
+
+
+def test_augmented_text_is_a_stage_of_its_own_and_joins_the_unlabelled_split(tmp_path, rt_polarity, monkeypatch):
+    """Built once per key and reused; the labelled data's key (and so co-finetuning's) does not change, the unlabelled
+    split's does; the rows carry ids after data.unlabeled's and no label; other settings make another stage."""
+    from mtbert_ray.data import augment as augment_module
+
+    (tmp_path / "more.txt").write_text("a quiet film about nothing much\nloud and long\n")
+    cfg = DataConfig(source="files", path=str(rt_polarity), text_fields=["sentence"], limit_train=200, limit_eval=50,
+                     max_length=32, cache_dir=str(tmp_path / "cache"), unlabeled=str(tmp_path / "more.txt"),
+                     augment={"copies": 2})
+    plain = prepare_data(cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"copies": 0})}), [MINILM_L6])
+    first = prepare_data(cfg, [MINILM_L6])
+    assert first.dataset_key == plain.dataset_key, "augmentation never changes the labelled data's key"
+    assert first.unlabeled_key != plain.unlabeled_key
+    assert plain.rows["unlabeled"] == 2 and 2 < first.rows["unlabeled"] <= 2 + 2 * (200 + 2)
+    frame = pq.read_table(first.splits["unlabeled"]).to_pandas()
+    assert (frame["label"] == NO_LABEL).all() and frame["example_id"].min() >= UNLABELED_ID_BASE
+    calls = []
+    monkeypatch.setattr(augment_module, "generate", lambda *a: calls.append(1) or [])
+    again = prepare_data(cfg, [MINILM_L6])
+    assert not calls and again.unlabeled_key == first.unlabeled_key, "the published augmentation is reused"
+    other = prepare_data(cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"seed": 1})}), [MINILM_L6])
+    assert calls and other.unlabeled_key != first.unlabeled_key
+    assert len(list((tmp_path / "cache" / "augment").iterdir())) == 2
+
+
+def test_the_dry_run_knows_the_augmented_texts_key_without_making_it(tmp_path, rt_polarity):
+    from mtbert_ray.config import validate_config
+    from mtbert_ray.study.dryrun import _Facts
+
+    raw = {"teachers": [MINILM_L6], "student": {"init_from": MINILM_L6, "num_layers": 1},
+           "data": {"source": "files", "path": str(rt_polarity), "text_fields": ["sentence"], "limit_train": 100,
+                    "limit_eval": 50, "max_length": 32, "cache_dir": str(tmp_path / "cache"), "augment": {"copies": 1}}}
+    cfg = validate_config(raw)
+    facts = _Facts().of(cfg)
+    prepared = prepare_data(cfg.data, [MINILM_L6])
+    assert facts.unlabeled_key == prepared.unlabeled_key and "unlabeled" in facts.splits
+    assert facts.dataset_key == prepared.dataset_key

@@ -40,6 +40,28 @@ def declare_data_source(name: str, needs: tuple[str, ...]) -> None:
     DATA_SOURCES[name] = tuple(needs)
 
 
+class AugmentConfig(_Strict):
+    """Transfer-set augmentation (Tang et al. 2019): ``copies`` variants of every training sentence (and of
+    data.unlabeled's text) by word dropout, replacement and n-gram sampling, labelled by the teachers like unlabelled
+    text (``mtbert_ray.data.augment``)."""
+
+    copies: int = Field(0, ge=0, le=64, description="Variants made of each sentence (0: no augmentation).")
+    word_dropout: float = Field(0.1, ge=0, lt=1, description="Probability each word is left out.")
+    replace: float = Field(0.1, ge=0, lt=1, description="Probability each word is replaced: by a word drawn from the "
+                           "training text's unigram distribution, or by mlm_model's likeliest words in its place.")
+    ngram: float = Field(0.25, ge=0, le=1, description="Probability a variant is cut to a random window of 1–5 words.")
+    mlm_model: str | None = Field(None, description="A masked language model (hub id or folder with an MLM head) whose "
+                                  "top-5 words replace words (TinyBERT); null: unigram replacement.")
+    from_unlabeled: bool = Field(True, description="Also augment data.unlabeled's text (when given).")
+    seed: int = Field(0, ge=0, description="Seed of the rules.")
+
+    @model_validator(mode="after")
+    def _probabilities(self) -> "AugmentConfig":
+        if self.word_dropout + self.replace >= 1:
+            raise ValueError("word_dropout + replace must be below 1 (some words must stay)")
+        return self
+
+
 class DataConfig(_Strict):
     """Where the labelled text comes from and how it is tokenized (see ``mtbert_ray.data``)."""
 
@@ -78,6 +100,10 @@ class DataConfig(_Strict):
         "text_fields columns; or .txt, one text a line) or a folder of such files. The teachers are co-finetuned on the "
         "labelled rows only; the student learns their soft labels (and hidden states) on both (loss.unlabeled_rows).",
         json_schema_extra=not_in_key("stage 3's rows only, keyed by their content; the teachers never see them", stages=("dataset",)))
+    augment: AugmentConfig = Field(
+        AugmentConfig(), description="Transfer-set augmentation: more unlabelled text made from the training sentences.",
+        json_schema_extra=not_in_key("stage 3's rows only, keyed with the unlabelled text (data.unlabeled_key)",
+                                     stages=("dataset",)))
     limit_unlabeled: int | None = Field(
         default=None, ge=1, description="Use a seeded random subset of this many unlabelled rows.",
         json_schema_extra=not_in_key("part of the unlabelled text's content key (data.unlabeled_key)", stages=("dataset",)))

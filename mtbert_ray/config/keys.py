@@ -133,9 +133,9 @@ TEACHER_CACHE = StageSpec(
         "student_tokenization": ("student.init_from",),
         "layer_maps": ("student.num_layers", "loss.layer_map", "loss.hidden", "cache.hidden"),  # None: logits only
         "dtype": ("cache.dtype",),  # None: logits only
-        "splits": ("data.unlabeled",),
-        "unlabeled": ("data.unlabeled", "data.limit_unlabeled", "data.missing_labels"),  # the unlabelled text's content hash
-        "layout": ("data.unlabeled",),  # "interleaved": both kinds of rows in one folder (None: one split)
+        "splits": ("data.unlabeled", "data.augment.copies"),
+        "unlabeled": ("data.unlabeled", "data.limit_unlabeled", "data.missing_labels", "data.augment"),  # its content hash
+        "layout": ("data.unlabeled", "data.augment.copies"),  # "interleaved": both kinds of rows in one folder (None: one split)
     },
 )
 

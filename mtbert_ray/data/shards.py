@@ -38,6 +38,7 @@ from mtbert_ray.common.hashing import stable_hash
 from mtbert_ray.common.progress import format_progress
 from mtbert_ray.config import DataConfig
 from mtbert_ray.config.keys import DATASET
+from mtbert_ray.data.augment import with_augmented
 from mtbert_ray.data.sources import RawDataset, load_source
 from mtbert_ray.data.tokenize import encode_arrow, uses_token_type_ids
 from mtbert_ray.models.hub import load_tokenizer
@@ -146,10 +147,11 @@ def prepare_data(
     """Validate the source, tokenize it once per distinct tokenization among ``models``, join the views
     (reused ones re-hashed whole with ``verify``; a file whose stat signature changed is re-hashed anyway)."""
     raw = raw if raw is not None else load_source(cfg)
-    orders = shard_orders(raw, cfg.seed)
     key = dataset_key(raw, cfg)
-    unlabeled_key = raw.unlabeled_fingerprint
     cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    raw = with_augmented(raw, cfg, key, cache, verify)  # data.augment: more transfer text, a published stage of its own
+    orders = shard_orders(raw, cfg.seed)
+    unlabeled_key = raw.unlabeled_fingerprint
     specs: dict[str, TokenizerSpec] = {}
     model_tokenization: dict[str, str] = {}
     for name in models:

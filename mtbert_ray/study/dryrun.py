@@ -23,6 +23,7 @@ from mtbert_ray.common.hashing import stable_hash
 from mtbert_ray.config import ExperimentConfig, head_teacher, read_yaml, uses_cache
 from mtbert_ray.config.keys import COFINETUNE, TEACHER_CACHE, StageSpec
 from mtbert_ray.config.space import Space
+from mtbert_ray.data.augment import augmented_fingerprint
 from mtbert_ray.data.shards import dataset_key, tokenizer_spec
 from mtbert_ray.data.sources import UNLABELED, load_source
 from mtbert_ray.data.tokenize import encode_arrow
@@ -157,7 +158,12 @@ class _Facts:
         for t in cfg.teachers:
             if t not in self._depth:
                 self._depth[t] = _teacher_shape(cfg, t)[1]
-        return KeyFacts(dataset_key(raw, cfg.data), raw.unlabeled_fingerprint, tuple(raw.splits),
+        key = dataset_key(raw, cfg.data)
+        unlabeled, splits = raw.unlabeled_fingerprint, tuple(raw.splits)
+        if cfg.data.augment.copies:  # the augmented text joins the unlabelled split: its key is known without making it
+            unlabeled = augmented_fingerprint(raw, cfg.data, key)
+            splits = tuple(dict.fromkeys([*splits, UNLABELED]))
+        return KeyFacts(key, unlabeled, splits,
                         {m: self.tokenization(m, cfg.trust_remote_code) for m in models}, width,
                         {t: self._depth[t] for t in cfg.teachers})
 
