@@ -143,3 +143,23 @@ def test_paired_bootstrap_counts_test_sampling_and_seeds():
     assert small_high - small_low > 2 * (high - low), "fewer test sentences: a wider interval"
     noisy_low, noisy_high = paired_bootstrap(diffs(5, 8_000, 0.03))
     assert noisy_high - noisy_low > 2 * (high - low), "seeds that disagree: a wider interval"
+
+
+def test_the_grouped_bootstrap_resamples_whole_groups():
+    """Sentences of one film move together: where a film's sentences agree, the interval over films is wider than the
+    one over sentences; where every sentence is its own group, the two agree."""
+    import numpy as np
+
+    from mtbert_ray.study.analysis import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    films = np.repeat(np.arange(40), 25)  # 40 films × 25 sentences
+    film_effect = rng.normal(0, 0.6, 40)[films]  # a is better on some films, worse on others
+    diffs = np.stack([np.clip(np.round(film_effect + rng.normal(0, 0.3, films.size)), -1, 1) for _ in range(3)])
+    by_sentence = paired_bootstrap(diffs)
+    by_film = paired_bootstrap(diffs, groups=films)
+    assert by_film[1] - by_film[0] > 2 * (by_sentence[1] - by_sentence[0])
+    mean = 100 * diffs.mean()
+    assert by_film[0] < mean < by_film[1]
+    alone = paired_bootstrap(diffs, groups=np.arange(films.size))
+    assert alone[1] - alone[0] == pytest.approx(by_sentence[1] - by_sentence[0], rel=0.15)

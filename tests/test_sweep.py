@@ -134,6 +134,30 @@ def test_an_archive_of_the_study_restored_elsewhere_gives_the_same_tables_and_bo
     assert restore_archive(archive, tmp_path / "elsewhere") is None and (restored / "marker").is_file()
 
 
+def test_the_comparisons_bootstrap_the_films_of_the_test_set(grid_sweep, tmp_path):
+    """``--group-column movie``: the comparison's bootstrap also resamples rt_polarity's films, read by example id from
+    the data's test file (the 64 sentences limit_eval kept keep their ids); a column the file lacks is named."""
+    from mtbert_ray.common.errors import DataError
+    from mtbert_ray.config import validate_config
+    from mtbert_ray.data.sources import load_source, split_column
+    from mtbert_ray.study.analysis import test_groups
+
+    grid, experiment_dir = grid_sweep
+    study = load_study(experiment_dir)
+    groups = test_groups(study, "movie")
+    data = validate_config(study.record.base).data
+    kept = load_source(data).splits["test"].frame
+    sentences = split_column(data, "test", "sentence")
+    assert sentences.loc[kept["example_id"]].tolist() == kept["text_a"].tolist(), "ids are rows of the file"
+    assert groups.loc[kept["example_id"]].nunique() > 10
+    report = write_report(experiment_dir, tmp_path / "films", group_column="movie")
+    row = report.comparisons.iloc[0]
+    assert row["accuracy_group_boot_low"] <= row["accuracy_diff"] <= row["accuracy_group_boot_high"]
+    assert "seeds × groups" in (tmp_path / "films" / "table.md").read_text()
+    with pytest.raises(DataError, match="no column 'film'"):
+        write_report(experiment_dir, tmp_path / "bad", group_column="film")
+
+
 def test_a_study_run_in_parts_is_analysed_as_one(grid_sweep, tmp_path):
     """A second sweep folder of the same study adds its trials to the rows (here the same folder twice: n doubles)."""
     grid, experiment_dir = grid_sweep

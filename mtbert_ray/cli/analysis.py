@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archive", default=None, metavar="DIR",
                         help="also write DIR/<name>.tar.gz of each sweep folder: its results and predictions without the "
                              "models, to commit or move (mtbert_ray.study.archive)")
+    parser.add_argument("--group-column", default=None, metavar="COLUMN",
+                        help="a column of the data's test file naming each sentence's group (a film, a news id): the "
+                             "comparisons also bootstrap whole groups (default: the study's analysis.group_column)")
     frontier = parser.add_argument_group("which student to ship (the accuracy–latency frontier)")
     frontier.add_argument("--frontier", action="store_true",
                           help="export every finished student to ONNX / int8 (gated on validation), time each student and its "
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from mtbert_ray.study.analysis import write_report
     from mtbert_ray.study.archive import archive_sweep
 
-    report = write_report(args.results, args.out, tuple(args.parts))
+    report = write_report(args.results, args.out, tuple(args.parts), group_column=args.group_column)
     print(report.table_markdown)
     if report.best:
         print(f"best trial {report.best['trial_id']} (by {report.best['selected_by']}): validation {report.best['validation']}  "

@@ -131,6 +131,9 @@ class AnalysisSettings(_Strict):
     comparisons: list[tuple[str, str]] | None = Field(
         None, description="(row a, row b) pairs compared on test, paired by seed (t-interval) and by seed and sentence "
         "(bootstrap); default: MT-BERT against every other variant, or all the pool's teachers against each single one.")
+    group_column: str | None = Field(
+        None, description="A column of the data's test file naming each sentence's group (rt_polarity's film, a news "
+        "id): the comparisons' bootstrap also resamples whole groups, whose sentences are not independent.")
 
 
 class Dimension(_Strict):

@@ -476,6 +476,20 @@ def _preview(names: list[str], limit: int = 6) -> str:
     return shown + (", …" if len(names) > limit else "")
 
 
+def split_column(cfg: DataConfig, split: str, column: str) -> pd.Series:
+    """Column ``column`` of a files source's ``split`` file, indexed by row position (= the rows' example ids): the
+    groups (a film, a news id) the analysis resamples. A ``DataError`` names the file when the column is not there."""
+    if cfg.source != "files":
+        raise DataError(f"group column {column!r}: groups are read from a files source's files; data.source is {cfg.source!r}")
+    path = _find_split_file(_folder(cfg), split)
+    if path is None:
+        raise DataError(f"{_folder(cfg)}: no {split} file to read the group column {column!r} from")
+    frame = read_table(path)
+    if column not in frame.columns:
+        raise DataError(f"{path}: no column {column!r} (the group column); columns are {list(frame.columns)}")
+    return frame[column].reset_index(drop=True)  # example ids are row positions in the file (kept by limit_eval)
+
+
 def _subsample(dataset: RawDataset, cfg: DataConfig) -> RawDataset:
     for name, split in dataset.splits.items():
         limit = cfg.limit_train if name == "train" else cfg.limit_eval

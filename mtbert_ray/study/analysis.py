@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,12 @@ import numpy as np
 import pandas as pd
 from ray.tune import ExperimentAnalysis
 
-from mtbert_ray.common.errors import ResultsError
+from mtbert_ray.common.errors import ConfigError, DataError, ResultsError
 from mtbert_ray.common.metric_names import DEFAULT_METRICS, METRICS, Split, metric_key, stat_column, teacher_mean_key
+from mtbert_ray.config import validate_config
+from mtbert_ray.data.sources import split_column
 from mtbert_ray.store.lock import FolderLock
-from mtbert_ray.study.record import RUNS_DIR, SweepRecord, read_sweep_record
+from mtbert_ray.study.record import RUNS_DIR, SWEEP_FILE, SweepRecord, read_sweep_record
 
 SPLITS = (Split.TEST, Split.VALIDATION)
 LABELS = {"accuracy": "Acc.", "macro_f1": "Macro-F", "mcc": "MCC", "f1": "F1"}
@@ -76,20 +79,33 @@ def test_correctness(student_dir: str | Path | None) -> pd.Series | None:
     return pd.Series((frame["prediction"] == frame["label"]).astype(float).to_numpy(), index=frame["index"].astype(int))
 
 
-def paired_bootstrap(diffs: Any, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of the mean paired difference, resampling seeds and test sentences.
+def paired_bootstrap(diffs: Any, draws: int = BOOTSTRAP_DRAWS, seed: int = 0, groups: Any = None) -> tuple[float, float]:
+    """95 % percentile interval of the mean paired difference, resampling seeds and test sentences — or, with
+    ``groups``, whole groups of sentences (the films of rt_polarity, the news ids of MIND).
 
     ``diffs`` [S, M]: correct_a − correct_b of seed s on sentence m (both rows scored on the same M sentences).
     Each draw takes S seeds and M sentences with replacement (the same sentences for every seed, so the pairing by
     sentence is kept) and averages D[seeds][:, sentences]; the interval is the 2.5 / 97.5 % quantiles × 100 (points).
-    Unlike a t-interval over seed means, it counts the test set's sampling as well as the seeds' spread.
+    ``groups`` [M] (a group id per sentence): each draw takes G of the G groups with replacement instead, and averages
+    over every sentence of the groups drawn — Σ_g D[seeds, g] / (S · Σ_g n_g) — so sentences of one film, which are not
+    independent, move together. Unlike a t-interval over seed means, both count the test set's sampling as well as
+    the seeds' spread.
     """
     rng = np.random.default_rng(seed)
     s, m = diffs.shape
     means = np.empty(draws)
-    for k in range(draws):
-        rows = diffs[rng.integers(0, s, s)]
-        means[k] = rows[:, rng.integers(0, m, m)].mean()
+    if groups is not None:
+        codes = np.unique(np.asarray(groups), return_inverse=True)[1]
+        n_groups = int(codes.max()) + 1 if len(codes) else 0
+        sums = np.stack([np.bincount(codes, weights=row, minlength=n_groups) for row in diffs])  # [S, G]
+        sizes = np.bincount(codes, minlength=n_groups).astype(float)
+        for k in range(draws):
+            picked = rng.integers(0, n_groups, n_groups)
+            means[k] = sums[rng.integers(0, s, s)][:, picked].sum() / (s * sizes[picked].sum())
+    else:
+        for k in range(draws):
+            rows = diffs[rng.integers(0, s, s)]
+            means[k] = rows[:, rng.integers(0, m, m)].mean()
     low, high = np.quantile(means, [0.025, 0.975])
     return float(100 * low), float(100 * high)
 
@@ -263,9 +279,11 @@ def study_table(study: Study, metrics: list[str] | None = None) -> pd.DataFrame:
 
 
 def comparison_table(study: Study, comparisons: list[tuple[str, str]] | None = None,
-                     metrics: list[str] | None = None) -> pd.DataFrame:
-    """Paired differences a − b on test (in points), over the seeds both rows finished, with 95 % intervals.
-    A seed a row finished more than once (a study run in parts that repeats a row) counts once, as the mean."""
+                     metrics: list[str] | None = None, groups: pd.Series | None = None) -> pd.DataFrame:
+    """Paired differences a − b on test (in points), over the seeds both rows finished, with 95 % intervals: the
+    t-interval over seeds, the bootstrap over seeds × sentences and, with ``groups`` (example id → group), the
+    bootstrap over seeds × groups. A seed a row finished more than once (a study run in parts that repeats a row)
+    counts once, as the mean."""
     metrics = metrics or study.metrics
     comparisons = comparisons if comparisons is not None else [tuple(c) for c in study.record.comparisons]
     done = study.finished
@@ -289,13 +307,17 @@ def comparison_table(study: Study, comparisons: list[tuple[str, str]] | None = N
             rec[f"{m}_low"] = mean - half if half is not None else math.nan
             rec[f"{m}_high"] = mean + half if half is not None else math.nan
         rec["accuracy_boot_low"], rec["accuracy_boot_high"] = _bootstrap_accuracy(done, a, b, key, seeds)
+        if groups is not None:
+            rec["accuracy_group_boot_low"], rec["accuracy_group_boot_high"] = _bootstrap_accuracy(done, a, b, key, seeds, groups)
         records.append(rec)
     return pd.DataFrame(records)
 
 
-def _bootstrap_accuracy(done: pd.DataFrame, a: str, b: str, key: str, seeds: list) -> tuple[float, float]:
+def _bootstrap_accuracy(done: pd.DataFrame, a: str, b: str, key: str, seeds: list,
+                        groups: pd.Series | None = None) -> tuple[float, float]:
     """``paired_bootstrap`` of test accuracy a − b over the seeds both rows finished, from the runs' per-example
-    predictions (NaN when a run has none, or the rows were scored on different sentences)."""
+    predictions (NaN when a run has none, or the rows were scored on different sentences); ``groups``: example id →
+    group, resampled instead of sentences."""
     rows = []
     for seed in seeds:
         pair = []
@@ -307,7 +329,33 @@ def _bootstrap_accuracy(done: pd.DataFrame, a: str, b: str, key: str, seeds: lis
         rows.append((pair[0] - pair[1]).to_numpy())
     if not rows or len({len(r) for r in rows}) != 1:
         return math.nan, math.nan
+    if groups is not None:
+        ids = pair[0].index  # every seed's pair is scored on the same sentences (checked above by their count)
+        if not set(ids) <= set(groups.index):
+            return math.nan, math.nan
+        return paired_bootstrap(np.stack(rows), groups=groups.loc[ids].to_numpy())
     return paired_bootstrap(np.stack(rows))
+
+
+def test_groups(study: Study, column: str) -> pd.Series:
+    """Example id of each test sentence → its group, from column ``column`` of the study's data (its base experiment)."""
+    config = validate_config(study.record.base, source=f"{study.path / SWEEP_FILE}: base")
+    return split_column(config.data, "test", column)
+
+
+def _groups_for(study: Study, group_column: str | None) -> pd.Series | None:
+    """The test groups to resample: ``group_column`` if given (its errors raised), else the study's
+    ``analysis.group_column`` — skipped with a warning where its data is not on this machine (a restored archive)."""
+    if group_column:
+        return test_groups(study, group_column)
+    column = (study.record.spec.get("analysis") or {}).get("group_column")
+    if not column:
+        return None
+    try:
+        return test_groups(study, column)
+    except (DataError, ConfigError) as err:
+        warnings.warn(f"analysis.group_column {column!r}: no grouped bootstrap ({err})", stacklevel=2)
+        return None
 
 
 def _cell(mean: float, std: float | None, n: int) -> str:
@@ -344,8 +392,10 @@ def comparisons_markdown(table: pd.DataFrame, metrics: list[str]) -> str:
     if table.empty:
         return ""
     boot = "accuracy_boot_low" in table and table["accuracy_boot_low"].notna().any()
+    grouped = "accuracy_group_boot_low" in table and table["accuracy_group_boot_low"].notna().any()
     cols = ["Comparison (test, a − b, points)", *[f"Δ {LABELS.get(m, m)} [95% interval]" for m in metrics],
-            *(["Δ Acc. [95% bootstrap, seeds × sentences]"] if boot else []), "paired seeds"]
+            *(["Δ Acc. [95% bootstrap, seeds × sentences]"] if boot else []),
+            *(["Δ Acc. [95% bootstrap, seeds × groups]"] if grouped else []), "paired seeds"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():
         cells = [f"{r['a']} − {r['b']}"]
@@ -359,6 +409,10 @@ def comparisons_markdown(table: pd.DataFrame, metrics: list[str]) -> str:
         if boot:
             cells.append("—" if pd.isna(r["accuracy_boot_low"]) else
                          f"{r['accuracy_diff']:+.2f} [{r['accuracy_boot_low']:+.2f}, {r['accuracy_boot_high']:+.2f}]")
+        if grouped:
+            cells.append("—" if pd.isna(r["accuracy_group_boot_low"]) else
+                         f"{r['accuracy_diff']:+.2f} [{r['accuracy_group_boot_low']:+.2f}, "
+                         f"{r['accuracy_group_boot_high']:+.2f}]")
         cells.append(str(int(r["pairs"])))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -479,7 +533,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_report(source, out: str | Path | None = None, parts: tuple = (),
-                 comparisons: list[tuple[str, str]] | None = None) -> Report:
+                 comparisons: list[tuple[str, str]] | None = None, group_column: str | None = None) -> Report:
     """Write ``table.md``, ``table.csv``, ``comparisons.csv``, ``trials.csv``, a PNG chart and ``best.json``
     (of ``source`` and the further ``parts`` of the same study, see ``load_study``). ``comparisons``: the pairs
     (a, b) to compare, default the study's ``analysis.comparisons`` (a study whose later parts added rows passes
@@ -491,7 +545,8 @@ def write_report(source, out: str | Path | None = None, parts: tuple = (),
     table = study_table(study, metrics)
     has_rows = not table.empty and int(table["n"].sum()) > 0
     markdown = table_markdown(table, study, metrics) if has_rows else "(no finished trials)"
-    comparisons = comparison_table(study, comparisons, metrics=metrics)
+    groups = _groups_for(study, group_column)
+    comparisons = comparison_table(study, comparisons, metrics=metrics, groups=groups)
     compared = comparisons_markdown(comparisons, metrics)
     name = study.record.name or study.path.name
     select = study.select
