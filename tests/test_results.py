@@ -163,3 +163,19 @@ def test_the_grouped_bootstrap_resamples_whole_groups():
     assert by_film[0] < mean < by_film[1]
     alone = paired_bootstrap(diffs, groups=np.arange(films.size))
     assert alone[1] - alone[0] == pytest.approx(by_sentence[1] - by_sentence[0], rel=0.15)
+
+
+def test_the_best_teacher_is_chosen_on_validation_and_retention_is_measured_on_test():
+    from mtbert_ray.experiment.results import ExperimentResult, ModelScores
+
+    result = ExperimentResult.__new__(ExperimentResult)
+    result.select = {"metric": "accuracy", "mode": "max"}
+    result.teachers = {"L6": ModelScores({"accuracy": 0.80}, {"accuracy": 0.90}, 1),  # best on test, not on validation
+                       "MPNet": ModelScores({"accuracy": 0.85}, {"accuracy": 0.88}, 1)}
+    result.student = ModelScores({"accuracy": 0.79}, {"accuracy": 0.836}, 1)
+    assert result.best_teacher() == "MPNet"
+    assert result.retention() == pytest.approx(0.836 / 0.88)
+    result.select = {"metric": "accuracy", "mode": "min"}
+    assert result.best_teacher() == "L6"
+    result.student = ModelScores({"accuracy": 0.79}, None, 1)
+    assert result.retention() is None

@@ -134,6 +134,29 @@ def test_an_archive_of_the_study_restored_elsewhere_gives_the_same_tables_and_bo
     assert restore_archive(archive, tmp_path / "elsewhere") is None and (restored / "marker").is_file()
 
 
+def test_each_trial_reports_how_much_of_its_best_teacher_the_student_keeps(grid_sweep, tmp_path):
+    """The best teacher is chosen on validation (the run's result.json), retention = student test ÷ its test; the
+    table carries both, also for a study whose trials did not report them (read back from result.json)."""
+    import mtbert_ray.study.analysis as analysis
+
+    grid, experiment_dir = grid_sweep
+    for r in grid:
+        teachers = json.loads((Path(r.metrics["run_dir"]) / "result.json").read_text())["stages"]["cofinetune"]["teachers"]
+        best = max(teachers, key=lambda name: teachers[name]["accuracy"])
+        assert r.metrics["best_teacher"] == best
+        assert r.metrics["best_teacher_test_accuracy"] == pytest.approx(teachers[best]["test"]["accuracy"])
+        assert r.metrics["retention"] == pytest.approx(r.metrics["test_accuracy"] / teachers[best]["test"]["accuracy"])
+    table = write_report(experiment_dir, tmp_path / "a").table.set_index("row")
+    for r in grid:
+        assert table.loc[r.config["variant"], "retention_mean"] == pytest.approx(100 * r.metrics["retention"])
+    assert "kept of best teacher (%)" in (tmp_path / "a" / "table.md").read_text()
+    study = load_study(experiment_dir)
+    reported = study.trials.set_index("trial_id")["retention"]
+    older = {k: v for k, v in grid[0].metrics.items() if k not in ("best_teacher", "retention")}
+    from_record = analysis._best_teacher(older, Path(experiment_dir))
+    assert from_record["retention"] == pytest.approx(reported[grid[0].metrics["trial_id"]])
+
+
 def test_the_comparisons_bootstrap_the_films_of_the_test_set(grid_sweep, tmp_path):
     """``--group-column movie``: the comparison's bootstrap also resamples rt_polarity's films, read by example id from
     the data's test file (the 64 sentences limit_eval kept keep their ids); a column the file lacks is named."""

@@ -7,6 +7,7 @@ A reported metric is ``<split prefix><head><metric>``:
 - ``val_teacher1_accuracy`` — teacher 1's head in co-finetuning (``teacher_head(1)``);
 - ``val_mean_accuracy`` — co-finetuning's mean over its teachers (``MEAN_HEAD``), which selects its epoch;
 - ``teacher_mean_test_accuracy`` — a sweep trial's co-finetuned teachers' mean (``teacher_mean_key``);
+- ``best_teacher_test_accuracy`` — its best teacher, chosen on validation (``best_teacher_key``);
 - ``val_accuracy_mean`` / ``_std`` / ``_ci`` — the analysis's statistics over a row's seeds (``stat_column``).
 
 Pure names, no imports: the torch-only core uses them too.
@@ -52,6 +53,14 @@ def teacher_head(index: int) -> str:
 def metric_key(split: Split | str, metric: str, head: str = "") -> str:
     """``val_accuracy``, ``test_teacher0_mcc``: a metric of one head on one split, as reported."""
     return f"{Split(split).prefix}{head}{metric}"
+
+
+def best_teacher_key(split: Split | str, metric: str) -> str:
+    """A sweep trial's best co-finetuned teacher (chosen on validation): ``best_teacher_test_accuracy``."""
+    return f"best_teacher_{metric_key(split, metric)}"
+
+
+RETENTION = "retention"  # a student's test accuracy ÷ its best teacher's (the teacher chosen on validation)
 
 
 def teacher_mean_key(split: Split | str, metric: str) -> str:

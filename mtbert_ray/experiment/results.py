@@ -85,6 +85,20 @@ class ExperimentResult:
     test_note: str | None = None  # why a test score is missing, if it is
     predictions: str | None = None  # file of the student's test predictions (index \t prediction)
 
+    def best_teacher(self) -> str | None:
+        """The co-finetuned teacher best on validation by the run's selection metric (None without teachers or
+        without that metric): the teacher a student's retention is measured against."""
+        metric, sign = self.select.get("metric", "accuracy"), -1 if self.select.get("mode") == "min" else 1
+        scored = [(sign * s.metric(metric), name) for name, s in self.teachers.items() if s.metric(metric) is not None]
+        return max(scored)[1] if scored else None
+
+    def retention(self, metric: str = "accuracy") -> float | None:
+        """The student's test ``metric`` ÷ its best teacher's (same split, same co-finetuned teacher the run used):
+        how much of that teacher the student keeps (MT-BERT6: 94.6 / 95.1 = 99.5 % on SST-2)."""
+        best = self.best_teacher()
+        student, teacher = self.student.metric(metric, Split.TEST), self.teachers[best].metric(metric, Split.TEST) if best else None
+        return student / teacher if student is not None and teacher else None
+
     # ---- the earlier dict views, for readers of result.json ---------------------------------------
     @property
     def student_metrics(self) -> dict[str, Any]:

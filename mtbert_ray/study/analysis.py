@@ -27,7 +27,16 @@ import pandas as pd
 from ray.tune import ExperimentAnalysis
 
 from mtbert_ray.common.errors import ConfigError, DataError, ResultsError
-from mtbert_ray.common.metric_names import DEFAULT_METRICS, METRICS, Split, metric_key, stat_column, teacher_mean_key
+from mtbert_ray.common.metric_names import (
+    DEFAULT_METRICS,
+    METRICS,
+    RETENTION,
+    Split,
+    best_teacher_key,
+    metric_key,
+    stat_column,
+    teacher_mean_key,
+)
 from mtbert_ray.config import validate_config
 from mtbert_ray.data.sources import split_column
 from mtbert_ray.store.lock import FolderLock
@@ -200,12 +209,41 @@ def _load_one(source) -> Study:
         for split in SPLITS:
             row[teacher_mean_key(split, "accuracy")] = last.get(teacher_mean_key(split, "accuracy"), math.nan)
         row["student_dir"] = _in_moved_sweep(last.get("student_dir"), path) if finished else None
+        row.update(_best_teacher(last, path) if finished else {})
         rows.append(row)
     trials = pd.DataFrame(rows)
     if trials.empty:
         trials = pd.DataFrame(columns=["trial_id", "status", "finished", "stopped_early", "errored", "student_dir"])
     trials["finished"] = trials["finished"].astype(bool)
     return Study(path, record, trials)
+
+
+def _best_teacher(last: dict[str, Any], sweep: Path) -> dict[str, Any]:
+    """A finished trial's best teacher (chosen on validation), its accuracy and the student's retention of it: from the
+    trial's report, or — for studies run before the report carried them — from its run's ``result.json``."""
+    from mtbert_ray.experiment.results import ExperimentResult  # deferred: only older studies need the run record
+
+    out: dict[str, Any] = {"best_teacher": last.get("best_teacher")}
+    if out["best_teacher"] is not None:
+        for split in SPLITS:
+            out[best_teacher_key(split, "accuracy")] = last.get(best_teacher_key(split, "accuracy"), math.nan)
+        out[RETENTION] = last.get(RETENTION, math.nan)
+        return out
+    run_dir = _in_moved_sweep(last.get("run_dir"), sweep)
+    try:
+        result = ExperimentResult.from_json(json.loads((Path(run_dir) / "result.json").read_text()))
+    except (OSError, TypeError, ValueError, KeyError):
+        return {}
+    best = result.best_teacher()
+    if best is None:
+        return {}
+    out["best_teacher"] = best
+    for split in SPLITS:
+        value = result.teachers[best].metric("accuracy", split)
+        out[best_teacher_key(split, "accuracy")] = math.nan if value is None else value
+    retention = result.retention()
+    out[RETENTION] = math.nan if retention is None else retention
+    return out
 
 
 def _in_moved_sweep(student_dir: str | None, sweep: Path) -> str | None:
@@ -263,6 +301,11 @@ def study_table(study: Study, metrics: list[str] | None = None) -> pd.DataFrame:
                 mean, std, half = mean_interval(values)
                 for statistic, value in (("mean", mean), ("std", std), ("ci", half)):
                     rec[stat_column(split, m, statistic)] = value
+        for column in (RETENTION, best_teacher_key(Split.TEST, "accuracy")):
+            values = [float(v) * 100 for v in done.get(column, []) if not pd.isna(v)]
+            mean, std, half = mean_interval(values)
+            for statistic, value in (("mean", mean), ("std", std), ("ci", half)):
+                rec[f"{column}_{statistic}"] = value
         if study.row_key == "trial":
             for p in study.params:
                 rec[p.removeprefix("param:")] = group[p].iloc[0]
@@ -371,7 +414,11 @@ def table_markdown(table: pd.DataFrame, study: Study, metrics: list[str] | None 
     header = {"teachers": "Teachers", "variant": "Method", "trial": "Trial"}.get(study.row_key, study.row_key)
     params = [c for c in table.columns if c not in ("row", "n", "stopped_early") and not c.endswith(("_mean", "_std", "_ci"))]
     cols = [header, *params]
-    cols += [f"{LABELS.get(m, m)} test" for m in metrics] + [f"{LABELS.get(m, m)} val" for m in metrics] + ["n"]
+    cols += [f"{LABELS.get(m, m)} test" for m in metrics] + [f"{LABELS.get(m, m)} val" for m in metrics]
+    kept = f"{RETENTION}_mean" in table and table[f"{RETENTION}_mean"].notna().any()
+    if kept:
+        cols += ["best teacher Acc. test", "kept of best teacher (%)"]
+    cols += ["n"]
     stopped = int(table["stopped_early"].sum()) if "stopped_early" in table else 0
     if stopped:
         cols.append("stopped early")
@@ -381,6 +428,9 @@ def table_markdown(table: pd.DataFrame, study: Study, metrics: list[str] | None 
         label = str(r["row"]) + (" (stopped early)" if study.row_key == "trial" and n == 0 and r["stopped_early"] else "")
         cells = [label, *[_fmt_param(r[p]) for p in params]]
         cells += [_cell(r[stat_column(split, m, "mean")], r[stat_column(split, m, "std")], n) for split in SPLITS for m in metrics]
+        if kept:
+            teacher = best_teacher_key(Split.TEST, "accuracy")
+            cells += [_cell(r[f"{teacher}_mean"], r[f"{teacher}_std"], n), _cell(r[f"{RETENTION}_mean"], r[f"{RETENTION}_std"], n)]
         cells.append(str(n))
         if stopped:
             cells.append(str(int(r["stopped_early"])))
@@ -533,11 +583,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_report(source, out: str | Path | None = None, parts: tuple = (),
-                 comparisons: list[tuple[str, str]] | None = None, group_column: str | None = None) -> Report:
+                 comparisons: list[tuple[str, str]] | None = None, group_column: str | None = None,
+                 groups: pd.Series | None = None) -> Report:
     """Write ``table.md``, ``table.csv``, ``comparisons.csv``, ``trials.csv``, a PNG chart and ``best.json``
     (of ``source`` and the further ``parts`` of the same study, see ``load_study``). ``comparisons``: the pairs
     (a, b) to compare, default the study's ``analysis.comparisons`` (a study whose later parts added rows passes
-    the pairs of its current space file)."""
+    the pairs of its current space file). The comparisons' bootstrap also resamples groups of test sentences: those
+    of ``group_column`` of the study's data (default its ``analysis.group_column``), or ``groups`` (example id →
+    group) where the data has moved since."""
     study = load_study(source, *parts)
     out_dir = Path(out) if out is not None else study.path / "analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -545,7 +598,7 @@ def write_report(source, out: str | Path | None = None, parts: tuple = (),
     table = study_table(study, metrics)
     has_rows = not table.empty and int(table["n"].sum()) > 0
     markdown = table_markdown(table, study, metrics) if has_rows else "(no finished trials)"
-    groups = _groups_for(study, group_column)
+    groups = groups if groups is not None else _groups_for(study, group_column)
     comparisons = comparison_table(study, comparisons, metrics=metrics, groups=groups)
     compared = comparisons_markdown(comparisons, metrics)
     name = study.record.name or study.path.name

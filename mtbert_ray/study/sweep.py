@@ -35,7 +35,7 @@ from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
 from ray.tune.search.optuna import OptunaSearch
 
 from mtbert_ray.common.errors import ConfigError, ResultsError
-from mtbert_ray.common.metric_names import Split, metric_key, teacher_mean_key
+from mtbert_ray.common.metric_names import RETENTION, Split, best_teacher_key, metric_key, teacher_mean_key
 from mtbert_ray.config import ExperimentConfig, check_plain_name, head_teacher
 from mtbert_ray.config.space import Space, load_space
 from mtbert_ray.deploy.card import write_model_card
@@ -58,7 +58,8 @@ log = logging.getLogger(__name__)
 
 
 def final_report(result: ExperimentResult, epochs: int) -> dict[str, Any]:
-    """A finished trial's last report: the selected checkpoint's validation and test scores, the export.
+    """A finished trial's last report: the selected checkpoint's validation and test scores, the teachers' mean, the
+    best teacher (chosen on validation) and the student's retention of it, the export.
 
     ``finished`` marks a trial that ran every epoch and exported its student; a trial a scheduler
     stopped early never makes this report.
@@ -71,6 +72,16 @@ def final_report(result: ExperimentResult, epochs: int) -> dict[str, Any]:
             values = [s.metric(name, split) for s in result.teachers.values()]
             if values and all(v is not None for v in values):
                 report[teacher_mean_key(split, name)] = sum(values) / len(values)
+    best = result.best_teacher()
+    if best is not None:
+        report["best_teacher"] = best
+        for split in Split:
+            for name, value in ((result.teachers[best].validation if split is Split.VALIDATION
+                                 else result.teachers[best].test) or {}).items():
+                report[best_teacher_key(split, name)] = value
+    retention = result.retention()
+    if retention is not None:
+        report[RETENTION] = retention
     report.update(
         student_params=result.student.params,
         student_dir=str(result.student_dir),
