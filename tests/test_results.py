@@ -179,3 +179,22 @@ def test_the_best_teacher_is_chosen_on_validation_and_retention_is_measured_on_t
     assert result.best_teacher() == "L6"
     result.student = ModelScores({"accuracy": 0.79}, None, 1)
     assert result.retention() is None
+
+
+def test_a_teacher_far_below_the_best_teacher_is_said(capsys):
+    from mtbert_ray.experiment.pipeline import say_teachers, teachers_far_below_best
+    from mtbert_ray.experiment.results import ExperimentResult, ModelScores
+
+    result = ExperimentResult.__new__(ExperimentResult)
+    result.select = {"metric": "accuracy", "mode": "max"}
+    result.teachers = {"L3": ModelScores({"accuracy": 0.72}, {"accuracy": 0.71}, 1),
+                       "L6": ModelScores({"accuracy": 0.79}, {"accuracy": 0.80}, 1),
+                       "MPNet": ModelScores({"accuracy": 0.88}, {"accuracy": 0.89}, 1)}
+    result.student = ModelScores({"accuracy": 0.80}, {"accuracy": 0.801}, 1)
+    assert teachers_far_below_best(result) == ["L3", "L6"]
+    out = capsys.readouterr().out
+    assert "warning: teacher L3 has validation accuracy 0.7200, 16.0 points below the best teacher MPNet" in out
+    say_teachers(result)
+    out = capsys.readouterr().out
+    assert "MPNet 0.8800 (best)" in out and "keeps 90.0 % of MPNet's test accuracy" in out
+    assert teachers_far_below_best(result, points=10.0) == ["L3"]

@@ -80,6 +80,24 @@ BAD = {
     "bad base experiment": ("experiment: {teachers: [], student: {init_from: x, num_layers: 1}, data: {source: files, path: d, text_fields: [t]}}\n",
                             r"experiment: teachers: expected at least one teacher"),
     "duplicated seeds": ("base: _rt_polarity_base.yaml\nsearch: {seeds: [1, 1]}\n", r"search.seeds: duplicated seed"),
+    "a first point without a key": (
+        "base: _rt_polarity_base.yaml\nspace: {distill.lr: {loguniform: [1.0e-5, 1.0e-3]}, loss.temperature: {choice: [1, 2]}}\n"
+        "search: {searcher: optuna, points_to_evaluate: [{distill.lr: 1.0e-4}]}\n",
+        r"search.points_to_evaluate\[0\]: expected a value of each space key .*'loss.temperature' is missing"),
+    "a first point off its choices": (
+        "base: _rt_polarity_base.yaml\nspace: {loss.temperature: {choice: [1, 2]}}\n"
+        "search: {searcher: optuna, points_to_evaluate: [{loss.temperature: 3}]}\n",
+        r"points_to_evaluate\[0\].loss.temperature: 3 is not among its choices \(1, 2\)"),
+    "a first point out of range": (
+        "base: _rt_polarity_base.yaml\nspace: {distill.lr: {loguniform: [1.0e-5, 1.0e-3]}}\n"
+        "search: {searcher: optuna, points_to_evaluate: [{distill.lr: 0.1}]}\n",
+        r"points_to_evaluate\[0\].distill.lr: 0.1 is outside its range"),
+    "first points in a grid study": (
+        "base: _rt_polarity_base.yaml\nspace: {loss.temperature: {grid: [1, 2]}}\n"
+        "search: {points_to_evaluate: [{loss.temperature: 1}]}\n", r"points_to_evaluate: needs searcher: optuna"),
+    "a comparison with the chosen row where there is none": (
+        "base: _rt_polarity_base.yaml\nvariants: {A: {}, B: {}}\nspace: {variant: {grid: all}}\n"
+        "analysis: {comparisons: [[chosen on validation, A]]}\n", r"row 'chosen on validation' is not a row"),
 }
 
 
@@ -146,3 +164,19 @@ def test_a_sweep_validates_its_base_once_and_each_trial_config_once(monkeypatch)
     record = type("Record", (), {"spec": space.spec.model_dump(mode="json"), "base": space.base, "source": space.source})
     config = space_module.Space.from_record(record).trial_config(params)
     assert len(calls) == 1 and "trial" in calls[0] and config.teachers
+
+
+def test_the_teacher_mixture_study_runs_each_teachers_own_arm_first():
+    """Optuna's first trials are the single-teacher arms (Tune's points_to_evaluate), and its analysis adds the row
+    of what validation chose; a Table-3 study (rows: teacher subsets) has that row by default, compared with each
+    single teacher."""
+    from mtbert_ray.config.space import CHOSEN_ROW
+    from mtbert_ray.study.sweep import _searcher
+
+    space = load_space(REPO / "tune_spaces" / "teacher_mixture.yaml")
+    searcher = _searcher(space)
+    assert [p["variant"] for p in searcher._points_to_evaluate] == ["only L6", "only L3"]
+    assert space.chosen_row
+    table3 = load_space(REPO / "tune_spaces" / "paper_table3.yaml")
+    assert table3.row_key == "teachers" and table3.chosen_row
+    assert (CHOSEN_ROW, table3.row_labels()[0]) in table3.comparisons()

@@ -157,6 +157,24 @@ def test_each_trial_reports_how_much_of_its_best_teacher_the_student_keeps(grid_
     assert from_record["retention"] == pytest.approx(reported[grid[0].metrics["trial_id"]])
 
 
+def test_the_row_chosen_on_validation_is_the_trial_validation_picks_per_seed(grid_sweep):
+    """analysis.chosen_row: per seed, the finished trial best on validation among every row, with its test; it can be
+    compared like any row (here with each arm it chose from)."""
+    from mtbert_ray.config.space import CHOSEN_ROW
+    from mtbert_ray.study.analysis import comparison_table
+
+    grid, experiment_dir = grid_sweep
+    study = load_study(experiment_dir)
+    study.record.spec.setdefault("analysis", {})["chosen_row"] = True
+    table = study_table(study).set_index("row")
+    assert list(table.index)[-1] == CHOSEN_ROW and table.loc[CHOSEN_ROW, "n"] == 1
+    best = max(grid, key=lambda r: r.metrics["val_accuracy"])
+    assert table.loc[CHOSEN_ROW, "test_accuracy_mean"] == pytest.approx(100 * best.metrics["test_accuracy"])
+    pairs = comparison_table(study, [(CHOSEN_ROW, r.config["variant"]) for r in grid], ["accuracy"])
+    chosen_from = pairs.set_index("b")
+    assert chosen_from.loc[best.config["variant"], "accuracy_diff"] == pytest.approx(0.0)
+
+
 def test_the_comparisons_bootstrap_the_films_of_the_test_set(grid_sweep, tmp_path):
     """``--group-column movie``: the comparison's bootstrap also resamples rt_polarity's films, read by example id from
     the data's test file (the 64 sentences limit_eval kept keep their ids); a column the file lacks is named."""

@@ -74,6 +74,9 @@ class SearchSettings(_Strict):
     reduction_factor: float = Field(default=2, gt=1, description="ASHA: the fraction 1/reduction_factor of trials "
                                     "kept at each rung.")
     optuna_seed: int = Field(0, description="Seed of Optuna's sampler.")
+    points_to_evaluate: list[dict[str, Any]] | None = Field(
+        None, description="Optuna: trials to run first, each a value of every space key (Tune's points_to_evaluate), "
+        "e.g. each teacher's own arm in a teacher-mixture study, so that validation always has them to choose from.")
     objectives: list[str] | None = Field(
         None, description="Optuna multi-objective search: reported metrics with their direction, e.g. "
         "[val_accuracy:max, student_params:min] (the frontier study: accuracy against a cheap proxy of latency; the "
@@ -121,6 +124,14 @@ class SearchSettings(_Strict):
         return data
 
 
+CHOSEN_ROW = "chosen on validation"  # the analysis row of what validation picks per seed (analysis.chosen_row)
+
+
+def wants_chosen_row(chosen_row: bool | None, row_key: str) -> bool:
+    """``analysis.chosen_row`` as set, else on for studies whose rows are teacher subsets."""
+    return row_key == "teachers" if chosen_row is None else chosen_row
+
+
 class AnalysisSettings(_Strict):
     """How ``mtbert_ray.study.analysis`` tabulates the study."""
 
@@ -131,6 +142,10 @@ class AnalysisSettings(_Strict):
     comparisons: list[tuple[str, str]] | None = Field(
         None, description="(row a, row b) pairs compared on test, paired by seed (t-interval) and by seed and sentence "
         "(bootstrap); default: MT-BERT against every other variant, or all the pool's teachers against each single one.")
+    chosen_row: bool | None = Field(
+        None, description=f"A row {CHOSEN_ROW!r}: per seed, the finished trial best on validation among every row "
+        "(the single-teacher arms with the subsets and mixtures), its test reported, so what a study picks is never "
+        "below its best single-teacher arm on validation. Default: on where rows are teacher subsets.")
     group_column: str | None = Field(
         None, description="A column of the data's test file naming each sentence's group (rt_polarity's film, a news "
         "id): the comparisons' bootstrap also resamples whole groups, whose sentences are not independent.")
@@ -277,6 +292,11 @@ class Space:
         values = self.dimension_values(key, dim)
         return [str(v) for v in values] if values is not None else None
 
+    @property
+    def chosen_row(self) -> bool:
+        """Whether the analysis adds the row of what validation picks per seed (``analysis.chosen_row``)."""
+        return wants_chosen_row(self.spec.analysis.chosen_row, self.row_key)
+
     def comparisons(self) -> list[tuple[str, str]]:
         """The paired comparisons of the analysis (``analysis.comparisons`` or the paper's, by study kind)."""
         if self.spec.analysis.comparisons is not None:
@@ -287,8 +307,8 @@ class Space:
         if self.row_key == "teachers":
             full = "+".join(self.spec.teacher_pool or {})
             singles = [r for r in rows if "+" not in r]
-            if full in rows and len(singles) > 1:
-                return [(full, r) for r in singles]
+            pairs = [(full, r) for r in singles] if full in rows and len(singles) > 1 else []
+            return pairs + ([(CHOSEN_ROW, r) for r in singles] if self.chosen_row and len(rows) > 1 else [])
         return []
 
     def trial_config(self, params: Mapping[str, Any]) -> ExperimentConfig:
@@ -355,6 +375,8 @@ class Space:
         if rows not in ("auto", "trial") and rows not in spec.space:
             raise ConfigError(f"{src}: analysis.rows: expected auto, trial or a space key ({', '.join(spec.space)}), got {rows!r}")
         labels = self.row_labels()
+        if labels is not None and self.chosen_row:
+            labels = [*labels, CHOSEN_ROW]
         for a, b in spec.analysis.comparisons or []:
             missing = [r for r in (a, b) if labels is None or r not in labels]
             if missing:
@@ -365,6 +387,30 @@ class Space:
         for name, overrides in (spec.variants or {}).items():
             for k, v in overrides.items():
                 self._check_value(k, v, f"{src}: variants.{name}.{k}")
+        self._check_points()
+
+    def _check_points(self) -> None:
+        """``search.points_to_evaluate``: Optuna's first trials, each naming a value of every dimension of the space."""
+        spec, src = self.spec, self.source
+        points = spec.search.points_to_evaluate or []
+        if points and spec.search.searcher != "optuna":
+            raise ConfigError(f"{src}: search.points_to_evaluate: needs searcher: optuna (a grid runs every point already)")
+        for i, point in enumerate(points):
+            where = f"{src}: search.points_to_evaluate[{i}]"
+            missing, unknown = [k for k in spec.space if k not in point], [k for k in point if k not in spec.space]
+            if unknown or missing:
+                raise ConfigError(f"{where}: expected a value of each space key ({', '.join(spec.space)}); "
+                                  + (f"{unknown[0]!r} is not one" if unknown else f"{missing[0]!r} is missing"))
+            for key, value in point.items():
+                dim = spec.space[key]
+                values = self.dimension_values(key, dim)
+                if values is not None and value not in values:
+                    raise ConfigError(f"{where}.{key}: {value!r} is not among its choices ({', '.join(map(str, values))})")
+                bounds = dim.uniform or dim.loguniform or dim.randint
+                if bounds is not None and not (isinstance(value, (int, float)) and bounds[0] <= value <= bounds[1]):
+                    raise ConfigError(f"{where}.{key}: {value!r} is outside its range [{bounds[0]}, {bounds[1]}]")
+                if key not in ("teachers", "variant"):
+                    self._check_value(key, value, f"{where}.{key}")
 
     def _check_value(self, key: str, value: Any, where: str) -> None:
         data = apply_overrides(self.base, [])

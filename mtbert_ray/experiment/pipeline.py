@@ -133,9 +133,13 @@ class Experiment:
         distill_started = time.time()
         distilled = self.distill()
         result = self._result(distilled, time.time() - distill_started, started)
+        say_teachers(result)
         below = teachers_below_student(result)
         if below:
             result.decisions["teachers_below_student"] = ", ".join(below)
+        far = teachers_far_below_best(result)
+        if far:
+            result.decisions["teachers_far_below_best"] = ", ".join(far)
         result.write(self.run_dir / RESULT_FILE)
         write_model_card(result.student_dir, read_student_meta(result.student_dir), result.to_json())
         return result
@@ -154,6 +158,43 @@ class Experiment:
             test_note=note, decisions=stages.distill_decisions(ctx), seconds=time.time() - started,
             distill_seconds=distill_seconds,
         ))
+
+
+FAR_BELOW_POINTS = 5.0  # a teacher this many points (of select.metric × 100) below the best teacher is said
+
+
+def say_teachers(result: ExperimentResult) -> None:
+    """One line: each co-finetuned teacher's validation score (``select.metric``), the best marked, and the student's
+    test retention of it."""
+    metric, best = result.select.get("metric", "accuracy"), result.best_teacher()
+    scores = [f"{name} {s.metric(metric):.4f}{' (best)' if name == best else ''}" for name, s in result.teachers.items()
+              if s.metric(metric) is not None]
+    kept = result.retention()
+    if scores:
+        print(f"[mtbert] teachers after co-finetuning, validation {metric}: {', '.join(scores)}"
+              + (f"; the student keeps {100 * kept:.1f} % of {best}'s test accuracy" if kept is not None else ""), flush=True)
+
+
+def teachers_far_below_best(result: ExperimentResult, points: float = FAR_BELOW_POINTS) -> list[str]:
+    """Teachers whose validation score is more than ``points`` below the best teacher's, each said in one warning
+    line: a weak teacher pulls the mixture down unless its weight is small (MT-BERT's teachers are of similar strength)."""
+    metric, mode = result.select.get("metric", "accuracy"), result.select.get("mode", "max")
+    best = result.best_teacher()
+    if best is None:
+        return []
+    top = result.teachers[best].metric(metric)
+    far = []
+    for name, scores in result.teachers.items():
+        value = scores.metric(metric)
+        if value is None or name == best:
+            continue
+        gap = 100 * ((top - value) if mode == "max" else (value - top))
+        if gap > points:
+            far.append(name)
+            print(f"[mtbert] warning: teacher {name} has validation {metric} {value:.4f}, {gap:.1f} points below the best "
+                  f"teacher {best} ({top:.4f}): lower its loss.teacher_prior, or compare without it (a teacher_mixture "
+                  "study keeps each teacher's own arm)", flush=True)
+    return far
 
 
 def teachers_below_student(result: ExperimentResult) -> list[str]:

@@ -38,6 +38,7 @@ from mtbert_ray.common.metric_names import (
     teacher_mean_key,
 )
 from mtbert_ray.config import validate_config
+from mtbert_ray.config.space import CHOSEN_ROW, wants_chosen_row
 from mtbert_ray.data.sources import split_column
 from mtbert_ray.store.lock import FolderLock
 from mtbert_ray.study.record import RUNS_DIR, SWEEP_FILE, SweepRecord, read_sweep_record
@@ -283,6 +284,30 @@ def _row_order(study: Study, labels: list[str]) -> list[str]:
     return labels
 
 
+def chosen_on_validation(study: Study, trials: pd.DataFrame) -> pd.DataFrame:
+    """Per seed, the finished trial best on validation by the study's selection metric among every row: what a user
+    following validation ships. Its test is what such a study reports, never below its best single-teacher arm on
+    validation (up to selection noise on test). Ties: the first trial."""
+    done = trials[trials["finished"]]
+    column, key = metric_key(Split.VALIDATION, study.select["metric"]), study.seed_key
+    if done.empty or column not in done or key not in done:
+        return done.iloc[0:0]
+    lowest = study.select.get("mode") == "min"
+    picked = [(group[column].idxmin() if lowest else group[column].idxmax())
+              for _, group in done.dropna(subset=[column]).groupby(key, sort=True)]
+    return done.loc[picked]
+
+
+def _labelled(study: Study, trials: pd.DataFrame) -> pd.DataFrame:
+    """``trials`` with their row labels, and (``analysis.chosen_row``) the trials validation chose, again, as the row
+    ``chosen on validation``."""
+    trials = trials.assign(row=[_row_label(study, r) for _, r in trials.iterrows()])
+    if not wants_chosen_row((study.record.spec.get("analysis") or {}).get("chosen_row"), study.row_key):
+        return trials
+    chosen = chosen_on_validation(study, trials)
+    return pd.concat([trials, chosen.assign(row=CHOSEN_ROW)], ignore_index=True) if not chosen.empty else trials
+
+
 def study_table(study: Study, metrics: list[str] | None = None) -> pd.DataFrame:
     """Rows × (test, val) × metrics: mean, std, 95 % half-width (in %, over the row's finished seeds), n and
     the number of trials stopped early."""
@@ -290,7 +315,7 @@ def study_table(study: Study, metrics: list[str] | None = None) -> pd.DataFrame:
     trials = study.trials
     if trials.empty:
         return pd.DataFrame(columns=["row", "n", "stopped_early"])
-    trials = trials.assign(row=[_row_label(study, r) for _, r in trials.iterrows()])
+    trials = _labelled(study, trials)
     records = []
     for label, group in trials.groupby("row", sort=False):
         done = group[group["finished"]]
@@ -318,7 +343,8 @@ def study_table(study: Study, metrics: list[str] | None = None) -> pd.DataFrame:
     else:
         order = _row_order(study, table["row"].tolist())
         table = table.set_index("row").loc[order].reset_index()
-    return table.reset_index(drop=True)
+    last = table["row"] == CHOSEN_ROW  # what validation chose, below the rows it chose from
+    return pd.concat([table[~last], table[last]]).reset_index(drop=True)
 
 
 def comparison_table(study: Study, comparisons: list[tuple[str, str]] | None = None,
@@ -333,7 +359,7 @@ def comparison_table(study: Study, comparisons: list[tuple[str, str]] | None = N
     key = study.seed_key
     if done.empty or not comparisons or key not in done:
         return pd.DataFrame(columns=["a", "b", "pairs"])
-    done = done.assign(row=[_row_label(study, r) for _, r in done.iterrows()])
+    done = _labelled(study, done)
     records = []
     columns = [metric_key(Split.TEST, m) for m in metrics]
     for a, b in comparisons:

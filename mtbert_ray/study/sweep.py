@@ -140,11 +140,13 @@ def tracking_callbacks(name: str, mlflow: str | None) -> list:
 
 def _searcher(space: Space):
     s = space.search
+    points = [dict(p) for p in s.points_to_evaluate or []] or None
     if s.searcher == "optuna" and s.objectives:  # several objectives: Optuna's own, Tune's metric left unset
         names, modes = zip(*(item.split(":") for item in s.objectives))
-        return OptunaSearch(metric=list(names), mode=list(modes), sampler=optuna.samplers.TPESampler(seed=s.optuna_seed))
+        return OptunaSearch(metric=list(names), mode=list(modes), sampler=optuna.samplers.TPESampler(seed=s.optuna_seed),
+                            points_to_evaluate=points)
     if s.searcher == "optuna":
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.optuna_seed))
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.optuna_seed), points_to_evaluate=points)
     return None  # grid / random: Tune's variant generator
 
 
