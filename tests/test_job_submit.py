@@ -70,7 +70,7 @@ def submit_job(dashboard: str, env: dict, entrypoint: list[str]) -> tuple[str, s
     command = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", f"--address={dashboard}", "--no-wait",
                "--working-dir", ".", "--runtime-env-json", json.dumps({"env_vars": job_env}), "--",
                sys.executable, *entrypoint]
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # a loaded 2-core machine: the agents of a fresh multi-raylet cluster take minutes
     while True:  # the head's job agent may still be starting ("No available agent to submit job")
         submitted = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
         if submitted.returncode == 0 or time.time() > deadline:

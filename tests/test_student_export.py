@@ -120,6 +120,21 @@ def test_serve_batches_a_burst_and_answers_as_predict(ray_session, tiny_models, 
         serve.shutdown()
 
 
+def test_the_serve_applications_options_are_checked_and_reach_the_deployment(tmp_path):
+    """threads fixes each replica's CPUs (and its runtime's intra-op threads); num_replicas takes N or auto; a value
+    that is not a positive integer is refused naming the option."""
+    from mtbert_ray.deploy.serve import app
+
+    bound = app({"model_dir": str(tmp_path), "threads": "2", "num_replicas": "auto", "max_ongoing_requests": "64"})
+    deployment = bound._bound_deployment
+    assert deployment.ray_actor_options["num_cpus"] == 2 and deployment.max_ongoing_requests == 64
+    assert bound._bound_deployment.init_args[-1] == 2
+    assert app({"model_dir": str(tmp_path)})._bound_deployment.ray_actor_options["num_cpus"] == 1
+    for key, value in (("threads", "0"), ("threads", "two"), ("num_replicas", "-1"), ("max_ongoing_requests", "x")):
+        with pytest.raises(ValueError, match=f"^{key}: expected a positive integer, got {value!r}$"):
+            app({"model_dir": str(tmp_path), key: value})
+
+
 def test_the_best_students_card_carries_its_rows_seeds(tiny_models, tmp_path):
     """After a sweep, the best trial's card gets its row's mean ± 95 % interval over seeds (``sweep.card_with_seeds``)."""
     import pandas as pd

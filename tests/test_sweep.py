@@ -369,21 +369,26 @@ def test_resume_of_a_path_without_a_sweep_is_exit_2(tmp_path):
     assert out.stderr.strip() == f"error: --resume: {tmp_path / 'sweeps' / 'nothing'} holds no sweep to resume"
 
 
-def test_a_stopped_sweep_counts_its_unfinished_trials():
-    """``trial_counts``: after Ctrl-C Tune returns the grid as it stands; a trial still running or pending is
-    unfinished, so the sweep says "stopped before its end" with the resume command (exit 130), not "finished"."""
+def test_a_stopped_sweep_counts_its_unfinished_trials(monkeypatch, tmp_path):
+    """``trial_counts``: from Tune's saved experiment state (not the grid Ctrl-C returns, which marks an interrupted
+    trial terminated): a trial pending or running when the sweep stopped is unfinished, so the sweep says "stopped
+    before its end" with the resume command (exit 130), not "finished"."""
     from types import SimpleNamespace
 
+    import mtbert_ray.study.sweep as sweep
     from mtbert_ray.cli.sweep import INTERRUPTED_EXIT
-    from mtbert_ray.study.sweep import trial_counts
 
-    class Grid(list):
-        num_terminated = 5
+    statuses = ["TERMINATED"] * 5 + ["RUNNING", "ERROR"]
+    read = []
 
-    grid = Grid([SimpleNamespace(error=None)] * 6 + [SimpleNamespace(error=RuntimeError("x"))])
-    assert trial_counts(grid) == (5, 1, 1)
-    grid.num_terminated = 6
-    assert trial_counts(grid) == (6, 0, 1) and INTERRUPTED_EXIT == 130
+    def saved_state(path):
+        read.append(path)
+        return SimpleNamespace(trials=[SimpleNamespace(status=s) for s in statuses])
+
+    monkeypatch.setattr(sweep.tune, "ExperimentAnalysis", saved_state)
+    assert sweep.trial_counts(tmp_path) == (5, 1, 1) and read == [str(tmp_path)]
+    statuses[5] = "TERMINATED"
+    assert sweep.trial_counts(tmp_path) == (6, 0, 1) and INTERRUPTED_EXIT == 130
 
 
 def test_the_frontier_of_two_depths_on_two_runtimes_and_the_budget_picker(ray_session, tiny_models, tmp_path, shared_storage):

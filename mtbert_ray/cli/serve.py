@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-timeout-s", type=float, default=0.01)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads (and CPUs) of each replica (default 1)")
+    parser.add_argument("--replicas", default=None, metavar="N|auto",
+                        help="replicas of the model (auto: Serve's autoscaling on ongoing requests; default 1)")
     add_debug_flag(parser)
 
 
@@ -40,6 +44,14 @@ def run(args: argparse.Namespace) -> int:
                "batch_wait_timeout_s": str(args.batch_wait_timeout_s)}
     if args.runtime:
         options["runtime"] = args.runtime
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads: expected a positive integer, got {args.threads}")
+        options["threads"] = str(args.threads)
+    if args.replicas is not None:
+        if args.replicas != "auto" and not (args.replicas.isdigit() and int(args.replicas) >= 1):
+            raise ConfigError(f"--replicas: expected a positive integer or auto, got {args.replicas!r}")
+        options["num_replicas"] = args.replicas
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app(options), blocking=False)
     print(f"[mtbert] serving {args.model_dir} on http://{args.host}:{args.port}/ (POST {{\"text\": ...}}; Ctrl-C stops)", flush=True)

@@ -109,11 +109,17 @@ async def read_body(request) -> bytes:
     return b"".join(chunks)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=256)
+REPLICA_CPUS = 1  # each replica's CPUs, and the intra-op threads of its runtime unless ``threads`` is given
+
+
+@serve.deployment(ray_actor_options={"num_cpus": REPLICA_CPUS}, max_ongoing_requests=256)
 class StudentDeployment:
-    def __init__(self, model_dir: str, runtime: str = "onnx", max_batch_size: int = 32, batch_wait_timeout_s: float = 0.01) -> None:
+    def __init__(self, model_dir: str, runtime: str = "onnx", max_batch_size: int = 32, batch_wait_timeout_s: float = 0.01,
+                 threads: int | None = None) -> None:
         self.runtime = runtime
-        self.model = load_runtime(runtime, model_dir)
+        # as many intra-op threads as the replica has CPUs: onnxruntime's default (one per core of the machine)
+        # would contend with the proxy and the other replicas on the same node
+        self.model = load_runtime(runtime, model_dir, threads=threads or REPLICA_CPUS)
         self.pair = bool(self.model.meta.get("pair"))
         self.batch_sizes: Counter[int] = Counter()
         self.classify.set_max_batch_size(max_batch_size)
@@ -144,12 +150,32 @@ class StudentDeployment:
         return answers[0] if single else answers
 
 
+def _positive_int(args: dict[str, str], key: str) -> int | None:
+    value = args.get(key)
+    if value in (None, ""):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise ValueError(f"{key}: expected a positive integer, got {value!r}")
+    return number
+
+
 def app(args: dict[str, str]):
     """The application ``serve run mtbert_ray.serve:app model_dir=FOLDER [runtime=onnx|onnx-int8|torch]
-    [max_batch_size=32] [batch_wait_timeout_s=0.01]`` builds (runtime: onnx when the folder has model.onnx, else torch)."""
+    [max_batch_size=32] [batch_wait_timeout_s=0.01] [threads=1] [num_replicas=1|auto] [max_ongoing_requests=256]`` builds (runtime: onnx when the
+    folder has model.onnx, else torch; threads: the runtime's intra-op threads, default the replica's CPUs)."""
     if "model_dir" not in args:
         raise ValueError("serve run mtbert_ray.serve:app needs model_dir=FOLDER (an exported student)")
     folder = Path(args["model_dir"]).expanduser().resolve()
     runtime = args.get("runtime") or default_runtime(folder)
-    return StudentDeployment.bind(str(folder), runtime, int(args.get("max_batch_size", 32)),
-                                  float(args.get("batch_wait_timeout_s", 0.01)))
+    threads = _positive_int(args, "threads")
+    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": threads or REPLICA_CPUS}}
+    if args.get("num_replicas"):
+        options["num_replicas"] = "auto" if args["num_replicas"] == "auto" else _positive_int(args, "num_replicas")
+    if args.get("max_ongoing_requests"):
+        options["max_ongoing_requests"] = _positive_int(args, "max_ongoing_requests")
+    return StudentDeployment.options(**options).bind(str(folder), runtime, int(args.get("max_batch_size", 32)),
+                           float(args.get("batch_wait_timeout_s", 0.01)), threads)

@@ -64,6 +64,9 @@ class Bundle:
         return f"{self.what} ({describe_shape(self.resources)})"
 
 
+UNASKED = ("memory", "object_store_memory")  # resources every Ray node has and no bundle of a plan asks for
+
+
 @dataclass
 class Node:
     """One machine's room: ``free`` resources now (or, on a node an autoscaler may launch, all of its resources)."""
@@ -85,8 +88,9 @@ class Node:
                    default=0.0)
 
     def describe(self) -> str:
-        """``name (1.5 CPU + 1 GPU free)``: its CPUs always (0 too), the rest where it has some."""
-        rest = {k: v for k, v in self.free.items() if k != "CPU" and v >= 0.01}
+        """``name (1.5 CPU + 1 GPU free)``: its CPUs always (0 too), the rest where it has some (Ray's memory and
+        object store, which no plan here asks for, left out)."""
+        rest = {k: v for k, v in self.free.items() if k not in ("CPU", *UNASKED) and v >= 0.01}
         cpus = f"{max(self.free.get('CPU', 0.0), 0.0):g} CPU"
         return f"{self.name} ({' + '.join([cpus, describe_shape(rest)]) if rest else cpus} free)"
 

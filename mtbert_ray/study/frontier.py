@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from mtbert_ray.common.errors import ResultsError
-from mtbert_ray.common.metric_names import Split
+from mtbert_ray.common.metric_names import Split, metric_key
 from mtbert_ray.config import load_config
 from mtbert_ray.data.sources import load_source
 from mtbert_ray.deploy.export import export_onnx
@@ -49,6 +49,8 @@ FRONTIER_DIR = "frontier"
 SENTENCES = 64  # the fixed real test sentences every model is timed on
 SINGLE_CALLS = 20  # batch-1 calls per model and round
 ROUNDS = 3  # interleaved rounds: each model's calls are spread over the measurement
+VAL_ACC, TEST_ACC = metric_key(Split.VALIDATION, "accuracy"), metric_key(Split.TEST, "accuracy")
+TEST_MACRO_F1 = metric_key(Split.TEST, "macro_f1")
 
 
 @dataclass
@@ -230,9 +232,9 @@ def build_frontier(sweep: str | Path, runtimes: Sequence[str] = RUNTIMES, thread
             "trial_id": info["trial_id"], "runtime": info["runtime"], "kept": info["kept"], "gate": info["why"],
             "layers": _layers(result), "teachers": "+".join(_short(t) for t in result.teachers),
             **{k.removeprefix("param:"): v for k, v in trial.items() if str(k).startswith("param:")},
-            "val_accuracy": result.student.metric("accuracy", Split.VALIDATION),
-            "test_accuracy": result.student.metric("accuracy", Split.TEST),
-            "test_macro_f1": result.student.metric("macro_f1", Split.TEST),
+            VAL_ACC: result.student.metric("accuracy", Split.VALIDATION),
+            TEST_ACC: result.student.metric("accuracy", Split.TEST),
+            TEST_MACRO_F1: result.student.metric("macro_f1", Split.TEST),
             "p50_ms": timing.p50_ms if timing else math.nan, "p95_ms": timing.p95_ms if timing else math.nan,
             "batch32_rows_per_s": timing.rows_per_s if timing else math.nan,
             "size_mb": _size_mb(Path(result.student_dir), info["runtime"]),
@@ -276,7 +278,7 @@ def _ratio(a: float | None, b: float | None) -> float:
     return a / b if a is not None and b else math.nan
 
 
-def pareto(table: pd.DataFrame, accuracy: str = "val_accuracy", latency: str = "p50_ms") -> pd.Series:
+def pareto(table: pd.DataFrame, accuracy: str = VAL_ACC, latency: str = "p50_ms") -> pd.Series:
     """Whether each kept row is on the front: no other kept row is at least as accurate and at least as fast, and
     better on one of the two."""
     kept = table[table["kept"] & table[latency].notna()]
@@ -298,10 +300,10 @@ def frontier_markdown(table: pd.DataFrame, teachers: pd.DataFrame, threads: int)
              "| | trial | layers | teachers | runtime | val acc. | test acc. | test macro-F1 | p50 ms | p95 ms | rows/s @32 "
              "| size MB | retention | speed-up | gate |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    ordered = table.sort_values(["p50_ms", "val_accuracy"], na_position="last")
+    ordered = table.sort_values(["p50_ms", VAL_ACC], na_position="last")
     for _, r in ordered.iterrows():
         lines.append(f"| {'★' if r['pareto'] else ''} | {r['trial_id']} | {r['layers']} | {r['teachers']} | {r['runtime']} | "
-                     f"{100 * r['val_accuracy']:.2f} | {100 * r['test_accuracy']:.2f} | {100 * r['test_macro_f1']:.2f} | "
+                     f"{100 * r[VAL_ACC]:.2f} | {100 * r[TEST_ACC]:.2f} | {100 * r[TEST_MACRO_F1]:.2f} | "
                      f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['batch32_rows_per_s']:,.0f} | {r['size_mb']:.1f} | "
                      f"{100 * r['retention']:.1f} % | {r['speedup']:.1f}× | {'kept' if r['kept'] else 'not kept: ' + str(r['gate'])} |")
     if not teachers.empty:
@@ -321,12 +323,12 @@ def _plot(table: pd.DataFrame, teachers: pd.DataFrame, results: dict[str, Experi
     kept = table[table["kept"]]
     for runtime, marker in zip(RUNTIMES, ("o", "s", "^")):
         part = kept[kept["runtime"] == runtime]
-        ax.scatter(part["p50_ms"], 100 * part["val_accuracy"], marker=marker, label=f"student, {runtime}", alpha=0.8)
+        ax.scatter(part["p50_ms"], 100 * part[VAL_ACC], marker=marker, label=f"student, {runtime}", alpha=0.8)
         for _, r in part.iterrows():
-            ax.annotate(f"{r['layers']}L", (r["p50_ms"], 100 * r["val_accuracy"]), fontsize=7, xytext=(3, 2),
+            ax.annotate(f"{r['layers']}L", (r["p50_ms"], 100 * r[VAL_ACC]), fontsize=7, xytext=(3, 2),
                         textcoords="offset points")
     front = kept[kept["pareto"]].sort_values("p50_ms")
-    ax.step(front["p50_ms"], 100 * front["val_accuracy"], where="post", color="black", linewidth=1, label="Pareto front")
+    ax.step(front["p50_ms"], 100 * front[VAL_ACC], where="post", color="black", linewidth=1, label="Pareto front")
     accuracy = {}
     for result in results.values():
         for name, scores in result.teachers.items():
@@ -358,7 +360,7 @@ def pick(table: pd.DataFrame, latency_budget_ms: float | None = None, min_retent
         raise ResultsError(f"--latency-budget-ms {latency_budget_ms} / --min-retention {min_retention}: no student is inside; "
                            f"the fastest is trial {fastest['trial_id']} on {fastest['runtime']} at {fastest['p50_ms']:.2f} ms "
                            f"(validation retention {100 * fastest['val_retention']:.1f} %)")
-    return inside.sort_values(["val_accuracy", "p50_ms"], ascending=[False, True]).iloc[0]
+    return inside.sort_values([VAL_ACC, "p50_ms"], ascending=[False, True]).iloc[0]
 
 
 def export_choice(choice: pd.Series, table: pd.DataFrame, out: Path, latency_budget_ms: float | None,
@@ -366,11 +368,11 @@ def export_choice(choice: pd.Series, table: pd.DataFrame, out: Path, latency_bud
     """Copy the chosen student (its transformers folder, ONNX files and card) to ``out`` and say why it won."""
     inside = table[table["kept"] & (table["p50_ms"] <= (latency_budget_ms or math.inf))]
     why = (f"trial {choice['trial_id']} ({choice['layers']} layers, teachers {choice['teachers']}) on {choice['runtime']}: "
-           f"validation accuracy {100 * choice['val_accuracy']:.2f} %, the best of {len(inside)} (student, runtime) rows "
+           f"validation accuracy {100 * choice[VAL_ACC]:.2f} %, the best of {len(inside)} (student, runtime) rows "
            + (f"within {latency_budget_ms:g} ms" if latency_budget_ms is not None else "")
            + (f" and at least {100 * min_retention:.0f} % validation retention" if min_retention is not None else "")
            + f"; p50 {choice['p50_ms']:.2f} ms, {choice['batch32_rows_per_s']:,.0f} rows/s at batch 32; test accuracy "
-           f"{100 * choice['test_accuracy']:.2f} %, retention {100 * choice['retention']:.1f} % of {choice['best_teacher']} "
+           f"{100 * choice[TEST_ACC]:.2f} %, retention {100 * choice['retention']:.1f} % of {choice['best_teacher']} "
            f"at {choice['speedup']:.1f}× its speed")
     if out.exists():
         shutil.rmtree(out)
