@@ -91,7 +91,8 @@ def submit_job(dashboard: str, env: dict, entrypoint: list[str]) -> tuple[str, s
     return status, logs
 
 
-SMALL = ("--set", f"data.path={RT_POLARITY}", "--set", "data.limit_train=300", "--set", "data.limit_eval=200")
+SMALL = ("--set", f"data.path={RT_POLARITY}", "--set", "data.limit_train=300", "--set", "data.limit_eval=200",
+         "--set", "cofinetune.epochs=1")
 
 
 @pytest.mark.slow

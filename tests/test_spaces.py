@@ -138,14 +138,17 @@ def test_dry_run_prints_trials_shared_stages_cache_sizes_and_resources(capsys):
     assert "packing on this machine's embedded Ray" in text
     assert "  each trial, data reads: node 1: trial (2 CPU), Ray Data read tasks (1 CPU)" in text
     assert "at most 1 trial(s) at once pack together there (of 1 asked: search.max_concurrent_trials 1, 9 trial(s) planned)" in text
-    optuna = planned_trials(load_space(REPO / "tune_spaces" / "demo.yaml"))
-    assert len(optuna) == 6 and optuna[0].params["loss.temperature"] == "(sampled)"
+    optuna = planned_trials(load_space(REPO / "tune_spaces" / "demo.yaml"))  # two fixed first trials, then sampled
+    assert len(optuna) == 6 and optuna[0].params["loss.distill"] is False and optuna[1].params["loss.distill"] is True
+    assert optuna[2].params["loss.temperature"] == "(sampled)" and not optuna[0].varies
     from mtbert_ray.study.dryrun import planned_stages
 
-    stages = planned_stages(optuna)  # sampled stage-3 settings: every trial shares one stage 1 and one cache, known now
-    assert not stages.varying and not stages.caches_varying and len(stages.cofinetune) == 1 and len(stages.teacher_cache) == 1
+    stages = planned_stages(optuna)  # loss.hidden sampled: one stage 1, the caches known once Tune samples
+    assert not stages.varying and stages.caches_varying and len(stages.cofinetune) == 1
     mixture = planned_trials(load_space(REPO / "tune_spaces" / "teacher_mixture.yaml"))  # sampled priors: stage 3 only
-    assert mixture[0].varies and not planned_stages(mixture).varying
+    stages = planned_stages(mixture)  # every trial shares one stage 1 and one cache, known now
+    assert mixture[-1].varies and not stages.varying and not stages.caches_varying
+    assert len(stages.teacher_cache) == 1 and [k for k, trials in stages.cofinetune.items() if trials] == [next(iter(stages.cofinetune))]
 
 
 def test_a_sweep_validates_its_base_once_and_each_trial_config_once(monkeypatch):

@@ -81,7 +81,8 @@ def trial_kinds(space: Space, driver: str | None = None) -> dict[str, tuple[Tria
 
 
 def planned_trials(space: Space) -> list[PlannedTrial]:
-    """Every trial the study will start: the grid (seeds included) × num_samples; sampled dimensions shown as sampled."""
+    """Every trial the study will start: the grid (seeds included) × num_samples; sampled dimensions shown as sampled,
+    except in the trials ``search.points_to_evaluate`` fixes (Optuna's first ones)."""
     grid: dict[str, list[Any]] = {}
     sampled: list[str] = []
     for key, dim in space.spec.space.items():
@@ -94,10 +95,15 @@ def planned_trials(space: Space) -> list[PlannedTrial]:
     varies = [k for k in sampled if k != "variant"]
     if "variant" in sampled:
         varies += sorted({key for overrides in (space.spec.variants or {}).values() for key in overrides})
+    points = list(space.search.points_to_evaluate or [])  # Optuna's first trials: fixed, not sampled
     trials = []
     for _ in range(space.search.num_samples):
         for combo in itertools.product(*grid.values()):
             params = dict(zip(grid, combo))
+            if points:
+                point = points.pop(0)
+                trials.append(PlannedTrial({**params, **point}, space.trial_config({**params, **point}), [], []))
+                continue
             probe = {**params, **{k: space.spec.space[k].examples()[0] for k in sampled}}
             config = space.trial_config(probe)
             trials.append(PlannedTrial({**params, **{k: SAMPLED for k in sampled}}, config, sampled, varies))
