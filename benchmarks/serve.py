@@ -115,6 +115,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1024, help="sentences per form per round")
     parser.add_argument("--replicas", default="1", help="replicas of the student (N or auto)")
     parser.add_argument("--max-ongoing-requests", type=int, default=None)
+    parser.add_argument("--card", action="store_true",
+                        help="also write the served figures into the student's export report and model card")
     args = parser.parse_args()
 
     import pandas as pd
@@ -195,6 +197,13 @@ def main() -> None:
         print(f"| {form} ({rows} row{'s' if rows > 1 else ''}/request) | {threads} | {offline:,.0f} | {served:,.0f} | "
               f"{ceiling:,.0f} | {vs_offline:.2f} | {vs_ceiling:.2f} | {percentile(f.latencies, 0.5):.1f} | "
               f"{percentile(f.latencies, 0.95):.1f} | {percentile(f.latencies, 0.99):.1f} |")
+    if args.card:
+        from mtbert_ray.deploy.export import record_served
+
+        served = {f"{form} ({FORMS[form][0]} row(s)/request, {FORMS[form][1]} client threads)": {
+            "rows_per_s": statistics.median(figures[form].served), "p50_ms": percentile(figures[form].latencies, 0.5),
+            "p99_ms": percentile(figures[form].latencies, 0.99)} for form in FORMS}
+        print(f"card: {record_served(folder, served)}")
     single_vs_batch32 = statistics.median(s / o for s, o in zip(figures["single"].served, figures["texts32"].offline))
     print(f"single-text requests / offline at batch 32: {single_vs_batch32:.2f}")
     print(f"serve_batch32_vs_offline={ratios['texts32'][0]:.2f}")

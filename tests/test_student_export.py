@@ -221,3 +221,20 @@ def test_the_deploy_gate_removes_an_int8_that_flips_a_class(tiny_models, tmp_pat
     assert not (folder / "model.int8.onnx").exists() and (folder / "model.onnx").is_file()
     card = (folder / "README.md").read_text()
     assert "## Deploy gate" in card and "- onnx-int8: not kept" in card and "- onnx: kept" in card
+
+
+def test_served_figures_join_the_export_report_and_the_card(tiny_models, tmp_path):
+    """``record_served`` (``benchmarks/serve.py --card``): the served rows/s and latencies go into onnx_report.json and
+    the model card's "Speed served" table, next to what was there."""
+    from mtbert_ray.deploy.export import record_served
+    from mtbert_ray.deploy.onnx import REPORT_FILE
+
+    folder = convert_student(make_tiny_student(tmp_path / "old", tiny_models["bert"]), tmp_path / "student")
+    (folder / REPORT_FILE).write_text(json.dumps({"files": ["model.onnx"]}))
+    card = record_served(folder, {"texts32 (32 row(s)/request, 4 client threads)": {"rows_per_s": 164.2, "p50_ms": 764.3,
+                                                                                   "p99_ms": 1018.9}})
+    report = json.loads((folder / REPORT_FILE).read_text())
+    assert report["files"] == ["model.onnx"] and report["served"]["texts32 (32 row(s)/request, 4 client threads)"]["p99_ms"] == 1018.9
+    text = card.read_text()
+    assert "## Speed served" in text and "| texts32 (32 row(s)/request, 4 client threads) | 164 | 764.30 | 1018.90 |" in text
+    assert StudentClassifier.from_pretrained(folder).predict(["fine"])  # the folder still loads

@@ -239,6 +239,23 @@ def _export_onnx(student: Path, run: Path | None, int8: bool, speed: bool, reps:
     return report
 
 
+def record_served(path: Path, served: dict[str, dict[str, float]]) -> Path:
+    """Add served speed figures (request form → rows_per_s, p50_ms, p99_ms; measured by ``benchmarks/serve.py``) to
+    the student's export report and its run's ``result.json``, and write its card again with them. Returns the card."""
+    student, run = _student_folder(Path(path))
+    report_path = student / REPORT_FILE
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report["served"] = served
+    atomic_write_text(report_path, json.dumps(report, indent=2))
+    result: dict[str, Any] = {"served": served}
+    if run is not None:
+        result = json.loads((run / "result.json").read_text())
+        result.setdefault("export", {})["served"] = served
+        result["served"] = served
+        atomic_write_text(run / "result.json", json.dumps(result, indent=2))
+    return write_model_card(student, read_student_meta(student), result, report.get("speed"), gates=report.get("gate"))
+
+
 def _deepest(teachers: Sequence[str]) -> str | None:
     depths = {}
     for name in teachers:
