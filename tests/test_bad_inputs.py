@@ -387,6 +387,14 @@ CATALOGUE: dict[str, Case] = {
     "data prepare with max_length beyond the position embeddings": Case(
         "prepare", lambda ws: ws.run("data.max_length=1000")[:2] + ["--set", "data.max_length=1000"],
         r"data.max_length=1000 is longer than .*tiny-bert' takes \(128 positions\)"),
+    "a first trial without a value of every space key": Case("sweep", lambda ws: ws.sweep("--space", str(ws.space(
+        "base: _rt_polarity_base.yaml\nspace: {distill.lr: {loguniform: [1.0e-5, 1.0e-3]}, loss.temperature: {choice: [1, 2]}}\n"
+        "search: {searcher: optuna, points_to_evaluate: [{distill.lr: 1.0e-4}]}\n"))),
+        r"search.points_to_evaluate\[0\]: expected a value of each space key .*'loss.temperature' is missing"),
+    "serve with zero replicas": Case("serve", lambda ws: [str(_student(ws)), "--replicas", "0"],
+                                     r"--replicas: expected a positive integer or auto, got '0'"),
+    "serve with zero threads": Case("serve", lambda ws: [str(_student(ws)), "--threads", "0"],
+                                    r"--threads: expected a positive integer, got 0"),
     # ---- analysis and prediction ----
     "analysis of a folder without a sweep": Case("analysis", lambda ws: [str(ws.storage / "runs")], r"runs.*no .*sweep"),
     "predict with a folder that is no student": Case("predict", _student_export_without_weights, r"not-a-student"),
@@ -404,6 +412,8 @@ def _main(cli: str) -> Callable[[list[str]], None]:
         from mtbert_ray.cli.sweep import main
     elif cli == "analysis":
         from mtbert_ray.cli.analysis import main
+    elif cli == "serve":
+        from mtbert_ray.cli.serve import main
     elif cli == "export":
         from mtbert_ray.cli.export import main as export_main
 
