@@ -333,10 +333,12 @@ def _plot(table: pd.DataFrame, teachers: pd.DataFrame, results: dict[str, Experi
     for result in results.values():
         for name, scores in result.teachers.items():
             accuracy.setdefault(name, scores.metric("accuracy"))
-    for _, t in teachers.iterrows():
-        ax.scatter([t["p50_ms"]], [100 * (accuracy.get(t["teacher"]) or math.nan)], marker="*", s=160, color="red")
-        ax.annotate(f"teacher {_short(t['teacher'])}, {t['runtime']}", (t["p50_ms"], 100 * (accuracy.get(t["teacher"]) or math.nan)),
-                    fontsize=7, xytext=(3, -9), textcoords="offset points", color="red")
+    for i, (_, t) in enumerate(teachers.iterrows()):
+        point = (t["p50_ms"], 100 * (accuracy.get(t["teacher"]) or math.nan))
+        ax.scatter([point[0]], [point[1]], marker="*", s=160, color="red",
+                   label="best teacher, on each runtime" if i == 0 else None)
+        ax.annotate(f"{_short(t['teacher'])}\n{t['runtime']}", point, fontsize=6, color="red", ha="center",
+                    xytext=(0, -10 - 14 * (i % 2)), textcoords="offset points", va="top")
     ax.set_xscale("log")
     ax.set_xlabel("batch-1 latency p50 (ms, log scale)")
     ax.set_ylabel("validation accuracy (%)")
