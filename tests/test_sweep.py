@@ -181,11 +181,11 @@ def test_the_comparisons_bootstrap_the_films_of_the_test_set(grid_sweep, tmp_pat
     from mtbert_ray.common.errors import DataError
     from mtbert_ray.config import validate_config
     from mtbert_ray.data.sources import load_source, split_column
-    from mtbert_ray.study.analysis import test_groups
+    from mtbert_ray.study.analysis import groups_of_test_sentences
 
     grid, experiment_dir = grid_sweep
     study = load_study(experiment_dir)
-    groups = test_groups(study, "movie")
+    groups = groups_of_test_sentences(study, "movie")
     data = validate_config(study.record.base).data
     kept = load_source(data).splits["test"].frame
     sentences = split_column(data, "test", "sentence")

@@ -165,8 +165,9 @@ def _positive_int(args: dict[str, str], key: str) -> int | None:
 
 def app(args: dict[str, str]):
     """The application ``serve run mtbert_ray.serve:app model_dir=FOLDER [runtime=onnx|onnx-int8|torch]
-    [max_batch_size=32] [batch_wait_timeout_s=0.01] [threads=1] [num_replicas=1|auto] [max_ongoing_requests=256]`` builds (runtime: onnx when the
-    folder has model.onnx, else torch; threads: the runtime's intra-op threads, default the replica's CPUs)."""
+    [max_batch_size=32] [batch_wait_timeout_s=0.01] [threads=1] [num_replicas=1|auto] [max_ongoing_requests=256]``
+    builds (runtime: onnx when the folder has model.onnx, else torch; threads: each replica's CPUs and its runtime's
+    intra-op threads, default 1). A value that is not a positive integer is a ``ValueError`` naming it."""
     if "model_dir" not in args:
         raise ValueError("serve run mtbert_ray.serve:app needs model_dir=FOLDER (an exported student)")
     folder = Path(args["model_dir"]).expanduser().resolve()
@@ -178,4 +179,4 @@ def app(args: dict[str, str]):
     if args.get("max_ongoing_requests"):
         options["max_ongoing_requests"] = _positive_int(args, "max_ongoing_requests")
     return StudentDeployment.options(**options).bind(str(folder), runtime, int(args.get("max_batch_size", 32)),
-                           float(args.get("batch_wait_timeout_s", 0.01)), threads)
+                                                     float(args.get("batch_wait_timeout_s", 0.01)), threads)

@@ -406,7 +406,7 @@ def _bootstrap_accuracy(done: pd.DataFrame, a: str, b: str, key: str, seeds: lis
     return paired_bootstrap(np.stack(rows))
 
 
-def test_groups(study: Study, column: str) -> pd.Series:
+def groups_of_test_sentences(study: Study, column: str) -> pd.Series:
     """Example id of each test sentence → its group, from column ``column`` of the study's data (its base experiment)."""
     config = validate_config(study.record.base, source=f"{study.path / SWEEP_FILE}: base")
     return split_column(config.data, "test", column)
@@ -416,12 +416,12 @@ def _groups_for(study: Study, group_column: str | None) -> pd.Series | None:
     """The test groups to resample: ``group_column`` if given (its errors raised), else the study's
     ``analysis.group_column`` — skipped with a warning where its data is not on this machine (a restored archive)."""
     if group_column:
-        return test_groups(study, group_column)
+        return groups_of_test_sentences(study, group_column)
     column = (study.record.spec.get("analysis") or {}).get("group_column")
     if not column:
         return None
     try:
-        return test_groups(study, column)
+        return groups_of_test_sentences(study, column)
     except (DataError, ConfigError) as err:
         warnings.warn(f"analysis.group_column {column!r}: no grouped bootstrap ({err})", stacklevel=2)
         return None
