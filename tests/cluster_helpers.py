@@ -35,9 +35,12 @@ def forget_cluster_address(address: str) -> None:
 MULTI_NODE = """
 import sys, time
 from ray.cluster_utils import Cluster
-cpus, nodes, dashboard = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+cpus, nodes, dashboard, agent = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+# The head's job agent on a free port: Ray's default (52365) may be held by another Ray instance on this machine,
+# and then no agent takes jobs ("No available agent to submit job"); the other nodes pick theirs at random.
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus, "include_dashboard": True,
                                                         "dashboard_host": "127.0.0.1", "dashboard_port": dashboard,
+                                                        "dashboard_agent_listen_port": agent,
                                                         "object_store_memory": 200 * 2**20})
 for _ in range(nodes - 1):
     cluster.add_node(num_cpus=cpus, object_store_memory=200 * 2**20)
@@ -62,8 +65,8 @@ def multi_node_cluster(nodes: int, cpus: float, env: dict):
 
     @contextlib.contextmanager
     def running():
-        (dashboard,) = free_ports(1)
-        proc = subprocess.Popen([sys.executable, "-c", MULTI_NODE, str(cpus), str(nodes), str(dashboard)], env=env,
+        dashboard, agent = free_ports(2)
+        proc = subprocess.Popen([sys.executable, "-c", MULTI_NODE, str(cpus), str(nodes), str(dashboard), str(agent)], env=env,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                 start_new_session=True, cwd=tempfile.gettempdir())
         try:

@@ -338,10 +338,13 @@ def test_onnx_and_int8_exports_match_torch_and_are_measured(first_run):
     from mtbert_ray.deploy.onnx import OnnxStudent
 
     with pytest.raises(SystemExit) as exited:
-        export_main(["onnx", str(first_run.run_dir), "--int8"])
+        # the gate wide open: this test is about parity and measurement; a tiny student's int8 may lose a point of
+        # validation on one CPU and not on another (the gate's own tests refuse a broken int8 on purpose)
+        export_main(["onnx", str(first_run.run_dir), "--int8", "--tolerance", "100", "--class-tolerance", "100"])
     assert exited.value.code == 0
     result = json.loads((first_run.run_dir / "result.json").read_text())
     report = result["export"]
+    assert report["gate"]["onnx-int8"]["kept"], report["gate"]
     assert report["parity"]["max_abs_logit_diff"] <= 1e-4 and report["data"] == "test split: 64 rows"
     accuracy = report["test_accuracy"]
     assert accuracy["torch fp32"] == pytest.approx(result["stages"]["distill"]["test"]["accuracy"], abs=1e-9)

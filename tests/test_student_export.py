@@ -51,12 +51,14 @@ def test_the_card_parses_and_says_what_the_student_is(tiny_models, tmp_path):
     result = {"select": {"metric": "accuracy", "mode": "max"},
               "stages": {"distill": {"metrics": {"accuracy": 0.8125, "epoch": 2}, "test": {"accuracy": 0.75}}},
               "params": {"student": 12345}}
-    speed = {"torch fp32": {"p50_ms": 2.0, "p95_ms": 3.0, "batch32_rows_per_s": 900.0}}
+    speed = {"torch fp32": {"p50_ms": 2.0, "p95_ms": 3.0, "batch8_rows_per_s": 400.0, "batch32_rows_per_s": 1900.0},
+             "teacher x": {"p50_ms": 9.0, "p95_ms": 9.5, "batch32_rows_per_s": 300.0}}  # an older report: no batch 8
     write_model_card(folder, read_student_meta(folder), result, speed, seeds={"test accuracy": "0.74 ± 0.02 (5 seeds)"})
     card = ModelCard.load(folder / "README.md")
     assert card.data.pipeline_tag == "text-classification" and "knowledge-distillation" in card.data.tags
     for text in ("`negative`, `positive`", "validation: accuracy 0.8125", "test: accuracy 0.7500", "parameters: 12,345",
-                 "| torch fp32 | 2.00 | 3.00 | 900 |", "test accuracy 0.74 ± 0.02 (5 seeds)", "trust_remote_code=True"):
+                 "| torch fp32 | 2.00 | 3.00 | 400 | 1,900 |",
+                 "| teacher x | 9.00 | 9.50 | — | 300 |", "test accuracy 0.74 ± 0.02 (5 seeds)", "trust_remote_code=True"):
         assert text in card.text, text
 
 

@@ -35,6 +35,12 @@ def _scores(scores: Mapping[str, float] | None) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, (int, float)) and k not in ("examples", "epoch"))
 
 
+def _figure(row: Mapping[str, Any], key: str, spec: str) -> str:
+    """``row[key]`` formatted with ``spec``; "—" where the measurement is absent (an older report) or not a number."""
+    value = row.get(key)
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+
 def card_text(meta: Mapping[str, Any], result: Mapping[str, Any] | None = None, speed: Mapping[str, Any] | None = None,
               seeds: Mapping[str, Any] | None = None, gates: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str]:
     """(card metadata, Markdown body) of a student from its ``mtbert_student.json`` meta, the run's ``result.json``
@@ -89,8 +95,8 @@ def card_text(meta: Mapping[str, Any], result: Mapping[str, Any] | None = None, 
                   "| runtime | batch 1 p50 ms | batch 1 p95 ms | batch 8 rows/s | batch 32 rows/s |", "|---|---|---|---|---|"]
         for runtime, row in speed.items():
             if isinstance(row, Mapping):
-                lines.append(f"| {runtime} | {row.get('p50_ms', float('nan')):.2f} | {row.get('p95_ms', float('nan')):.2f} | "
-                             f"{row.get('batch8_rows_per_s', float('nan')):,.0f} | {row.get('batch32_rows_per_s', float('nan')):,.0f} |")
+                lines.append(f"| {runtime} | {_figure(row, 'p50_ms', '.2f')} | {_figure(row, 'p95_ms', '.2f')} | "
+                             f"{_figure(row, 'batch8_rows_per_s', ',.0f')} | {_figure(row, 'batch32_rows_per_s', ',.0f')} |")
         lines.append("")
     served = (result or {}).get("served") if isinstance(result, Mapping) else None
     if isinstance(served, Mapping) and served:
@@ -98,8 +104,8 @@ def card_text(meta: Mapping[str, Any], result: Mapping[str, Any] | None = None, 
                   "| request | rows/s | p50 ms | p99 ms |", "|---|---|---|---|"]
         for kind, row in served.items():
             if isinstance(row, Mapping):
-                lines.append(f"| {kind} | {row.get('rows_per_s', float('nan')):,.0f} | {row.get('p50_ms', float('nan')):.2f} | "
-                             f"{row.get('p99_ms', float('nan')):.2f} |")
+                lines.append(f"| {kind} | {_figure(row, 'rows_per_s', ',.0f')} | {_figure(row, 'p50_ms', '.2f')} | "
+                             f"{_figure(row, 'p99_ms', '.2f')} |")
         lines.append("")
     if gates:
         lines += ["## Deploy gate (each runtime against PyTorch on the validation split)", ""]
