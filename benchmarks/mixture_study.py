@@ -23,7 +23,10 @@ mixture", 5 seeds, which joins the tables as a part.
 
 Targets (issue 28), paired on test: (a) every multi-teacher student ≥ its best single-teacher student − 0.3 points
 and ≥ both ensembles; (b) with the transfer text, {L6, e5} (and {L6, e5, MPNet}) − {L6} ≥ +0.5 with the bootstrap
-interval above 0; (c) the transfer text's gain for the {L6} student, reported.
+interval above 0; (c) the transfer text's gain for the {L6} student, reported. Issue 40, on the augmentation rows
+(``+ aug ×N``: ``data.augment.copies``): (a) it helps every teacher set it is given to (paired; the seed-t interval
+above 0 for at least one); (m) {L6, e5, MPNet} + augmented text − {L6} + the same text ≥ +0.5, the film-grouped
+interval above 0.
 Last line: ``mixture_targets_met=<met>/<measured> measured (of <total>)``.
 """
 from __future__ import annotations
@@ -172,6 +175,13 @@ def main() -> None:
         return (float(row["accuracy_diff"]), float(row.get("accuracy_boot_low", math.nan)),
                 float(row.get("accuracy_group_boot_low", math.nan)))
 
+    def seed_t_low(a: str, b: str) -> float:
+        """The lower bound of the t-interval over seeds of a − b (paired by seed)."""
+        from mtbert_ray.study.analysis import comparison_table
+
+        more = comparison_table(load_study(study_dir, *parts), [(a, b)], ["accuracy"])
+        return float(more["accuracy_low"].iloc[0]) if not more.empty and more["pairs"].iloc[0] else math.nan
+
     def best_of(rows: list[str]) -> str | None:
         run = [r for r in rows if measured(r)]
         return max(run, key=lambda r: table.loc[r, "test_accuracy_mean"]) if run else None
@@ -192,7 +202,7 @@ def main() -> None:
             single = f"{{L6}}{family}"
             if measured(multi) and measured(single):
                 targets[f"(b) {multi} − {single} ≥ +0.5, bootstrap interval above 0"] = (*diff(multi, single), 0.5, True)
-    total = 16  # per family: (a) × 3 for {L6, e5} and for {L6, e5, MPNet}, (b) × 2
+    total = 18  # per family: (a) × 3 for {L6, e5} and for {L6, e5, MPNet}, (b) × 2; issue 40's (a) and (m)
     print("targets:")
     met = 0
     for name, (value, low, film_low, threshold, low_above_zero) in targets.items():
@@ -200,6 +210,34 @@ def main() -> None:
         met += ok
         print(f"  {name}: {value:+.2f} points (bootstrap low {low:+.2f}; over films {film_low:+.2f}) → "
               f"{'met' if ok else 'missed'}")
+    # Issue 40: (a) the augmentation helps every teacher set it is given to (paired; the seed-t interval above 0 for at
+    # least one); (m) the multi-teacher student + augmented text − the best single-teacher student + the same text ≥ +0.5,
+    # the film-grouped interval above 0.
+    augmented = [row for row in table.index if " + aug ×" in row and measured(row)]
+    gains = []
+    for row in augmented:
+        plain = row.split(" + aug ×")[0]
+        if measured(plain):
+            d, low, film_low = diff(row, plain)
+            t_low = seed_t_low(row, plain)
+            gains.append((d, t_low))
+            print(f"  (a) {row} − {plain}: {d:+.2f} points (seed-t low {t_low:+.2f}; bootstrap low {low:+.2f}; "
+                  f"over films {film_low:+.2f})")
+    if gains:
+        ok = all(d > 0 for d, _ in gains) and any(t_low > 0 for _, t_low in gains)
+        targets["(a) the augmentation helps every teacher set (seed-t low above 0 for one)"] = (
+            min(d for d, _ in gains), max(t_low for _, t_low in gains), math.nan, 0.0, ok)
+        met += ok
+        print(f"  (a) the augmentation helps every teacher set it is given to → {'met' if ok else 'missed'}")
+    for copies in sorted({row.split(" + aug ×")[1] for row in augmented}):
+        multi, single = f"{{L6, e5, MPNet}} - hidden loss + transfer + aug ×{copies}", f"{{L6}} - hidden loss + transfer + aug ×{copies}"
+        if measured(multi) and measured(single):
+            d, low, film_low = diff(multi, single)
+            ok = d >= 0.5 and film_low > 0
+            targets[f"(m) {multi} − {single} ≥ +0.5, film interval above 0"] = (d, low, film_low, 0.5, ok)
+            met += ok
+            print(f"  (m) {multi} − {single}: {d:+.2f} points (bootstrap low {low:+.2f}; over films {film_low:+.2f}) → "
+                  f"{'met' if ok else 'missed'}")
     if measured("{L6} + transfer") and measured("{L6}"):
         d, low, film_low = diff("{L6} + transfer", "{L6}")
         print(f"  (c) the transfer text's gain for the {{L6}} student: {d:+.2f} points (bootstrap low {low:+.2f}; "

@@ -68,7 +68,8 @@ def test_a_variant_larger_than_the_cluster_is_refused_before_the_first_trial(clu
     space.update(name="variants", variants={"small": {}, "wide": {"resources.num_workers": 8, "resources.execution": "trainer",
                                                                     "cofinetune.batch_size": 64, "distill.batch_size": 64}},
                  space={"variant": {"grid": "all"}}, search={"searcher": "grid"})
-    path = REPO / "tune_spaces" / f".test-variants-{os.getpid()}.yaml"  # beside its base file, inside the uploaded folder
+    # beside its base file, inside the uploaded folder (and not git-ignored: the working_dir upload skips ignored files)
+    path = REPO / "tune_spaces" / f".test-variants-{os.getpid()}.yaml"
     path.write_text(yaml.safe_dump(space))
     try:
         dashboard, env, _ = cluster

@@ -177,6 +177,10 @@ def test_the_best_teacher_is_chosen_on_validation_and_retention_is_measured_on_t
     assert result.retention() == pytest.approx(0.836 / 0.88)
     result.select = {"metric": "accuracy", "mode": "min"}
     assert result.best_teacher() == "L6"
+    result.select = {"metric": "accuracy", "mode": "max"}
+    result.teachers = {"tiny-bert": ModelScores({"accuracy": 0.5}, {"accuracy": 0.5}, 1),  # a tie: the run's first
+                       "tiny-roberta": ModelScores({"accuracy": 0.5}, {"accuracy": 0.6}, 1)}
+    assert result.best_teacher() == "tiny-bert"
     result.student = ModelScores({"accuracy": 0.79}, None, 1)
     assert result.retention() is None
 

@@ -87,10 +87,10 @@ class ExperimentResult:
 
     def best_teacher(self) -> str | None:
         """The co-finetuned teacher best on validation by the run's selection metric (None without teachers or
-        without that metric): the teacher a student's retention is measured against."""
+        without that metric): the teacher a student's retention is measured against. Ties: the first in the run's order."""
         metric, sign = self.select.get("metric", "accuracy"), -1 if self.select.get("mode") == "min" else 1
         scored = [(sign * s.metric(metric), name) for name, s in self.teachers.items() if s.metric(metric) is not None]
-        return max(scored)[1] if scored else None
+        return max(scored, key=lambda pair: pair[0])[1] if scored else None  # max keeps the first of equal scores
 
     def retention(self, metric: str = "accuracy") -> float | None:
         """The student's test ``metric`` ÷ its best teacher's (same split, same co-finetuned teacher the run used):
