@@ -41,6 +41,16 @@ def _figure(row: Mapping[str, Any], key: str, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
 
 
+def _figures_table(title: str, first: str, rows: Mapping[str, Any], columns: list[tuple[str, str, str]]) -> list[str]:
+    """A ``## title`` section with a Markdown table: one row per entry of ``rows`` (its name in column ``first``), one
+    column per (header, key, format spec)."""
+    lines = [f"## {title}", "", f"| {first} | " + " | ".join(c[0] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in rows.items():
+        if isinstance(row, Mapping):
+            lines.append(f"| {name} | " + " | ".join(_figure(row, key, spec) for _, key, spec in columns) + " |")
+    return [*lines, ""]
+
+
 def card_text(meta: Mapping[str, Any], result: Mapping[str, Any] | None = None, speed: Mapping[str, Any] | None = None,
               seeds: Mapping[str, Any] | None = None, gates: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str]:
     """(card metadata, Markdown body) of a student from its ``mtbert_student.json`` meta, the run's ``result.json``
@@ -91,22 +101,14 @@ def card_text(meta: Mapping[str, Any], result: Mapping[str, Any] | None = None, 
         "",
     ]
     if speed:
-        lines += ["## Speed (measured on the exporting machine, side by side in one process, one thread)", "",
-                  "| runtime | batch 1 p50 ms | batch 1 p95 ms | batch 8 rows/s | batch 32 rows/s |", "|---|---|---|---|---|"]
-        for runtime, row in speed.items():
-            if isinstance(row, Mapping):
-                lines.append(f"| {runtime} | {_figure(row, 'p50_ms', '.2f')} | {_figure(row, 'p95_ms', '.2f')} | "
-                             f"{_figure(row, 'batch8_rows_per_s', ',.0f')} | {_figure(row, 'batch32_rows_per_s', ',.0f')} |")
-        lines.append("")
+        lines += _figures_table("Speed (measured on the exporting machine, side by side in one process, one thread)",
+                                "runtime", speed, [("batch 1 p50 ms", "p50_ms", ".2f"), ("batch 1 p95 ms", "p95_ms", ".2f"),
+                                                   ("batch 8 rows/s", "batch8_rows_per_s", ",.0f"),
+                                                   ("batch 32 rows/s", "batch32_rows_per_s", ",.0f")])
     served = (result or {}).get("served") if isinstance(result, Mapping) else None
     if isinstance(served, Mapping) and served:
-        lines += ["## Speed served (Ray Serve on the exporting machine; a client in another process)", "",
-                  "| request | rows/s | p50 ms | p99 ms |", "|---|---|---|---|"]
-        for kind, row in served.items():
-            if isinstance(row, Mapping):
-                lines.append(f"| {kind} | {_figure(row, 'rows_per_s', ',.0f')} | {_figure(row, 'p50_ms', '.2f')} | "
-                             f"{_figure(row, 'p99_ms', '.2f')} |")
-        lines.append("")
+        lines += _figures_table("Speed served (Ray Serve on the exporting machine; a client in another process)", "request",
+                                served, [("rows/s", "rows_per_s", ",.0f"), ("p50 ms", "p50_ms", ".2f"), ("p99 ms", "p99_ms", ".2f")])
     if gates:
         lines += ["## Deploy gate (each runtime against PyTorch on the validation split)", ""]
         for runtime, verdict in gates.items():
