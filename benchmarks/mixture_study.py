@@ -160,27 +160,31 @@ def main() -> None:
     def measured(row: str) -> bool:
         return row in table.index and not math.isnan(table.loc[row, "test_accuracy_mean"])
 
-    def diff(a: str, b: str) -> tuple[float, float, float]:
-        """(paired mean difference, bootstrap lower bound over sentences, over films) of a − b, computed here when not
-        among the comparisons."""
-        if (a, b) not in diffs.index:
-            from mtbert_ray.study.analysis import comparison_table
+    loaded = []  # the study with its parts, loaded once for the comparisons not among the report's
 
-            more = comparison_table(load_study(study_dir, *parts), [(a, b)], ["accuracy"], groups=films)
-            if more.empty or not more["pairs"].iloc[0]:
-                return math.nan, math.nan, math.nan
-            row = more.iloc[0]
-        else:
-            row = diffs.loc[(a, b)]
+    def compared(a: str, b: str) -> pd.Series | None:
+        """The report's comparison a − b (mean difference, seed-t and bootstrap bounds), computed here when not among
+        them; None when the rows share no seed."""
+        if (a, b) in diffs.index:
+            return diffs.loc[(a, b)]
+        from mtbert_ray.study.analysis import comparison_table
+
+        loaded[:] = loaded or [load_study(study_dir, *parts)]
+        more = comparison_table(loaded[0], [(a, b)], ["accuracy"], groups=films)
+        return None if more.empty or not more["pairs"].iloc[0] else more.iloc[0]
+
+    def diff(a: str, b: str) -> tuple[float, float, float]:
+        """(paired mean difference, bootstrap lower bound over sentences, over films) of a − b."""
+        row = compared(a, b)
+        if row is None:
+            return math.nan, math.nan, math.nan
         return (float(row["accuracy_diff"]), float(row.get("accuracy_boot_low", math.nan)),
                 float(row.get("accuracy_group_boot_low", math.nan)))
 
     def seed_t_low(a: str, b: str) -> float:
         """The lower bound of the t-interval over seeds of a − b (paired by seed)."""
-        from mtbert_ray.study.analysis import comparison_table
-
-        more = comparison_table(load_study(study_dir, *parts), [(a, b)], ["accuracy"])
-        return float(more["accuracy_low"].iloc[0]) if not more.empty and more["pairs"].iloc[0] else math.nan
+        row = compared(a, b)
+        return math.nan if row is None else float(row.get("accuracy_low", math.nan))
 
     def best_of(rows: list[str]) -> str | None:
         run = [r for r in rows if measured(r)]
@@ -223,10 +227,10 @@ def main() -> None:
             gains.append((d, t_low))
             print(f"  (a) {row} − {plain}: {d:+.2f} points (seed-t low {t_low:+.2f}; bootstrap low {low:+.2f}; "
                   f"over films {film_low:+.2f})")
+    augmentation_targets = 0  # issue 40's (a) and (m), judged by their own rules below
     if gains:
         ok = all(d > 0 for d, _ in gains) and any(t_low > 0 for _, t_low in gains)
-        targets["(a) the augmentation helps every teacher set (seed-t low above 0 for one)"] = (
-            min(d for d, _ in gains), max(t_low for _, t_low in gains), math.nan, 0.0, ok)
+        augmentation_targets += 1
         met += ok
         print(f"  (a) the augmentation helps every teacher set it is given to → {'met' if ok else 'missed'}")
     for copies in sorted({row.split(" + aug ×")[1] for row in augmented}):
@@ -234,7 +238,7 @@ def main() -> None:
         if measured(multi) and measured(single):
             d, low, film_low = diff(multi, single)
             ok = d >= 0.5 and film_low > 0
-            targets[f"(m) {multi} − {single} ≥ +0.5, film interval above 0"] = (d, low, film_low, 0.5, ok)
+            augmentation_targets += 1
             met += ok
             print(f"  (m) {multi} − {single}: {d:+.2f} points (bootstrap low {low:+.2f}; over films {film_low:+.2f}) → "
                   f"{'met' if ok else 'missed'}")
@@ -244,7 +248,7 @@ def main() -> None:
               f"over films {film_low:+.2f})")
     trials = load_study(study_dir, *parts).trials
     print(f"trials: {len(trials)} ({int(trials['finished'].sum())} finished); tables: {report.out_dir}")
-    print(f"mixture_targets_met={met}/{len(targets)} measured (of {total})")
+    print(f"mixture_targets_met={met}/{len(targets) + augmentation_targets} measured (of {total})")
 
 
 if __name__ == "__main__":
