@@ -15,6 +15,11 @@ records and per-sentence predictions, no models: ``mtbert_ray.study.archive``) a
 ``benchmarks/results/mixture/<part>.tar.gz`` when it ends or stops, to be committed; a machine without a part's
 folder restores it from there, so the analysis and the paired comparisons outlive the machine that ran them.
 
+More seeds where a target is undecided: the analysis marks each target whose interval (the one its rule reads:
+seed-t, bootstrap over sentences, or over films) straddles it (``mtbert_ray.study.undecided``); ``--add-seeds N
+--name mixture-s --parts mixture-y mixture-a ...`` judges the targets on those parts, runs the rows of every
+undecided one (both sides: comparisons pair seeds) with N seeds none of them has run, and analyses them together.
+
 The Tune-chosen mixture: ``--tune N --name mixture-tune`` runs an Optuna study of N trials over the mixture of
 {L6, e5} (``loss.teacher_weighting``, its τ, the priors α as variants — each teacher's one-hot prior among them — and
 the hidden loss on or off), every trial from the same teachers and student, ranked on validation; ``--chosen
@@ -44,6 +49,7 @@ from _common import REPO, header, storage, study_parser
 
 from mtbert_ray.study.archive import ARCHIVE_SUFFIX, archive_sweep, restore_archive
 from mtbert_ray.study.record import SWEEP_FILE
+from mtbert_ray.study.undecided import Target, Verdict, next_seeds, rows_to_rerun, verdict
 
 SPACE = REPO / "benchmarks" / "mixture_study.yaml"
 ARCHIVES = REPO / "benchmarks" / "results" / "mixture"  # each part's results without models (study_archive), committed
@@ -113,54 +119,82 @@ def chosen_variant(tune_dir: Path) -> dict:
     return variant
 
 
+def run_part(args, space: Path, results: Path, rows: list[str] | None, seeds: list[int] | None = None) -> None:
+    """``python -m mtbert_ray.sweep`` of the study as part ``args.name``: all rows, or ``rows`` (with ``seeds`` instead of
+    the study's 0–4); archived in benchmarks/results/mixture/ when it ends or stops."""
+    env = {**os.environ, "HF_HUB_CACHE": str(hub(Path(args.shared))), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "mtbert_ray.sweep", "--storage", str(results), "--name", args.name]
+    tuning = args.tune is not None and not args.resume
+    if tuning:
+        command += ["--space", str(tune_space(space, args.tune))]
+    else:
+        command += ["--resume"] if args.resume else ["--space", str(space)]
+    if args.chosen and not args.resume:
+        command += ["--set", f"variants.{CHOSEN}={json.dumps(chosen_variant(results / 'sweeps' / args.tune_name))}",
+                    "--set", f"space.variant={{grid: {json.dumps([CHOSEN])}}}", "--set", "analysis.comparisons=[]"]
+    elif rows and not args.resume and not tuning:
+        command += ["--set", f"space.variant={{grid: {json.dumps(rows)}}}", "--set", "analysis.comparisons=[]"]
+        if seeds:
+            command += ["--set", f"space.distill.seed={{grid: {json.dumps(seeds)}}}"]
+    try:
+        subprocess.run(command, cwd=REPO, env=env, check=True)
+    finally:  # what ran, finished or not, goes into the part's archive (commit it: benchmarks/results/mixture/)
+        if (results / "sweeps" / args.name / SWEEP_FILE).is_file():
+            print(f"[mixture] archived {archive_sweep(results / 'sweeps' / args.name, ARCHIVES).relative_to(REPO)}", flush=True)
+
+
 def main() -> None:
     parser = study_parser(__doc__.splitlines()[0], "mixture")
     parser.add_argument("--tune", type=int, default=None, metavar="N", help="run the Optuna mixture study of N trials as --name")
     parser.add_argument("--chosen", action="store_true", help="run the trial --tune-name chose on validation, 5 seeds, as --name")
     parser.add_argument("--tune-name", default="mixture-tune", help="the Optuna part --chosen reads")
+    parser.add_argument("--add-seeds", type=int, default=None, metavar="N",
+                        help="judge the targets on --parts; run the rows of every target whose interval straddles it "
+                             "with N new seeds as part --name, then analyse them all")
     args = parser.parse_args()
+    if args.add_seeds is not None and args.add_seeds < 1:
+        parser.error(f"--add-seeds: expected at least 1 seed to add, got {args.add_seeds}")
     header("mixture: teacher sets, mixtures, ensembles, transfer text; rt_polarity re-split by film, test 3,007, 5 seeds")
     results = storage() / "mixture"
     for archive in sorted(ARCHIVES.glob(f"*{ARCHIVE_SUFFIX}")):  # the committed parts, on a machine without them
         if restore_archive(archive, results):
             print(f"[mixture] restored {archive.relative_to(REPO)} (results and predictions, no models)", flush=True)
     space = resolved_space(resplit(), results)
-    if not args.analysis_only:
-        env = {**os.environ, "HF_HUB_CACHE": str(hub(Path(args.shared))), "HF_HUB_OFFLINE": "1"}
-        command = [sys.executable, "-m", "mtbert_ray.sweep", "--storage", str(results), "--name", args.name]
-        tuning = args.tune is not None and not args.resume
-        if tuning:
-            command += ["--space", str(tune_space(space, args.tune))]
-        else:
-            command += ["--resume"] if args.resume else ["--space", str(space)]
-        if args.chosen and not args.resume:
-            command += ["--set", f"variants.{CHOSEN}={json.dumps(chosen_variant(results / 'sweeps' / args.tune_name))}",
-                        "--set", f"space.variant={{grid: {json.dumps([CHOSEN])}}}", "--set", "analysis.comparisons=[]"]
-        elif args.variants and not args.resume and not tuning:
-            command += ["--set", f"space.variant={{grid: {json.dumps(args.variants)}}}", "--set", "analysis.comparisons=[]"]
-        try:
-            subprocess.run(command, cwd=REPO, env=env, check=True)
-        finally:  # what ran, finished or not, goes into the part's archive (commit it: benchmarks/results/mixture/)
-            if (results / "sweeps" / args.name / SWEEP_FILE).is_file():
-                print(f"[mixture] archived {archive_sweep(results / 'sweeps' / args.name, ARCHIVES).relative_to(REPO)}", flush=True)
-        if tuning:
+    sweeps = results / "sweeps"
+    if args.add_seeds is not None and not args.analysis_only:
+        if not args.parts:
+            raise SystemExit("--add-seeds: name the parts whose targets to judge with --parts")
+        checks, taken = analyse(sweeps / args.parts[0], tuple(sweeps / p for p in args.parts[1:]))
+        rows = rows_to_rerun(checks)
+        if not rows:
+            print("[mixture] no target's interval straddles it: no seeds to add", flush=True)
             return
+        seeds = next_seeds(taken, args.add_seeds)
+        print(f"[mixture] adding seeds {seeds} to {len(rows)} row(s) of undecided targets: {', '.join(rows)}", flush=True)
+        run_part(args, space, results, rows, seeds)
+    elif not args.analysis_only:
+        run_part(args, space, results, args.variants)
+        if args.tune is not None and not args.resume:
+            return
+    analyse(sweeps / args.name, tuple(sweeps / name for name in args.parts if name != args.name))
 
+
+def analyse(study_dir: Path, parts: tuple[Path, ...]) -> tuple[list[tuple[Target, Verdict]], list[int]]:
+    """The tables, the comparisons and the targets of ``study_dir`` with its ``parts`` (printed); returns each target's
+    verdict on its interval (met, missed, undecided: the interval straddles it) and the distillation seeds run."""
     from mtbert_ray.study.analysis import load_study, write_report
 
-    study_dir = results / "sweeps" / args.name
-    parts = tuple(results / "sweeps" / name for name in args.parts)
     spec = yaml.safe_load(SPACE.read_text())
     films = pd.read_parquet(resplit() / "labelled" / "test.parquet")[spec["analysis"]["group_column"]]  # here, not as recorded
     report = write_report(study_dir, parts=parts, comparisons=[tuple(c) for c in spec["analysis"]["comparisons"]], groups=films)
     print(report.table_markdown)
     table = report.table.set_index("row")
     diffs = report.comparisons.set_index(["a", "b"])
+    study = load_study(study_dir, *parts)
+    checks: list[tuple[Target, Verdict]] = []  # each target, on the interval its rule reads
 
     def measured(row: str) -> bool:
         return row in table.index and not math.isnan(table.loc[row, "test_accuracy_mean"])
-
-    loaded = []  # the study with its parts, loaded once for the comparisons not among the report's
 
     def compared(a: str, b: str) -> pd.Series | None:
         """The report's comparison a − b (mean difference, seed-t and bootstrap bounds), computed here when not among
@@ -169,9 +203,11 @@ def main() -> None:
             return diffs.loc[(a, b)]
         from mtbert_ray.study.analysis import comparison_table
 
-        loaded[:] = loaded or [load_study(study_dir, *parts)]
-        more = comparison_table(loaded[0], [(a, b)], ["accuracy"], groups=films)
+        more = comparison_table(study, [(a, b)], ["accuracy"], groups=films)
         return None if more.empty or not more["pairs"].iloc[0] else more.iloc[0]
+
+    def judged(target: Target) -> None:
+        checks.append((target, verdict(compared(target.a, target.b), target)))
 
     def diff(a: str, b: str) -> tuple[float, float, float]:
         """(paired mean difference, bootstrap lower bound over sentences, over films) of a − b."""
@@ -198,14 +234,17 @@ def main() -> None:
             best = best_of(singles)
             if best and measured(multi):
                 targets[f"(a) {multi} − best single {best} ≥ −0.3"] = (*diff(multi, best), -0.3, False)
+                judged(Target(multi, best, -0.3))
             for ensemble in ENSEMBLES:  # each set's own ensembles: "Average Ensemble" is {L6, e5}'s
                 ensemble += " {L6, e5, MPNet}" if multi.startswith("{L6, e5, MPNet}") else ""
                 if measured(multi) and measured(ensemble):
                     targets[f"(a) {multi} − {ensemble} ≥ 0"] = (*diff(multi, ensemble), 0.0, False)
+                    judged(Target(multi, ensemble, 0.0))
         for multi in (f"{{L6, e5}}{family} + transfer", f"{{L6, e5, MPNet}}{family} + transfer"):
             single = f"{{L6}}{family}"
             if measured(multi) and measured(single):
                 targets[f"(b) {multi} − {single} ≥ +0.5, bootstrap interval above 0"] = (*diff(multi, single), 0.5, True)
+                judged(Target(multi, single, 0.0, "boot"))
     total = 18  # per family: (a) × 3 for {L6, e5} and for {L6, e5, MPNet}, (b) × 2; issue 40's (a) and (m)
     print("targets:")
     met = 0
@@ -225,6 +264,7 @@ def main() -> None:
             d, low, film_low = diff(row, plain)
             t_low = seed_t_low(row, plain)
             gains.append((d, t_low))
+            judged(Target(row, plain, 0.0))
             print(f"  (a) {row} − {plain}: {d:+.2f} points (seed-t low {t_low:+.2f}; bootstrap low {low:+.2f}; "
                   f"over films {film_low:+.2f})")
     augmentation_targets = 0  # issue 40's (a) and (m), judged by their own rules below
@@ -238,6 +278,7 @@ def main() -> None:
         if measured(multi) and measured(single):
             d, low, film_low = diff(multi, single)
             ok = d >= 0.5 and film_low > 0
+            judged(Target(multi, single, 0.0, "group_boot"))
             augmentation_targets += 1
             met += ok
             print(f"  (m) {multi} − {single}: {d:+.2f} points (bootstrap low {low:+.2f}; over films {film_low:+.2f}) → "
@@ -246,9 +287,15 @@ def main() -> None:
         d, low, film_low = diff("{L6} + transfer", "{L6}")
         print(f"  (c) the transfer text's gain for the {{L6}} student: {d:+.2f} points (bootstrap low {low:+.2f}; "
               f"over films {film_low:+.2f})")
-    trials = load_study(study_dir, *parts).trials
+    for target, said in checks:
+        if said == "undecided":
+            print(f"  undecided: {target.a} − {target.b}: its {target.interval} interval straddles {target.threshold:+.1f} "
+                  f"(more seeds: --add-seeds N --parts ...)")
+    trials = study.trials
     print(f"trials: {len(trials)} ({int(trials['finished'].sum())} finished); tables: {report.out_dir}")
     print(f"mixture_targets_met={met}/{len(targets) + augmentation_targets} measured (of {total})")
+    return checks, sorted({int(s) for s in trials[study.seed_key].dropna()})
+
 
 
 if __name__ == "__main__":
