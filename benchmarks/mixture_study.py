@@ -31,7 +31,11 @@ and ≥ both ensembles; (b) with the transfer text, {L6, e5} (and {L6, e5, MPNet
 interval above 0; (c) the transfer text's gain for the {L6} student, reported. Issue 40, on the augmentation rows
 (``+ aug ×N``: ``data.augment.copies``): (a) it helps every teacher set it is given to (paired; the seed-t interval
 above 0 for at least one); (m) {L6, e5, MPNet} + augmented text − {L6} + the same text ≥ +0.5, the film-grouped
-interval above 0.
+interval above 0; on every row whose students were timed (``mtbert_ray.study.retention``): (r1) a student with at most
+half its best teacher's layers keeps ≥ 97 % of that teacher's test accuracy, (r2) one ≥ 4× as fast on the same
+runtime keeps ≥ 94 %. A part times its students beside their best teacher when it ends (``analysis --frontier
+--runtimes torch``: one thread, interleaved, after the trials), so its archive carries the speed-ups;
+``--frontier --name PART`` times a part that ran before this and archives it again.
 Last line: ``mixture_targets_met=<met>/<measured> measured (of <total>)``.
 """
 from __future__ import annotations
@@ -49,6 +53,7 @@ from _common import REPO, header, storage, study_parser
 
 from mtbert_ray.study.archive import ARCHIVE_SUFFIX, archive_sweep, restore_archive
 from mtbert_ray.study.record import SWEEP_FILE
+from mtbert_ray.study.retention import R1, R2, judge, read_frontiers, retention_by_row
 from mtbert_ray.study.undecided import Target, Verdict, next_seeds, rows_to_rerun, verdict
 
 SPACE = REPO / "benchmarks" / "mixture_study.yaml"
@@ -138,9 +143,21 @@ def run_part(args, space: Path, results: Path, rows: list[str] | None, seeds: li
             command += ["--set", f"space.distill.seed={{grid: {json.dumps(seeds)}}}"]
     try:
         subprocess.run(command, cwd=REPO, env=env, check=True)
+        time_students(results / "sweeps" / args.name, env)
     finally:  # what ran, finished or not, goes into the part's archive (commit it: benchmarks/results/mixture/)
         if (results / "sweeps" / args.name / SWEEP_FILE).is_file():
             print(f"[mixture] archived {archive_sweep(results / 'sweeps' / args.name, ARCHIVES).relative_to(REPO)}", flush=True)
+
+
+def time_students(sweep: Path, env: dict[str, str]) -> None:
+    """Every finished student of the part beside its best teacher on PyTorch, one thread, interleaved, after the
+    trials (``analysis --frontier``): the speed-ups the retention targets read, in ``analysis/frontier/``. A part
+    whose students cannot be timed (no models on this machine) says so and keeps its results."""
+    done = subprocess.run([sys.executable, "-m", "mtbert_ray", "analysis", str(sweep), "--frontier", "--runtimes", "torch",
+                           "--threads", "1"], cwd=REPO, env=env)
+    if done.returncode:
+        print(f"[mixture] {sweep.name}: students not timed (analysis --frontier exit {done.returncode}); "
+              "retention targets read only parts that were", flush=True)
 
 
 def main() -> None:
@@ -151,6 +168,9 @@ def main() -> None:
     parser.add_argument("--add-seeds", type=int, default=None, metavar="N",
                         help="judge the targets on --parts; run the rows of every target whose interval straddles it "
                              "with N new seeds as part --name, then analyse them all")
+    parser.add_argument("--frontier", action="store_true",
+                        help="time the students of part --name beside their best teacher (PyTorch, side by side) and "
+                             "archive the part again; then analyse")
     args = parser.parse_args()
     if args.add_seeds is not None and args.add_seeds < 1:
         parser.error(f"--add-seeds: expected at least 1 seed to add, got {args.add_seeds}")
@@ -172,6 +192,11 @@ def main() -> None:
         seeds = next_seeds(taken, args.add_seeds)
         print(f"[mixture] adding seeds {seeds} to {len(rows)} row(s) of undecided targets: {', '.join(rows)}", flush=True)
         run_part(args, space, results, rows, seeds)
+    elif args.frontier:
+        if not (sweeps / args.name / SWEEP_FILE).is_file():
+            raise SystemExit(f"--frontier: no part {args.name!r} under {sweeps} to time")
+        time_students(sweeps / args.name, {**os.environ, "HF_HUB_CACHE": str(hub(Path(args.shared))), "HF_HUB_OFFLINE": "1"})
+        print(f"[mixture] archived {archive_sweep(sweeps / args.name, ARCHIVES).relative_to(REPO)}", flush=True)
     elif not args.analysis_only:
         run_part(args, space, results, args.variants)
         if args.tune is not None and not args.resume:
@@ -245,7 +270,7 @@ def analyse(study_dir: Path, parts: tuple[Path, ...]) -> tuple[list[tuple[Target
             if measured(multi) and measured(single):
                 targets[f"(b) {multi} − {single} ≥ +0.5, bootstrap interval above 0"] = (*diff(multi, single), 0.5, True)
                 judged(Target(multi, single, 0.0, "boot"))
-    total = 18  # per family: (a) × 3 for {L6, e5} and for {L6, e5, MPNet}, (b) × 2; issue 40's (a) and (m)
+    total = 20  # per family: (a) × 3 for {L6, e5} and for {L6, e5, MPNet}, (b) × 2; issue 40's (a), (m), (r1), (r2)
     print("targets:")
     met = 0
     for name, (value, low, film_low, threshold, low_above_zero) in targets.items():
@@ -283,6 +308,23 @@ def analyse(study_dir: Path, parts: tuple[Path, ...]) -> tuple[list[tuple[Target
             met += ok
             print(f"  (m) {multi} − {single}: {d:+.2f} points (bootstrap low {low:+.2f}; over films {film_low:+.2f}) → "
                   f"{'met' if ok else 'missed'}")
+    frontier = retention_by_row(read_frontiers([study_dir, *parts]))
+    for line in frontier.itertuples():
+        print(f"  retention of {line.row}: {line.retention:.1%} [{line.retention_low:.1%}, {line.retention_high:.1%}] of "
+              f"{Path(line.best_teacher).name} ({line.layers} of {line.best_teacher_layers:.0f} layers, "
+              f"{line.speedup:.1f}× its speed on PyTorch, n={line.n})")
+    retention_targets = 0
+    for target in (R1, R2):
+        ok, eligible = judge(frontier, target)
+        if ok is None:
+            print(f"  {target.describe()}: no timed row qualifies → not measured")
+            continue
+        best = eligible.iloc[0]
+        retention_targets += 1
+        met += ok
+        short = "" if ok else f", {100 * (target.min_retention - best['retention']):.1f} points short"
+        print(f"  {target.describe()}: best qualifying row {best['row']}: {best['retention']:.1%} (t-interval "
+              f"[{best['retention_low']:.1%}, {best['retention_high']:.1%}]{short}) → {'met' if ok else 'missed'}")
     if measured("{L6} + transfer") and measured("{L6}"):
         d, low, film_low = diff("{L6} + transfer", "{L6}")
         print(f"  (c) the transfer text's gain for the {{L6}} student: {d:+.2f} points (bootstrap low {low:+.2f}; "
@@ -293,7 +335,7 @@ def analyse(study_dir: Path, parts: tuple[Path, ...]) -> tuple[list[tuple[Target
                   f"(more seeds: --add-seeds N --parts ...)")
     trials = study.trials
     print(f"trials: {len(trials)} ({int(trials['finished'].sum())} finished); tables: {report.out_dir}")
-    print(f"mixture_targets_met={met}/{len(targets) + augmentation_targets} measured (of {total})")
+    print(f"mixture_targets_met={met}/{len(targets) + augmentation_targets + retention_targets} measured (of {total})")
     return checks, sorted({int(s) for s in trials[study.seed_key].dropna()})
 
 

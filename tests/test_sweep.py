@@ -410,6 +410,7 @@ def test_the_frontier_of_two_depths_on_two_runtimes_and_the_budget_picker(ray_se
     assert len(table) == 4 and set(table["runtime"]) == {"torch", "onnx"} and sorted(set(table["layers"])) == [1, 2]
     assert table["kept"].all() and (table["p50_ms"] > 0).all() and (table["batch32_rows_per_s"] > 0).all()
     assert table["pareto"].any() and table["retention"].between(0, 2).all() and (table["speedup"] > 0).all()
+    assert (table["best_teacher_layers"] >= 1).all()  # the teacher's depth beside the student's (retention targets)
     teachers = pd.read_csv(out / "teachers.csv")
     assert len(teachers) >= 1 and (teachers["p50_ms"] > 0).all()
     assert (out / "frontier.png").stat().st_size > 10_000 and "★" in (out / "frontier.md").read_text()

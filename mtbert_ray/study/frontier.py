@@ -194,6 +194,7 @@ def build_frontier(sweep: str | Path, runtimes: Sequence[str] = RUNTIMES, thread
     texts = _sentences(next(iter(results.values())))
     models: dict[str, tuple[Any, Any]] = {}
     meta: dict[str, dict[str, Any]] = {}
+    teacher_layers: dict[str, int] = {}  # each best teacher's encoder depth (the students' depth is read beside it)
     for trial_id, result in results.items():
         student = Path(result.student_dir)
         if any(r != "torch" for r in runtimes) and not (student / REPORT_FILE).is_file():
@@ -213,6 +214,7 @@ def build_frontier(sweep: str | Path, runtimes: Sequence[str] = RUNTIMES, thread
         if best is not None and f"teacher:{best}/torch" not in models:
             ensemble = TeacherEnsemble.from_pretrained(result.cofinetune.checkpoint).eval()
             module = _TeacherModel(ensemble, list(result.teachers).index(best)).eval()
+            teacher_layers[best] = int(getattr(ensemble.encoders[module.index].config, "num_hidden_layers", 0))
             tokenizer = load_tokenizer(best)
             models[f"teacher:{best}/torch"] = (tokenizer, _teacher_call(module))
             for runtime, session in teacher_sessions(module, tokenizer, out_dir / "teachers" / _short(best), runtimes,
@@ -239,6 +241,7 @@ def build_frontier(sweep: str | Path, runtimes: Sequence[str] = RUNTIMES, thread
             "batch32_rows_per_s": timing.rows_per_s if timing else math.nan,
             "size_mb": _size_mb(Path(result.student_dir), info["runtime"]),
             "best_teacher": best,
+            "best_teacher_layers": teacher_layers.get(best, math.nan) if best else math.nan,
             "best_teacher_test_accuracy": result.teachers[best].metric("accuracy", Split.TEST) if best else math.nan,
             "retention": (_ratio(result.student.metric("accuracy", Split.TEST), result.teachers[best].metric("accuracy", Split.TEST))
                           if best else math.nan),

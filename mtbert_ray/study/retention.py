@@ -1,0 +1,92 @@
+"""How much of its best teacher a student keeps, at what depth and speed: retention targets read from a frontier table.
+
+``frontier.build_frontier`` times every finished student beside its best teacher (the co-finetuned teacher best on
+validation) on the same runtime and writes, per (trial, runtime), the student's ``layers``, the teacher's
+``best_teacher_layers``, ``retention`` = student test accuracy ÷ that teacher's, and ``speedup`` = the teacher's batch-1
+p50 latency ÷ the student's. Here the trials of one row (a study's variant: its seeds) are pooled:
+
+    retention of a row = mean over its seeds of retention_s, with the 95 % t-interval mean ± t_{n−1} · sd / √n;
+    speed-up of a row = the median over its seeds of speedup_s (the students of a row share their architecture).
+
+A ``RetentionTarget`` asks a row that qualifies — a student at most ``max_depth_ratio`` × its teacher's layers deep,
+and/or at least ``min_speedup`` × as fast — to keep at least ``min_retention`` of its teacher, judged on the mean
+(the interval is reported beside it). The targets of MT-BERT's comparisons (issue 40): r1, at most half the layers,
+≥ 97 %; r2, at least 4× as fast, ≥ 94 %.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mtbert_ray.study.analysis import mean_interval
+
+FRONTIER_CSV = Path("analysis") / "frontier" / "frontier.csv"  # under a sweep folder, written by build_frontier
+
+
+@dataclass(frozen=True)
+class RetentionTarget:
+    """A row qualifies when its student is at most ``max_depth_ratio`` × its best teacher's layers deep and at least
+    ``min_speedup`` × as fast (each only when set); it meets the target when it keeps ≥ ``min_retention`` (a fraction)."""
+
+    name: str
+    min_retention: float
+    max_depth_ratio: float | None = None
+    min_speedup: float | None = None
+
+    def qualifies(self, row: pd.Series) -> bool:
+        if self.max_depth_ratio is not None and not row["layers"] <= self.max_depth_ratio * row["best_teacher_layers"]:
+            return False
+        return self.min_speedup is None or row["speedup"] >= self.min_speedup
+
+    def describe(self) -> str:
+        what = []
+        if self.max_depth_ratio is not None:
+            what.append(f"≤ {self.max_depth_ratio:g}× the teacher's layers")
+        if self.min_speedup is not None:
+            what.append(f"≥ {self.min_speedup:g}× its speed")
+        return f"({self.name}) a student {' and '.join(what)} keeps ≥ {self.min_retention:.0%} of its best teacher"
+
+
+R1 = RetentionTarget("r1", 0.97, max_depth_ratio=0.5)
+R2 = RetentionTarget("r2", 0.94, min_speedup=4.0)
+
+
+def read_frontiers(sweeps: list[Path]) -> pd.DataFrame:
+    """The frontier tables of those sweep folders that have one (``analysis/frontier/frontier.csv``), concatenated."""
+    tables = [pd.read_csv(sweep / FRONTIER_CSV) for sweep in sweeps if (sweep / FRONTIER_CSV).is_file()]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def retention_by_row(frontier: pd.DataFrame, rows: str = "variant", runtime: str = "torch") -> pd.DataFrame:
+    """One line per row of the study (``rows``: a column of the frontier table, e.g. the variant) on ``runtime``:
+    n seeds, the student's and the teacher's layers, retention mean and 95 % t-interval, median speed-up."""
+    columns = ["row", "n", "layers", "best_teacher", "best_teacher_layers", "retention", "retention_low",
+               "retention_high", "speedup"]
+    if frontier.empty:
+        return pd.DataFrame(columns=columns)
+    if rows not in frontier.columns:
+        raise KeyError(f"rows: the frontier table has no column {rows!r} (it has {', '.join(map(str, frontier.columns))})")
+    on = frontier[(frontier["runtime"] == runtime) & frontier["kept"].astype(bool) & frontier["retention"].notna()]
+    out = []
+    for row, group in on.groupby(rows, sort=False):
+        mean, _, half = mean_interval([float(v) for v in group["retention"]])
+        out.append({"row": row, "n": len(group), "layers": int(group["layers"].max()),
+                    "best_teacher": group["best_teacher"].iloc[0],
+                    "best_teacher_layers": float(group["best_teacher_layers"].max()) if "best_teacher_layers" in group else math.nan,
+                    "retention": mean, "retention_low": mean - half if half is not None else math.nan,
+                    "retention_high": mean + half if half is not None else math.nan,
+                    "speedup": float(group["speedup"].median())})
+    return pd.DataFrame(out, columns=columns)
+
+
+def judge(summary: pd.DataFrame, target: RetentionTarget) -> tuple[bool | None, pd.DataFrame]:
+    """(met?, the rows that qualify for ``target``, best retention first); met is None when no row qualifies."""
+    if summary.empty:
+        return None, summary
+    eligible = summary[summary.apply(target.qualifies, axis=1)].sort_values("retention", ascending=False)
+    if eligible.empty:
+        return None, eligible
+    return bool(eligible["retention"].iloc[0] >= target.min_retention), eligible

@@ -1,0 +1,60 @@
+"""Retention targets from a frontier table: a row's seeds pooled, a row qualifies by depth or speed, met on the mean."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from mtbert_ray.study.retention import FRONTIER_CSV, R1, R2, RetentionTarget, judge, read_frontiers, retention_by_row
+
+
+def frontier(rows: list[tuple[str, int, float, float]], runtime: str = "torch") -> pd.DataFrame:
+    """(variant, student layers, retention, speed-up) per trial, against a 12-layer teacher."""
+    return pd.DataFrame([{"trial_id": f"t{i}", "runtime": runtime, "kept": True, "variant": v, "layers": layers,
+                          "best_teacher": "mpnet", "best_teacher_layers": 12, "retention": r, "speedup": s}
+                         for i, (v, layers, r, s) in enumerate(rows)])
+
+
+def test_a_rows_seeds_are_pooled_into_a_mean_with_its_t_interval_and_the_median_speed_up():
+    table = frontier([("2-layer", 2, 0.932, 17.5), ("2-layer", 2, 0.935, 17.3), ("2-layer", 2, 0.934, 16.1),
+                      ("6-layer", 6, 0.95, 5.2)])
+    summary = retention_by_row(table).set_index("row")
+    two = summary.loc["2-layer"]
+    assert two["n"] == 3 and two["retention"] == pytest.approx(0.9336667, abs=1e-6)
+    # t_{2} = 4.303, sd = 0.0015275, half-width = 4.303 · 0.0015275 / √3 = 0.003795
+    assert two["retention_high"] - two["retention"] == pytest.approx(0.003795, abs=2e-5)
+    assert two["speedup"] == 17.3 and two["best_teacher_layers"] == 12
+    assert summary.loc["6-layer", "n"] == 1 and math.isnan(summary.loc["6-layer", "retention_low"])
+
+
+def test_r1_counts_layers_and_r2_speed_and_each_is_judged_on_the_best_qualifying_row():
+    summary = retention_by_row(frontier([("2-layer", 2, 0.934, 17.0), ("6-layer", 6, 0.951, 5.3),
+                                         ("8-layer", 8, 0.99, 1.4)]))
+    met, eligible = judge(summary, R1)
+    assert met is False and list(eligible["row"]) == ["6-layer", "2-layer"]   # 8 of 12 layers is more than half
+    met, eligible = judge(summary, R2)
+    assert met is True and eligible["row"].iloc[0] == "6-layer"                # 95.1 % ≥ 94 % at 5.3×
+    met, eligible = judge(summary, RetentionTarget("fast", 0.9, min_speedup=20.0))
+    assert met is None and eligible.empty                                       # no row that fast: not measured
+
+
+def test_other_runtimes_and_students_the_gate_removed_are_left_out():
+    table = pd.concat([frontier([("2-layer", 2, 0.93, 17.0)]), frontier([("2-layer", 2, 0.99, 30.0)], runtime="onnx")])
+    table.loc[len(table)] = {**table.iloc[0].to_dict(), "trial_id": "gone", "kept": False, "retention": 0.5}
+    summary = retention_by_row(table.reset_index(drop=True))
+    assert summary["n"].tolist() == [1] and summary["retention"].tolist() == [0.93]
+
+
+def test_a_frontier_without_the_row_column_is_refused_by_name():
+    with pytest.raises(KeyError, match="rows: the frontier table has no column 'teacher_set'"):
+        retention_by_row(frontier([("2-layer", 2, 0.93, 17.0)]), rows="teacher_set")
+
+
+def test_frontiers_are_read_from_the_sweeps_that_have_one(tmp_path):
+    with_one, without = tmp_path / "a", tmp_path / "b"
+    (with_one / FRONTIER_CSV).parent.mkdir(parents=True)
+    without.mkdir()
+    frontier([("2-layer", 2, 0.93, 17.0)]).to_csv(with_one / FRONTIER_CSV, index=False)
+    assert len(read_frontiers([with_one, without])) == 1 and read_frontiers([without]).empty
+    assert R1.describe() == "(r1) a student ≤ 0.5× the teacher's layers keeps ≥ 97% of its best teacher"
