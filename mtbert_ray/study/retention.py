@@ -46,7 +46,7 @@ class RetentionTarget:
         if self.max_depth_ratio is not None:
             what.append(f"≤ {self.max_depth_ratio:g}× the teacher's layers")
         if self.min_speedup is not None:
-            what.append(f"≥ {self.min_speedup:g}× its speed")
+            what.append(f"≥ {self.min_speedup:g}× the teacher's speed")
         return f"({self.name}) a student {' and '.join(what)} keeps ≥ {self.min_retention:.0%} of its best teacher"
 
 
