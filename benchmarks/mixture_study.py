@@ -31,11 +31,12 @@ and ≥ both ensembles; (b) with the transfer text, {L6, e5} (and {L6, e5, MPNet
 interval above 0; (c) the transfer text's gain for the {L6} student, reported. Issue 40, on the augmentation rows
 (``+ aug ×N``: ``data.augment.copies``): (a) it helps every teacher set it is given to (paired; the seed-t interval
 above 0 for at least one); (m) {L6, e5, MPNet} + augmented text − {L6} + the same text ≥ +0.5, the film-grouped
-interval above 0; on every row whose students were timed (``mtbert_ray.study.retention``): (r1) a student with at most
-half its best teacher's layers keeps ≥ 97 % of that teacher's test accuracy, (r2) one ≥ 4× as fast on the same
-runtime keeps ≥ 94 %. A part times its students beside their best teacher when it ends (``analysis --frontier
---runtimes torch``: one thread, interleaved, after the trials), so its archive carries the speed-ups;
-``--frontier --name PART`` times a part that ran before this and archives it again.
+interval above 0; on every row whose students were timed (``mtbert_ray.study.retention``) and whose best teacher is
+the study's strongest (MPNet; a student of L6 alone keeping all of L6 does not count): (r1) a student with at most
+half that teacher's layers keeps ≥ 97 % of its test accuracy, (r2) one ≥ 4× as fast on the same runtime keeps
+≥ 94 %. A part times its students beside their best teacher when it ends (``analysis --frontier --runtimes torch``:
+one thread, interleaved, after the trials), so its archive carries the speed-ups; ``--frontier --name PART`` times
+a part that ran before this and archives it again.
 Last line: ``mixture_targets_met=<met>/<measured> measured (of <total>)``.
 """
 from __future__ import annotations
@@ -53,7 +54,7 @@ from _common import REPO, header, storage, study_parser
 
 from mtbert_ray.study.archive import ARCHIVE_SUFFIX, archive_sweep, restore_archive
 from mtbert_ray.study.record import SWEEP_FILE
-from mtbert_ray.study.retention import R1, R2, judge, read_frontiers, retention_by_row
+from mtbert_ray.study.retention import R1, R2, judge, read_frontiers, retention_by_row, strongest_teacher
 from mtbert_ray.study.undecided import Target, Verdict, next_seeds, rows_to_rerun, verdict
 
 SPACE = REPO / "benchmarks" / "mixture_study.yaml"
@@ -314,10 +315,14 @@ def analyse(study_dir: Path, parts: tuple[Path, ...]) -> tuple[list[tuple[Target
               f"{Path(line.best_teacher).name} ({line.layers} of {line.best_teacher_layers:.0f} layers, "
               f"{line.speedup:.1f}× its speed on PyTorch, n={line.n})")
     retention_targets = 0
+    against = strongest_teacher(frontier)  # a row taught by a weaker best teacher ({L6} alone) is listed, not judged
+    if against is not None:
+        print(f"  retention targets judged against {Path(against).name}, the strongest teacher on validation of the "
+              f"timed rows")
     for target in (R1, R2):
-        ok, eligible = judge(frontier, target)
+        ok, eligible = judge(frontier, target, teacher=against)
         if ok is None:
-            print(f"  {target.describe()}: no timed row qualifies → not measured")
+            print(f"  {target.describe()}: no timed row of {against} qualifies → not measured")
             continue
         best = eligible.iloc[0]
         retention_targets += 1

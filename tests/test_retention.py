@@ -6,7 +6,16 @@ import math
 import pandas as pd
 import pytest
 
-from mtbert_ray.study.retention import FRONTIER_CSV, R1, R2, RetentionTarget, judge, read_frontiers, retention_by_row
+from mtbert_ray.study.retention import (
+    FRONTIER_CSV,
+    R1,
+    R2,
+    RetentionTarget,
+    judge,
+    read_frontiers,
+    retention_by_row,
+    strongest_teacher,
+)
 
 
 def frontier(rows: list[tuple[str, int, float, float]], runtime: str = "torch") -> pd.DataFrame:
@@ -37,6 +46,23 @@ def test_r1_counts_layers_and_r2_speed_and_each_is_judged_on_the_best_qualifying
     assert met is True and eligible["row"].iloc[0] == "6-layer"                # 95.1 % ≥ 94 % at 5.3×
     met, eligible = judge(summary, RetentionTarget("fast", 0.9, min_speedup=20.0))
     assert met is None and eligible.empty                                       # no row that fast: not measured
+
+
+def test_targets_are_judged_against_the_strongest_teacher_not_a_weak_one_a_student_matches():
+    """A 2-layer student of MiniLM-L6 alone keeps 101 % of L6 (78.4 % validation); the study's strongest teacher is
+    MPNet (87.9 %): r1 is judged on the rows MPNet teaches, where the 6-layer student keeps 95.4 %."""
+    table = frontier([("6-layer", 6, 0.954, 6.2), ("6-layer", 6, 0.953, 6.1)])
+    table["val_accuracy"], table["val_retention"] = 0.8264, 0.94          # teacher val = 0.8264 / 0.94 = 0.879
+    weak = frontier([("{L6} 2-layer", 2, 1.01, 2.9)]).assign(best_teacher="minilm", best_teacher_layers=6,
+                                                             val_accuracy=0.7998, val_retention=1.02)   # 0.784
+    summary = retention_by_row(pd.concat([weak, table], ignore_index=True))
+    assert summary.set_index("row").loc["6-layer", "best_teacher_val_accuracy"] == pytest.approx(0.879, abs=1e-3)
+    assert strongest_teacher(summary) == "mpnet"
+    assert judge(summary, R1)[0] is True                                   # unrestricted, the weak row would pass
+    met, eligible = judge(summary, R1, teacher="mpnet")
+    assert met is False and list(eligible["row"]) == ["6-layer"]
+    assert judge(summary, R2, teacher="minilm")[0] is None                 # 2.9× is not 4×: nothing qualifies
+    assert strongest_teacher(retention_by_row(frontier([]))) is None
 
 
 def test_other_runtimes_and_students_the_gate_removed_are_left_out():

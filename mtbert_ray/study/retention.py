@@ -10,7 +10,10 @@ p50 latency ÷ the student's. Here the trials of one row (a study's variant: its
 
 A ``RetentionTarget`` asks a row that qualifies — a student at most ``max_depth_ratio`` × its teacher's layers deep,
 and/or at least ``min_speedup`` × as fast — to keep at least ``min_retention`` of its teacher, judged on the mean
-(the interval is reported beside it). The targets of MT-BERT's comparisons (issue 40): r1, at most half the layers,
+(the interval is reported beside it). A study of several teacher sets judges against its strongest teacher
+(``strongest_teacher``: of the rows' best teachers, the one best on validation, its accuracy = the student's
+validation accuracy ÷ ``val_retention``): a student of a weak teacher alone keeping all of that teacher is not a
+student that keeps the best teacher. The targets of MT-BERT's comparisons (issue 40): r1, at most half the layers,
 ≥ 97 %; r2, at least 4× as fast, ≥ 94 %.
 """
 from __future__ import annotations
@@ -63,8 +66,8 @@ def read_frontiers(sweeps: list[Path]) -> pd.DataFrame:
 def retention_by_row(frontier: pd.DataFrame, rows: str = "variant", runtime: str = "torch") -> pd.DataFrame:
     """One line per row of the study (``rows``: a column of the frontier table, e.g. the variant) on ``runtime``:
     n seeds, the student's and the teacher's layers, retention mean and 95 % t-interval, median speed-up."""
-    columns = ["row", "n", "layers", "best_teacher", "best_teacher_layers", "retention", "retention_low",
-               "retention_high", "speedup"]
+    columns = ["row", "n", "layers", "best_teacher", "best_teacher_layers", "best_teacher_val_accuracy", "retention",
+               "retention_low", "retention_high", "speedup"]
     if frontier.empty:
         return pd.DataFrame(columns=columns)
     if rows not in frontier.columns:
@@ -76,16 +79,41 @@ def retention_by_row(frontier: pd.DataFrame, rows: str = "variant", runtime: str
         out.append({"row": row, "n": len(group), "layers": int(group["layers"].max()),
                     "best_teacher": group["best_teacher"].iloc[0],
                     "best_teacher_layers": float(group["best_teacher_layers"].max()) if "best_teacher_layers" in group else math.nan,
+                    "best_teacher_val_accuracy": teacher_validation_accuracy(group),
                     "retention": mean, "retention_low": mean - half if half is not None else math.nan,
                     "retention_high": mean + half if half is not None else math.nan,
                     "speedup": float(group["speedup"].median())})
     return pd.DataFrame(out, columns=columns)
 
 
-def judge(summary: pd.DataFrame, target: RetentionTarget) -> tuple[bool | None, pd.DataFrame]:
-    """(met?, the rows that qualify for ``target``, best retention first); met is None when no row qualifies."""
+def teacher_validation_accuracy(trials: pd.DataFrame) -> float:
+    """The best teacher's validation accuracy as the frontier records it: student val accuracy ÷ ``val_retention``
+    (mean over the trials that have both; NaN when none has)."""
+    if not {"val_accuracy", "val_retention"} <= set(trials.columns):
+        return math.nan
+    both = trials[trials["val_accuracy"].notna() & trials["val_retention"].notna() & (trials["val_retention"] > 0)]
+    return float((both["val_accuracy"] / both["val_retention"]).mean()) if len(both) else math.nan
+
+
+def strongest_teacher(summary: pd.DataFrame) -> str | None:
+    """Of the rows' best teachers, the one best on validation (the first row's on a tie or without validation
+    figures); None for an empty summary."""
+    if summary.empty:
+        return None
+    known = summary[summary["best_teacher_val_accuracy"].notna()]
+    return str((known if len(known) else summary).sort_values("best_teacher_val_accuracy", ascending=False,
+                                                              kind="stable")["best_teacher"].iloc[0])
+
+
+def judge(summary: pd.DataFrame, target: RetentionTarget, teacher: str | None = None) -> tuple[bool | None, pd.DataFrame]:
+    """(met?, the rows that qualify for ``target``, best retention first); met is None when no row qualifies.
+    With ``teacher``, only rows whose best teacher it is qualify (``strongest_teacher``)."""
     if summary.empty:
         return None, summary
+    if teacher is not None:
+        summary = summary[summary["best_teacher"] == teacher]
+        if summary.empty:
+            return None, summary
     eligible = summary[summary.apply(target.qualifies, axis=1)].sort_values("retention", ascending=False)
     if eligible.empty:
         return None, eligible
