@@ -65,7 +65,8 @@ def read_frontiers(sweeps: list[Path]) -> pd.DataFrame:
 
 def retention_by_row(frontier: pd.DataFrame, rows: str = "variant", runtime: str = "torch") -> pd.DataFrame:
     """One line per row of the study (``rows``: a column of the frontier table, e.g. the variant) on ``runtime``:
-    n seeds, the student's and the teacher's layers, retention mean and 95 % t-interval, median speed-up."""
+    n seeds, the student's and the teacher's layers, the teacher's validation accuracy, retention mean and 95 %
+    t-interval, median speed-up."""
     columns = ["row", "n", "layers", "best_teacher", "best_teacher_layers", "best_teacher_val_accuracy", "retention",
                "retention_low", "retention_high", "speedup"]
     if frontier.empty:
