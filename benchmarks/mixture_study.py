@@ -145,6 +145,9 @@ def run_part(args, space: Path, results: Path, rows: list[str] | None, seeds: li
     try:
         subprocess.run(command, cwd=REPO, env=env, check=True)
         time_students(results / "sweeps" / args.name, env)
+    except subprocess.CalledProcessError as stopped:  # the sweep said why (a stop, a refusal) in its own last line
+        raise SystemExit(f"[mixture] part {args.name} stopped before its end (sweep exit {stopped.returncode}); "
+                         f"continue it with --resume --name {args.name}") from None
     finally:  # what ran, finished or not, goes into the part's archive (commit it: benchmarks/results/mixture/)
         if (results / "sweeps" / args.name / SWEEP_FILE).is_file():
             print(f"[mixture] archived {archive_sweep(results / 'sweeps' / args.name, ARCHIVES).relative_to(REPO)}", flush=True)
