@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtbert_ray.common.metric_names import Split, metric_key
 from mtbert_ray.study.analysis import mean_interval
 
 FRONTIER_CSV = Path("analysis") / "frontier" / "frontier.csv"  # under a sweep folder, written by build_frontier
@@ -90,10 +91,11 @@ def retention_by_row(frontier: pd.DataFrame, rows: str = "variant", runtime: str
 def teacher_validation_accuracy(trials: pd.DataFrame) -> float:
     """The best teacher's validation accuracy as the frontier records it: student val accuracy ÷ ``val_retention``
     (mean over the trials that have both; NaN when none has)."""
-    if not {"val_accuracy", "val_retention"} <= set(trials.columns):
+    student = metric_key(Split.VALIDATION, "accuracy")
+    if not {student, "val_retention"} <= set(trials.columns):
         return math.nan
-    both = trials[trials["val_accuracy"].notna() & trials["val_retention"].notna() & (trials["val_retention"] > 0)]
-    return float((both["val_accuracy"] / both["val_retention"]).mean()) if len(both) else math.nan
+    both = trials[trials[student].notna() & trials["val_retention"].notna() & (trials["val_retention"] > 0)]
+    return float((both[student] / both["val_retention"]).mean()) if len(both) else math.nan
 
 
 def strongest_teacher(summary: pd.DataFrame) -> str | None:
