@@ -65,6 +65,32 @@ def test_targets_are_judged_against_the_strongest_teacher_not_a_weak_one_a_stude
     assert strongest_teacher(retention_by_row(frontier([]))) is None
 
 
+def test_the_teachers_validation_accuracy_is_read_from_the_frontier_and_derived_only_for_older_tables():
+    """A frontier written today records the teacher's validation accuracy; one written before that column had only
+    the student's validation accuracy and val_retention, from which the teacher's is student ÷ retention."""
+    table = frontier([("6-layer", 6, 0.954, 6.2), ("6-layer", 6, 0.953, 6.1)]).assign(
+        val_accuracy=0.80, val_retention=0.90, best_teacher_val_accuracy=[0.870, 0.872])  # recorded, not 0.80 / 0.90
+    assert retention_by_row(table)["best_teacher_val_accuracy"].iloc[0] == pytest.approx(0.871)
+    older = table.drop(columns="best_teacher_val_accuracy")
+    assert retention_by_row(older)["best_teacher_val_accuracy"].iloc[0] == pytest.approx(0.80 / 0.90)
+    assert math.isnan(retention_by_row(frontier([("6-layer", 6, 0.95, 6.2)]))["best_teacher_val_accuracy"].iloc[0])
+
+
+def test_of_three_teacher_sets_the_strongest_teacher_is_the_one_best_on_validation_wherever_its_row_stands():
+    """Rows taught by L3, e5 and MPNet, listed weakest-retention last: the judge reads e5's rows when e5 is the
+    best teacher on validation, and r2 is then decided on e5's 4-layer student alone."""
+    table = pd.concat([
+        frontier([("{L3} 2-layer", 2, 1.03, 3.0)]).assign(best_teacher="minilm-l3", best_teacher_layers=3,
+                                                           best_teacher_val_accuracy=0.74),
+        frontier([("{MPNet} 4-layer", 4, 0.97, 8.7)]).assign(best_teacher_val_accuracy=0.861),
+        frontier([("{e5} 4-layer", 4, 0.93, 4.4)]).assign(best_teacher="e5", best_teacher_val_accuracy=0.874),
+    ], ignore_index=True)
+    summary = retention_by_row(table)
+    assert strongest_teacher(summary) == "e5"
+    met, eligible = judge(summary, R2, teacher=strongest_teacher(summary))
+    assert met is False and list(eligible["row"]) == ["{e5} 4-layer"]        # 93 % < 94 %, MPNet's 97 % not counted
+
+
 def test_other_runtimes_and_students_the_gate_removed_are_left_out():
     table = pd.concat([frontier([("2-layer", 2, 0.93, 17.0)]), frontier([("2-layer", 2, 0.99, 30.0)], runtime="onnx")])
     table.loc[len(table)] = {**table.iloc[0].to_dict(), "trial_id": "gone", "kept": False, "retention": 0.5}

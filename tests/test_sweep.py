@@ -411,6 +411,8 @@ def test_the_frontier_of_two_depths_on_two_runtimes_and_the_budget_picker(ray_se
     assert table["kept"].all() and (table["p50_ms"] > 0).all() and (table["batch32_rows_per_s"] > 0).all()
     assert table["pareto"].any() and table["retention"].between(0, 2).all() and (table["speedup"] > 0).all()
     assert (table["best_teacher_layers"] >= 1).all()  # the teacher's depth beside the student's (retention targets)
+    # the teacher's own validation accuracy, which retention = student ÷ teacher divides by
+    assert table["best_teacher_val_accuracy"].mul(table["val_retention"]).sub(table["val_accuracy"]).abs().max() < 1e-9
     teachers = pd.read_csv(out / "teachers.csv")
     assert len(teachers) >= 1 and (teachers["p50_ms"] > 0).all()
     assert (out / "frontier.png").stat().st_size > 10_000 and "★" in (out / "frontier.md").read_text()

@@ -242,6 +242,7 @@ def build_frontier(sweep: str | Path, runtimes: Sequence[str] = RUNTIMES, thread
             "size_mb": _size_mb(Path(result.student_dir), info["runtime"]),
             "best_teacher": best,
             "best_teacher_layers": teacher_layers.get(best, math.nan) if best else math.nan,
+            "best_teacher_val_accuracy": result.teachers[best].metric("accuracy", Split.VALIDATION) if best else math.nan,
             "best_teacher_test_accuracy": result.teachers[best].metric("accuracy", Split.TEST) if best else math.nan,
             "retention": (_ratio(result.student.metric("accuracy", Split.TEST), result.teachers[best].metric("accuracy", Split.TEST))
                           if best else math.nan),

@@ -11,8 +11,8 @@ p50 latency ÷ the student's. Here the trials of one row (a study's variant: its
 A ``RetentionTarget`` asks a row that qualifies — a student at most ``max_depth_ratio`` × its teacher's layers deep,
 and/or at least ``min_speedup`` × as fast — to keep at least ``min_retention`` of its teacher, judged on the mean
 (the interval is reported beside it). A study of several teacher sets judges against its strongest teacher
-(``strongest_teacher``: of the rows' best teachers, the one best on validation, its accuracy = the student's
-validation accuracy ÷ ``val_retention``): a student of a weak teacher alone keeping all of that teacher is not a
+(``strongest_teacher``: of the rows' best teachers, the one best on validation, as the frontier records it in
+``best_teacher_val_accuracy``): a student of a weak teacher alone keeping all of that teacher is not a
 student that keeps the best teacher. The targets of MT-BERT's comparisons (issue 40): r1, at most half the layers,
 ≥ 97 %; r2, at least 4× as fast, ≥ 94 %.
 """
@@ -89,8 +89,11 @@ def retention_by_row(frontier: pd.DataFrame, rows: str = "variant", runtime: str
 
 
 def teacher_validation_accuracy(trials: pd.DataFrame) -> float:
-    """The best teacher's validation accuracy as the frontier records it: student val accuracy ÷ ``val_retention``
-    (mean over the trials that have both; NaN when none has)."""
+    """The best teacher's validation accuracy over a row's trials (their mean; NaN when no trial has it): the
+    frontier's ``best_teacher_val_accuracy`` column; for a frontier table written before that column, the student's
+    validation accuracy ÷ ``val_retention`` (retention = student ÷ teacher, so teacher = student ÷ retention)."""
+    if "best_teacher_val_accuracy" in trials.columns and trials["best_teacher_val_accuracy"].notna().any():
+        return float(trials["best_teacher_val_accuracy"].mean())
     student = metric_key(Split.VALIDATION, "accuracy")
     if not {student, "val_retention"} <= set(trials.columns):
         return math.nan
