@@ -34,9 +34,9 @@ seed-t interval above 0 for at least one); (m) {L6, e5, MPNet} + augmented text 
 interval above 0; on every row whose students were timed (``mtbert_ray.study.retention``) and whose best teacher is
 the study's strongest (MPNet; a student of L6 alone keeping all of L6 does not count): (r1) a student with at most
 half that teacher's layers keeps ≥ 97 % of its test accuracy, (r2) one ≥ 4× as fast on the same runtime keeps
-≥ 94 %. A part times its students beside their best teacher when it ends (``analysis --frontier --runtimes torch``:
-one thread, interleaved, after the trials), so its archive carries the speed-ups; ``--frontier --name PART`` times
-a part that ran before this and archives it again.
+≥ 94 % (each on a row of 5 seeds; a row of fewer is listed, not judged). A part times its students beside their
+best teacher when it ends (``analysis --frontier --runtimes torch``: one thread, interleaved, after the trials), so
+its archive carries the speed-ups; ``--frontier --name PART`` times a part that ran before this and archives it again.
 Last line: ``mixture_targets_met=<met>/<measured> measured (of <total>)``.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ from _common import REPO, header, storage, study_parser
 
 from mtbert_ray.study.archive import ARCHIVE_SUFFIX, archive_sweep, restore_archive
 from mtbert_ray.study.record import SWEEP_FILE
-from mtbert_ray.study.retention import R1, R2, judge, read_frontiers, retention_by_row, strongest_teacher
+from mtbert_ray.study.retention import R1, R2, judge, read_frontiers, retention_by_row, short_of_seeds, strongest_teacher
 from mtbert_ray.study.undecided import Target, Verdict, next_seeds, rows_to_rerun, verdict
 
 SPACE = REPO / "benchmarks" / "mixture_study.yaml"
@@ -327,6 +327,9 @@ def analyse(study_dir: Path, parts: tuple[Path, ...]) -> tuple[list[tuple[Target
               f"timed rows")
     for target in (R1, R2):
         ok, eligible = judge(frontier, target, teacher=against)
+        for line in short_of_seeds(frontier, target, teacher=against).itertuples():
+            print(f"  {target.name}: not judged yet: {line.row} keeps {line.retention:.1%} on {line.n} of the "
+                  f"{target.min_seeds} seeds it needs (continue its part with --resume --name PART)")
         if ok is None:
             print(f"  {target.describe()}: no timed row of {against} qualifies → not measured")
             continue

@@ -14,6 +14,7 @@ from mtbert_ray.study.retention import (
     judge,
     read_frontiers,
     retention_by_row,
+    short_of_seeds,
     strongest_teacher,
 )
 
@@ -23,6 +24,11 @@ def frontier(rows: list[tuple[str, int, float, float]], runtime: str = "torch") 
     return pd.DataFrame([{"trial_id": f"t{i}", "runtime": runtime, "kept": True, "variant": v, "layers": layers,
                           "best_teacher": "mpnet", "best_teacher_layers": 12, "retention": r, "speedup": s}
                          for i, (v, layers, r, s) in enumerate(rows)])
+
+
+def five_seeds(rows: list[tuple[str, int, float, float]]) -> list[tuple[str, int, float, float]]:
+    """Each trial five times: a row of the five seeds R1 and R2 ask for."""
+    return [row for row in rows for _ in range(5)]
 
 
 def test_a_rows_seeds_are_pooled_into_a_mean_with_its_t_interval_and_the_median_speed_up():
@@ -38,8 +44,8 @@ def test_a_rows_seeds_are_pooled_into_a_mean_with_its_t_interval_and_the_median_
 
 
 def test_r1_counts_layers_and_r2_speed_and_each_is_judged_on_the_best_qualifying_row():
-    summary = retention_by_row(frontier([("2-layer", 2, 0.934, 17.0), ("6-layer", 6, 0.951, 5.3),
-                                         ("8-layer", 8, 0.99, 1.4)]))
+    summary = retention_by_row(frontier(five_seeds([("2-layer", 2, 0.934, 17.0), ("6-layer", 6, 0.951, 5.3),
+                                                    ("8-layer", 8, 0.99, 1.4)])))
     met, eligible = judge(summary, R1)
     assert met is False and list(eligible["row"]) == ["6-layer", "2-layer"]   # 8 of 12 layers is more than half
     met, eligible = judge(summary, R2)
@@ -51,9 +57,9 @@ def test_r1_counts_layers_and_r2_speed_and_each_is_judged_on_the_best_qualifying
 def test_targets_are_judged_against_the_strongest_teacher_not_a_weak_one_a_student_matches():
     """A 2-layer student of MiniLM-L6 alone keeps 101 % of L6 (78.4 % validation); the study's strongest teacher is
     MPNet (87.9 %): r1 is judged on the rows MPNet teaches, where the 6-layer student keeps 95.4 %."""
-    table = frontier([("6-layer", 6, 0.954, 6.2), ("6-layer", 6, 0.953, 6.1)])
+    table = frontier(five_seeds([("6-layer", 6, 0.954, 6.2), ("6-layer", 6, 0.953, 6.1)]))
     table["val_accuracy"], table["val_retention"] = 0.8264, 0.94          # teacher val = 0.8264 / 0.94 = 0.879
-    weak = frontier([("{L6} 2-layer", 2, 1.01, 2.9)]).assign(best_teacher="minilm", best_teacher_layers=6,
+    weak = frontier(five_seeds([("{L6} 2-layer", 2, 1.01, 2.9)])).assign(best_teacher="minilm", best_teacher_layers=6,
                                                              val_accuracy=0.7998, val_retention=1.02)   # 0.784
     summary = retention_by_row(pd.concat([weak, table], ignore_index=True))
     assert summary.set_index("row").loc["6-layer", "best_teacher_val_accuracy"] == pytest.approx(0.879, abs=1e-3)
@@ -80,10 +86,10 @@ def test_of_three_teacher_sets_the_strongest_teacher_is_the_one_best_on_validati
     """Rows taught by L3, e5 and MPNet, listed weakest-retention last: the judge reads e5's rows when e5 is the
     best teacher on validation, and r2 is then decided on e5's 4-layer student alone."""
     table = pd.concat([
-        frontier([("{L3} 2-layer", 2, 1.03, 3.0)]).assign(best_teacher="minilm-l3", best_teacher_layers=3,
-                                                           best_teacher_val_accuracy=0.74),
-        frontier([("{MPNet} 4-layer", 4, 0.97, 8.7)]).assign(best_teacher_val_accuracy=0.861),
-        frontier([("{e5} 4-layer", 4, 0.93, 4.4)]).assign(best_teacher="e5", best_teacher_val_accuracy=0.874),
+        frontier(five_seeds([("{L3} 2-layer", 2, 1.03, 3.0)])).assign(best_teacher="minilm-l3", best_teacher_layers=3,
+                                                                       best_teacher_val_accuracy=0.74),
+        frontier(five_seeds([("{MPNet} 4-layer", 4, 0.97, 8.7)])).assign(best_teacher_val_accuracy=0.861),
+        frontier(five_seeds([("{e5} 4-layer", 4, 0.93, 4.4)])).assign(best_teacher="e5", best_teacher_val_accuracy=0.874),
     ], ignore_index=True)
     summary = retention_by_row(table)
     assert strongest_teacher(summary) == "e5"
@@ -109,4 +115,20 @@ def test_frontiers_are_read_from_the_sweeps_that_have_one(tmp_path):
     without.mkdir()
     frontier([("2-layer", 2, 0.93, 17.0)]).to_csv(with_one / FRONTIER_CSV, index=False)
     assert len(read_frontiers([with_one, without])) == 1 and read_frontiers([without]).empty
-    assert R1.describe() == "(r1) a student ≤ 0.5× the teacher's layers keeps ≥ 97% of its best teacher"
+    assert R1.describe() == "(r1) a student ≤ 0.5× the teacher's layers keeps ≥ 97% of its best teacher (on ≥ 5 seeds)"
+    assert RetentionTarget("r", 0.9, min_speedup=2.0).describe() == "(r) a student ≥ 2× the teacher's speed keeps ≥ 90% of its best teacher"
+
+
+def test_a_row_of_fewer_seeds_than_the_target_asks_is_listed_not_judged():
+    """One seed of a 6-layer student keeping 98 % does not meet r1 (five seeds): the verdict stays on the five-seed
+    row at 95.4 %, and the one-seed row is listed as short of seeds."""
+    summary = retention_by_row(frontier(five_seeds([("6-layer MiniLM", 6, 0.954, 6.2)]) + [("6-layer MPNet", 6, 0.98, 2.0)]))
+    met, eligible = judge(summary, R1, teacher="mpnet")
+    assert met is False and list(eligible["row"]) == ["6-layer MiniLM"]
+    short = short_of_seeds(summary, R1, teacher="mpnet")
+    assert list(short["row"]) == ["6-layer MPNet"] and short["n"].tolist() == [1]
+    assert short_of_seeds(summary, R2, teacher="mpnet").empty            # 2× is not 4×: it would not qualify anyway
+    assert judge(summary, RetentionTarget("r1 any seeds", 0.97, max_depth_ratio=0.5), teacher="mpnet")[0] is True
+    only_short = retention_by_row(frontier([("6-layer MPNet", 6, 0.98, 2.0)]))
+    assert judge(only_short, R1)[0] is None and len(short_of_seeds(only_short, R1)) == 1
+    assert short_of_seeds(retention_by_row(frontier([])), R1).empty

@@ -9,12 +9,14 @@ p50 latency ÷ the student's. Here the trials of one row (a study's variant: its
     speed-up of a row = the median over its seeds of speedup_s (the students of a row share their architecture).
 
 A ``RetentionTarget`` asks a row that qualifies — a student at most ``max_depth_ratio`` × its teacher's layers deep,
-and/or at least ``min_speedup`` × as fast — to keep at least ``min_retention`` of its teacher, judged on the mean
-(the interval is reported beside it). A study of several teacher sets judges against its strongest teacher
-(``strongest_teacher``: of the rows' best teachers, the one best on validation, as the frontier records it in
-``best_teacher_val_accuracy``): a student of a weak teacher alone keeping all of that teacher is not a
-student that keeps the best teacher. The targets of MT-BERT's comparisons (issue 40): r1, at most half the layers,
-≥ 97 %; r2, at least 4× as fast, ≥ 94 %.
+and/or at least ``min_speedup`` × as fast, measured on at least ``min_seeds`` seeds — to keep at least
+``min_retention`` of its teacher, judged on the mean (the interval is reported beside it). A row with fewer seeds is
+listed (``short_of_seeds``), not judged: one lucky seed does not meet a target the protocol sets on five. A study of
+several teacher sets judges against its strongest teacher (``strongest_teacher``: of the rows' best teachers, the one
+best on validation, as the frontier records it in ``best_teacher_val_accuracy``): a student of a weak teacher alone
+keeping all of that teacher is not a student that keeps the best teacher. The targets of MT-BERT's comparisons
+(issue 40): r1, at most half the layers, ≥ 97 %; r2, at least 4× as fast, ≥ 94 %; each on the mixture study's
+protocol of 5 seeds.
 """
 from __future__ import annotations
 
@@ -33,14 +35,20 @@ FRONTIER_CSV = Path("analysis") / "frontier" / "frontier.csv"  # under a sweep f
 @dataclass(frozen=True)
 class RetentionTarget:
     """A row qualifies when its student is at most ``max_depth_ratio`` × its best teacher's layers deep and at least
-    ``min_speedup`` × as fast (each only when set); it meets the target when it keeps ≥ ``min_retention`` (a fraction)."""
+    ``min_speedup`` × as fast (each only when set), on at least ``min_seeds`` seeds; it meets the target when it keeps
+    ≥ ``min_retention`` (a fraction)."""
 
     name: str
     min_retention: float
     max_depth_ratio: float | None = None
     min_speedup: float | None = None
+    min_seeds: int = 1
 
     def qualifies(self, row: pd.Series) -> bool:
+        return row["n"] >= self.min_seeds and self.qualifies_by_shape(row)
+
+    def qualifies_by_shape(self, row: pd.Series) -> bool:
+        """Depth and speed alone, whatever the number of seeds."""
         if self.max_depth_ratio is not None and not row["layers"] <= self.max_depth_ratio * row["best_teacher_layers"]:
             return False
         return self.min_speedup is None or row["speedup"] >= self.min_speedup
@@ -51,11 +59,12 @@ class RetentionTarget:
             what.append(f"≤ {self.max_depth_ratio:g}× the teacher's layers")
         if self.min_speedup is not None:
             what.append(f"≥ {self.min_speedup:g}× the teacher's speed")
-        return f"({self.name}) a student {' and '.join(what)} keeps ≥ {self.min_retention:.0%} of its best teacher"
+        seeds = f" (on ≥ {self.min_seeds} seeds)" if self.min_seeds > 1 else ""
+        return f"({self.name}) a student {' and '.join(what)} keeps ≥ {self.min_retention:.0%} of its best teacher{seeds}"
 
 
-R1 = RetentionTarget("r1", 0.97, max_depth_ratio=0.5)
-R2 = RetentionTarget("r2", 0.94, min_speedup=4.0)
+R1 = RetentionTarget("r1", 0.97, max_depth_ratio=0.5, min_seeds=5)
+R2 = RetentionTarget("r2", 0.94, min_speedup=4.0, min_seeds=5)
 
 
 def read_frontiers(sweeps: list[Path]) -> pd.DataFrame:
@@ -124,3 +133,14 @@ def judge(summary: pd.DataFrame, target: RetentionTarget, teacher: str | None = 
     if eligible.empty:
         return None, eligible
     return bool(eligible["retention"].iloc[0] >= target.min_retention), eligible
+
+
+def short_of_seeds(summary: pd.DataFrame, target: RetentionTarget, teacher: str | None = None) -> pd.DataFrame:
+    """The rows (of ``teacher``'s, when given) that would qualify for ``target`` by depth and speed but have fewer than
+    its ``min_seeds`` seeds: listed beside the verdict, not counted in it; best retention first."""
+    if summary.empty:
+        return summary
+    if teacher is not None:
+        summary = summary[summary["best_teacher"] == teacher]
+    shaped = summary[summary.apply(target.qualifies_by_shape, axis=1)] if len(summary) else summary
+    return shaped[shaped["n"] < target.min_seeds].sort_values("retention", ascending=False)
