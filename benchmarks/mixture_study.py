@@ -329,7 +329,7 @@ def analyse(study_dir: Path, parts: tuple[Path, ...]) -> tuple[list[tuple[Target
         ok, eligible = judge(frontier, target, teacher=against)
         for line in short_of_seeds(frontier, target, teacher=against).itertuples():
             print(f"  {target.name}: not judged yet: {line.row} keeps {line.retention:.1%} on {line.n} of the "
-                  f"{target.min_seeds} seeds it needs (continue its part with --resume --name PART)")
+                  f"{target.min_seeds} seeds it needs (part {line.parts}; --resume --name PART continues a part)")
         if ok is None:
             print(f"  {target.describe()}: no timed row of {against} qualifies → not measured")
             continue

@@ -115,6 +115,8 @@ def test_frontiers_are_read_from_the_sweeps_that_have_one(tmp_path):
     without.mkdir()
     frontier([("2-layer", 2, 0.93, 17.0)]).to_csv(with_one / FRONTIER_CSV, index=False)
     assert len(read_frontiers([with_one, without])) == 1 and read_frontiers([without]).empty
+    assert read_frontiers([with_one])["part"].tolist() == ["a"]
+    assert retention_by_row(read_frontiers([with_one]))["parts"].tolist() == ["a"]                # where to add seeds
     assert R1.describe() == "(r1) a student ≤ 0.5× the teacher's layers keeps ≥ 97% of its best teacher (on ≥ 5 seeds)"
     assert RetentionTarget("r", 0.9, min_speedup=2.0).describe() == "(r) a student ≥ 2× the teacher's speed keeps ≥ 90% of its best teacher"
 

@@ -68,17 +68,18 @@ R2 = RetentionTarget("r2", 0.94, min_speedup=4.0, min_seeds=5)
 
 
 def read_frontiers(sweeps: list[Path]) -> pd.DataFrame:
-    """The frontier tables of those sweep folders that have one (``analysis/frontier/frontier.csv``), concatenated."""
-    tables = [pd.read_csv(sweep / FRONTIER_CSV) for sweep in sweeps if (sweep / FRONTIER_CSV).is_file()]
+    """The frontier tables of those sweep folders that have one (``analysis/frontier/frontier.csv``), concatenated,
+    each line with the sweep's folder name as ``part`` (where to continue a row short of seeds)."""
+    tables = [pd.read_csv(sweep / FRONTIER_CSV).assign(part=sweep.name) for sweep in sweeps if (sweep / FRONTIER_CSV).is_file()]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
 def retention_by_row(frontier: pd.DataFrame, rows: str = "variant", runtime: str = "torch") -> pd.DataFrame:
     """One line per row of the study (``rows``: a column of the frontier table, e.g. the variant) on ``runtime``:
     n seeds, the student's and the teacher's layers, the teacher's validation accuracy, retention mean and 95 %
-    t-interval, median speed-up."""
+    t-interval, median speed-up, and the parts (sweep folders, ``read_frontiers``) its seeds come from."""
     columns = ["row", "n", "layers", "best_teacher", "best_teacher_layers", "best_teacher_val_accuracy", "retention",
-               "retention_low", "retention_high", "speedup"]
+               "retention_low", "retention_high", "speedup", "parts"]
     if frontier.empty:
         return pd.DataFrame(columns=columns)
     if rows not in frontier.columns:
@@ -93,7 +94,8 @@ def retention_by_row(frontier: pd.DataFrame, rows: str = "variant", runtime: str
                     "best_teacher_val_accuracy": teacher_validation_accuracy(group),
                     "retention": mean, "retention_low": mean - half if half is not None else math.nan,
                     "retention_high": mean + half if half is not None else math.nan,
-                    "speedup": float(group["speedup"].median())})
+                    "speedup": float(group["speedup"].median()),
+                    "parts": ", ".join(dict.fromkeys(map(str, group["part"]))) if "part" in group else ""})
     return pd.DataFrame(out, columns=columns)
 
 
